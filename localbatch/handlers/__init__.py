@@ -1,0 +1,1 @@
+"""Thin request handlers: parse and validate, call the service, shape the reply."""

@@ -1,0 +1,91 @@
+"""What every handler shares: body validation, entity replies, paging, `$filter` and `$select`."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+from urllib.parse import quote
+
+from .. import odata, schema, wire
+from ..errors import BatchServiceError
+from ..http import Call, Reply
+
+DEFAULT_PAGE_SIZE = 1000
+
+
+def body_of(call: Call, model_cls: type) -> dict:
+    return schema.validate(model_cls, call.json())
+
+
+def entity_reply(call: Call, view: dict, fragment: str) -> Reply:
+    """A GET of one entity, with `$select` applied and its ETag/Last-Modified headers."""
+    body = {"odata.metadata": call.metadata(fragment), **odata.select(view, odata.parse_select(call.query.get("$select")))}
+    return Reply.entity(200, body, view.get("eTag", wire.new_etag()), view.get("lastModified") or view.get("stateTransitionTime") or wire.now_iso())
+
+
+def created(call: Call, location: str, data: dict) -> Reply:
+    reply = Reply.entity(201, None, data["eTag"], data["lastModified"], data_service_id=location)
+    reply.headers["Location"] = location
+    return reply
+
+
+def accepted(call: Call, location: str, status: int = 202) -> Reply:
+    return Reply(status, None, {"DataServiceId": location})
+
+
+def updated(call: Call, location: str, data: dict, status: int = 200) -> Reply:
+    return Reply.entity(status, None, data["eTag"], data["lastModified"], data_service_id=location)
+
+
+def page_size(call: Call) -> int:
+    text = call.query.get("maxresults")
+    if text is None:
+        return DEFAULT_PAGE_SIZE
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= DEFAULT_PAGE_SIZE:
+        raise BatchServiceError("InvalidQueryParameterValue", values={
+            "QueryParameterName": "maxresults", "QueryParameterValue": text,
+            "Reason": f"maxresults must be between 1 and {DEFAULT_PAGE_SIZE}."})
+    return size
+
+
+def list_reply(call: Call, views: Iterable[dict], fragment: str, key: Callable[[dict], str] = lambda v: v["id"],
+               filterable: bool = True) -> Reply:
+    """A list operation: filter, sort by id, page with an absolute nextLink, then `$select`."""
+    predicate = odata.parse_filter(call.query.get("$filter")) if filterable else None
+    fields = odata.parse_select(call.query.get("$select"))
+    size = page_size(call)
+    after = call.query.get("$skiptoken")
+    items = sorted((v for v in views if predicate is None or predicate(v)), key=key)
+    if after:
+        items = [v for v in items if key(v) > after]
+    page, rest = items[:size], items[size:]
+    body: dict[str, Any] = {"odata.metadata": call.metadata(fragment),
+                            "value": [odata.select(v, fields) for v in page]}
+    if rest:
+        body["odata.nextLink"] = _next_link(call, key(page[-1]), size)
+    return Reply(200, body)
+
+
+def _next_link(call: Call, last_key: str, size: int) -> str:
+    query = {"api-version": call.query["api-version"], "maxresults": str(size), "$skiptoken": last_key}
+    for carried in ("$filter", "$select", "$expand", "recursive"):
+        if call.query.get(carried):
+            query[carried] = call.query[carried]
+    encoded = "&".join(f"{name}={quote(value, safe='')}" for name, value in query.items())
+    return f"{call.base_url}{call.path}?{encoded}"
+
+
+def bool_query(call: Call, name: str) -> Optional[bool]:
+    text = call.query.get(name)
+    if text is None:
+        return None
+    if text.lower() not in ("true", "false"):
+        raise BatchServiceError("InvalidQueryParameterValue", values={
+            "QueryParameterName": name, "QueryParameterValue": text, "Reason": "Expected true or false."})
+    return text.lower() == "true"
+
+
+def optional_body(call: Call, model_cls: type) -> dict:
+    return body_of(call, model_cls) if call.raw_body else {}

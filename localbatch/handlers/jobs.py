@@ -1,0 +1,58 @@
+"""Jobs and their task counts."""
+from __future__ import annotations
+
+from azure.batch import models
+from azure.batch.models import _models as generated_models
+
+from ..http import Call, Reply
+from .common import accepted, body_of, created, entity_reply, list_reply, optional_body, updated
+from .views import job_url, job_view
+
+
+def create_job(call: Call) -> Reply:
+    job = call.service.create_job(body_of(call, models.BatchJobCreateOptions))
+    return created(call, job_url(call, job.id), job.data)
+
+
+def list_jobs(call: Call) -> Reply:
+    return list_reply(call, (job_view(call, j) for j in call.service.jobs.values()), "jobs")
+
+
+def get_job(call: Call) -> Reply:
+    return entity_reply(call, job_view(call, call.service.get_job(call.params["jobId"])), "jobs/@Element")
+
+
+def update_job(call: Call) -> Reply:
+    job = call.service.update_job(call.params["jobId"], body_of(call, models.BatchJobUpdateOptions))
+    return updated(call, job_url(call, job.id), job.data)
+
+
+def replace_job(call: Call) -> Reply:
+    job = call.service.update_job(call.params["jobId"], body_of(call, models.BatchJob), replace=True)
+    return updated(call, job_url(call, job.id), job.data)
+
+
+def delete_job(call: Call) -> Reply:
+    call.service.delete_job(call.params["jobId"])
+    return accepted(call, job_url(call, call.params["jobId"]))
+
+
+def terminate_job(call: Call) -> Reply:
+    body = optional_body(call, generated_models.BatchJobTerminateOptions)
+    job = call.service.terminate_job(call.params["jobId"], body.get("terminateReason"))
+    return updated(call, job_url(call, job.id), job.data, status=202)
+
+
+def disable_job(call: Call) -> Reply:
+    body = body_of(call, models.BatchJobDisableOptions)
+    job = call.service.disable_job(call.params["jobId"], body["disableTasks"])
+    return updated(call, job_url(call, job.id), job.data, status=202)
+
+
+def enable_job(call: Call) -> Reply:
+    job = call.service.enable_job(call.params["jobId"])
+    return updated(call, job_url(call, job.id), job.data, status=202)
+
+
+def get_task_counts(call: Call) -> Reply:
+    return Reply(200, call.service.task_counts(call.params["jobId"]))

@@ -1,0 +1,64 @@
+"""Compute nodes, node users and remote login settings."""
+from __future__ import annotations
+
+from azure.batch import models
+from azure.batch.models import _models as generated_models
+
+from ..http import Call, Reply
+from .common import body_of, entity_reply, list_reply, optional_body
+from .views import node_view, pool_url
+
+
+def _node_url(call: Call) -> str:
+    return f"{pool_url(call, call.params['poolId'])}/nodes/{call.params['nodeId']}"
+
+
+def list_nodes(call: Call) -> Reply:
+    pool = call.service.get_pool(call.params["poolId"])
+    return list_reply(call, (node_view(call, n) for n in pool.nodes.values()), "nodes")
+
+
+def get_node(call: Call) -> Reply:
+    node = call.service.get_node(call.params["poolId"], call.params["nodeId"])
+    return entity_reply(call, node_view(call, node), "nodes/@Element")
+
+
+def reboot_node(call: Call) -> Reply:
+    body = optional_body(call, generated_models.BatchNodeRebootOptions)
+    call.service.reboot_node(call.params["poolId"], call.params["nodeId"], body.get("nodeRebootKind") or "requeue")
+    return Reply(202, None, {"DataServiceId": _node_url(call)})
+
+
+def disable_scheduling(call: Call) -> Reply:
+    body = optional_body(call, models.BatchNodeDisableSchedulingOptions)
+    call.service.set_node_scheduling(call.params["poolId"], call.params["nodeId"], False,
+                                     body.get("nodeDisableSchedulingOption") or "requeue")
+    return Reply(200, None, {"DataServiceId": _node_url(call)})
+
+
+def enable_scheduling(call: Call) -> Reply:
+    call.service.set_node_scheduling(call.params["poolId"], call.params["nodeId"], True)
+    return Reply(200, None, {"DataServiceId": _node_url(call)})
+
+
+def create_user(call: Call) -> Reply:
+    body = body_of(call, models.BatchNodeUserCreateOptions)
+    call.service.add_user(call.params["poolId"], call.params["nodeId"], body)
+    return Reply(201, None, {"DataServiceId": f"{_node_url(call)}/users/{body['name']}"})
+
+
+def replace_user(call: Call) -> Reply:
+    body = body_of(call, models.BatchNodeUserReplaceOptions)
+    call.service.replace_user(call.params["poolId"], call.params["nodeId"], call.params["userName"], body)
+    return Reply(200, None, {"DataServiceId": f"{_node_url(call)}/users/{call.params['userName']}"})
+
+
+def delete_user(call: Call) -> Reply:
+    call.service.delete_user(call.params["poolId"], call.params["nodeId"], call.params["userName"])
+    return Reply(200)
+
+
+def remote_login_settings(call: Call) -> Reply:
+    node = call.service.get_node(call.params["poolId"], call.params["nodeId"])
+    return Reply(200, {"remoteLoginIPAddress": "127.0.0.1",
+                       "remoteLoginPort": call.service.remote_login_port(node)})

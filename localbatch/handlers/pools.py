@@ -1,0 +1,69 @@
+"""Pools, supported images and node counts."""
+from __future__ import annotations
+
+from azure.batch import models
+
+from ..http import Call, Reply
+from ..images import SUPPORTED_IMAGES
+from .common import accepted, body_of, created, entity_reply, list_reply, updated
+from .views import pool_url, pool_view
+
+
+def create_pool(call: Call) -> Reply:
+    pool = call.service.create_pool(body_of(call, models.BatchPoolCreateOptions))
+    return created(call, pool_url(call, pool.id), pool.data)
+
+
+def list_pools(call: Call) -> Reply:
+    return list_reply(call, (pool_view(call, p) for p in call.service.pools.values()), "pools")
+
+
+def get_pool(call: Call) -> Reply:
+    return entity_reply(call, pool_view(call, call.service.get_pool(call.params["poolId"])), "pools/@Element")
+
+
+def pool_exists(call: Call) -> Reply:
+    pool = call.service.get_pool(call.params["poolId"])
+    return Reply.entity(200, None, pool.data["eTag"], pool.data["lastModified"])
+
+
+def delete_pool(call: Call) -> Reply:
+    call.service.delete_pool(call.params["poolId"])
+    return accepted(call, pool_url(call, call.params["poolId"]))
+
+
+def update_pool(call: Call) -> Reply:
+    pool = call.service.update_pool(call.params["poolId"], body_of(call, models.BatchPoolUpdateOptions))
+    return updated(call, pool_url(call, pool.id), pool.data)
+
+
+def replace_pool(call: Call) -> Reply:
+    pool = call.service.update_pool(call.params["poolId"], body_of(call, models.BatchPoolReplaceOptions),
+                                    replace=True)
+    return updated(call, pool_url(call, pool.id), pool.data, status=204)
+
+
+def resize_pool(call: Call) -> Reply:
+    pool = call.service.resize_pool(call.params["poolId"], body_of(call, models.BatchPoolResizeOptions))
+    return updated(call, pool_url(call, pool.id), pool.data, status=202)
+
+
+def stop_resize(call: Call) -> Reply:
+    pool = call.service.stop_resize(call.params["poolId"])
+    return updated(call, pool_url(call, pool.id), pool.data, status=202)
+
+
+def remove_nodes(call: Call) -> Reply:
+    pool = call.service.remove_nodes(call.params["poolId"], body_of(call, models.BatchNodeRemoveOptions))
+    return updated(call, pool_url(call, pool.id), pool.data, status=202)
+
+
+def list_supported_images(call: Call) -> Reply:
+    return list_reply(call, SUPPORTED_IMAGES, "supportedimages", key=lambda image: image["nodeAgentSKUId"] + "/"
+                      + "/".join(image["imageReference"][k] for k in ("publisher", "offer", "sku")))
+
+
+def list_node_counts(call: Call) -> Reply:
+    return list_reply(call, call.service.node_counts(), "poolnodecounts", key=lambda counts: counts["poolId"])
+
+

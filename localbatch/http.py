@@ -1,0 +1,202 @@
+"""The request pipeline, in one place and one order:
+
+request id -> diagnostics -> api-version -> authentication -> route -> body -> handler -> headers.
+Handlers raise BatchServiceError; only `_error_reply` turns errors into responses.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, unquote
+
+from aiohttp import web
+
+from . import auth, wire
+from .errors import BatchServiceError
+
+logger = logging.getLogger("localbatch.requests")
+
+SUPPORTED_API_VERSIONS = ("2025-06-01", "2024-07-01.20.0")
+MAX_BODY_BYTES = 1024 * 1024
+DIAGNOSTIC_PREFIX = "/localbatch/"
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None                # dict -> JSON; bytes -> as is
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: Optional[str] = None
+
+    @classmethod
+    def entity(cls, status: int, body: Optional[dict], etag: str, last_modified: str,
+               data_service_id: Optional[str] = None) -> "Reply":
+        headers = {"ETag": etag, "Last-Modified": wire.rfc1123(last_modified)}
+        if data_service_id:
+            headers["DataServiceId"] = data_service_id
+        return cls(status, body, headers)
+
+
+@dataclass
+class Call:
+    """What a handler needs to know about one request."""
+    service: Any
+    method: str
+    path: str
+    params: dict[str, str]
+    query: dict[str, str]
+    headers: Any
+    raw_body: bytes
+    base_url: str
+    _json: Any = None
+
+    def json(self) -> Any:
+        if self._json is None:
+            if not self.raw_body:
+                raise BatchServiceError("InvalidRequestBody", values={"Reason": "The request body is empty."})
+            try:
+                self._json = json.loads(self.raw_body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BatchServiceError("InvalidRequestBody", values={"Reason": f"The body is not valid JSON: {exc}"}) from None
+        return self._json
+
+    def metadata(self, fragment: str) -> str:
+        return f"{self.base_url}/$metadata#{fragment}"
+
+
+Handler = Callable[[Call], Reply]
+
+
+class Router:
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, list[str], Handler, str]] = []
+
+    def add(self, method: str, template: str, handler: Handler, operation: str) -> None:
+        self._routes.append((method, template.strip("/").split("/"), handler, operation))
+
+    def match(self, method: str, raw_path: str) -> tuple[Handler, dict[str, str], str]:
+        segments = raw_path.strip("/").split("/") if raw_path.strip("/") else []
+        path_known = False
+        for route_method, template, handler, operation in self._routes:
+            if len(template) != len(segments):
+                continue
+            params = {}
+            for expected, actual in zip(template, segments):
+                if expected.startswith("{"):
+                    value = unquote(actual)
+                    if not value:
+                        break
+                    params[expected[1:-1]] = value
+                elif expected != actual.lower():
+                    break
+            else:
+                path_known = True
+                if route_method == method:
+                    return handler, params, operation
+        if path_known:
+            raise BatchServiceError("InvalidUri", f"The HTTP verb {method} is not supported on this resource.",
+                                    status=405)
+        raise BatchServiceError("InvalidUri")
+
+
+class Pipeline:
+    def __init__(self, service: Any, router: Router, accounts: dict[str, list[bytes]], debug: bool = False):
+        self.service = service
+        self.router = router
+        self.accounts = accounts
+        self.debug = debug
+        self.requests_by_operation: Counter[str] = Counter()
+        self.started = time.time()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        began = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        raw_target = request.message.path
+        raw_path, _, raw_query = raw_target.partition("?")
+        base_url = f"{request.scheme}://{request.host}"
+        operation = "unknown"
+        try:
+            if raw_path.startswith(DIAGNOSTIC_PREFIX):
+                operation = "diagnostics"
+                reply = self._diagnostics(raw_path)
+            else:
+                query = {name: values[0] for name, values in parse_qs(raw_query, keep_blank_values=True).items()}
+                _check_api_version(query)
+                auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
+                handler, params, operation = self.router.match(request.method, raw_path)
+                raw_body = await _read_body(request)
+                call = Call(self.service, request.method, raw_path, params, query, request.headers, raw_body, base_url)
+                reply = handler(call)
+                if hasattr(reply, "__await__"):
+                    reply = await reply
+        except BatchServiceError as error:
+            reply = _error_reply(error, request_id, base_url)
+        except Exception:  # an emulator bug: answer like the service would, keep the details in the log
+            logger.exception("internal error while serving %s %s", request.method, raw_path)
+            reply = _error_reply(BatchServiceError("InternalError"), request_id, base_url)
+        self.requests_by_operation[operation] += 1
+        response = await self._send(request, reply, request_id)
+        if self.debug:
+            logger.debug("%s %s -> %d (%s, %.1f ms)", request.method, raw_path, reply.status, operation,
+                         (time.perf_counter() - began) * 1000)
+        return response
+
+    def _diagnostics(self, raw_path: str) -> Reply:
+        if raw_path.rstrip("/") == "/localbatch/status":
+            return Reply(200, {
+                "status": "ok", "account": self.service.account_name, "location": self.service.location,
+                "uptimeSeconds": round(time.time() - self.started, 3),
+                "requests": dict(sorted(self.requests_by_operation.items())),
+                "pools": len(self.service.pools), "jobs": len(self.service.jobs),
+                "tasks": sum(len(job.tasks) for job in self.service.jobs.values()),
+            })
+        raise BatchServiceError("InvalidUri")
+
+    async def _send(self, request: web.Request, reply: Reply, request_id: str) -> web.StreamResponse:
+        headers = {"request-id": request_id, "DataServiceVersion": "3.0", **reply.headers}
+        client_request_id = request.headers.get("client-request-id")
+        if client_request_id:
+            headers["client-request-id"] = client_request_id
+        if isinstance(reply.body, dict):
+            body = json.dumps(reply.body, separators=(",", ":")).encode("utf-8")
+            content_type = reply.content_type or "application/json;odata=minimalmetadata"
+        else:
+            body = reply.body or b""
+            content_type = reply.content_type
+        if content_type:
+            headers["Content-Type"] = content_type
+        if request.method == "HEAD":
+            headers.setdefault("Content-Length", str(len(body)))
+            return web.Response(status=reply.status, headers=headers)
+        return web.Response(status=reply.status, body=body, headers=headers)
+
+
+def _check_api_version(query: dict[str, str]) -> None:
+    version = query.get("api-version")
+    if not version:
+        raise BatchServiceError("MissingRequiredQueryParameter", values={"QueryParameterName": "api-version"})
+    if version not in SUPPORTED_API_VERSIONS:
+        raise BatchServiceError("InvalidQueryParameterValue", values={
+            "QueryParameterName": "api-version", "QueryParameterValue": version,
+            "Reason": "localbatch supports api-version " + " and ".join(SUPPORTED_API_VERSIONS) + "."})
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if not request.can_read_body:
+        return b""
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise BatchServiceError("RequestBodyTooLarge", values={"MaxLimit": str(MAX_BODY_BYTES)})
+    body = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise BatchServiceError("RequestBodyTooLarge", values={"MaxLimit": str(MAX_BODY_BYTES)})
+    return body
+
+
+def _error_reply(error: BatchServiceError, request_id: str, base_url: str) -> Reply:
+    return Reply(error.status, error.body(request_id, wire.now_iso(), base_url))

@@ -1,0 +1,151 @@
+"""Download a task's resource files into its working directory, as the node agent does."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+
+DEFAULT_FILE_MODE = 0o770
+AZURITE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+
+
+class ResourceFileError(Exception):
+    """A resource file could not be downloaded; `code` is the failure code the task reports."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_relative_path(path: str) -> Optional[str]:
+    """Why `path` may not be used inside a task directory, or None when it is fine."""
+    if not path:
+        return None
+    if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        return "The path must be relative to the task working directory."
+    if ".." in path.replace("\\", "/").split("/"):
+        return "The path may not contain '..' segments."
+    return None
+
+
+def _target(working_dir: str, relative: str) -> str:
+    reason = check_relative_path(relative)
+    if reason:
+        raise ResourceFileError("BlobDownloadMiscError", f"{relative!r}: {reason}")
+    target = os.path.realpath(os.path.join(working_dir, relative))
+    if os.path.commonpath([target, os.path.realpath(working_dir)]) != os.path.realpath(working_dir):
+        raise ResourceFileError("BlobDownloadMiscError", f"{relative!r} escapes the working directory.")
+    return target
+
+
+@dataclass
+class AutoStorage:
+    """The storage account that `autoStorageContainerName` refers to (Azurite by default)."""
+    connection_string: str = AZURITE_CONNECTION_STRING
+
+    def container_sas_url(self, container: str) -> str:
+        from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+        service = BlobServiceClient.from_connection_string(self.connection_string)
+        sas = generate_container_sas(
+            service.account_name, container, account_key=service.credential.account_key,
+            permission=ContainerSasPermissions(read=True, list=True),
+            expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+        return f"{service.url.rstrip('/')}/{container}?{sas}"
+
+
+class ResourceFileDownloader:
+    def __init__(self, auto_storage: AutoStorage):
+        self._auto_storage = auto_storage
+        self._session: Optional[aiohttp.ClientSession] = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600, sock_connect=30))
+        return self._session
+
+    async def download_all(self, resource_files: list[dict], working_dir: str) -> None:
+        for resource_file in resource_files:
+            await self.download(resource_file, working_dir)
+
+    async def download(self, resource_file: dict, working_dir: str) -> None:
+        mode = int(resource_file["fileMode"], 8) if resource_file.get("fileMode") else DEFAULT_FILE_MODE
+        if resource_file.get("httpUrl"):
+            target = _target(working_dir, resource_file.get("filePath", ""))
+            await self._fetch(resource_file["httpUrl"], target, mode)
+            return
+        if resource_file.get("autoStorageContainerName"):
+            container_url = self._auto_storage.container_sas_url(resource_file["autoStorageContainerName"])
+        else:
+            container_url = resource_file["storageContainerUrl"]
+        base_dir = resource_file.get("filePath", "")
+        names = await self._list_blobs(container_url, resource_file.get("blobPrefix", ""))
+        for name in names:
+            target = _target(working_dir, posixpath.join(base_dir, name) if base_dir else name)
+            await self._fetch(_blob_url(container_url, name), target, mode)
+
+    async def _list_blobs(self, container_url: str, prefix: str) -> list[str]:
+        names: list[str] = []
+        marker = ""
+        while True:
+            query = {"restype": "container", "comp": "list"}
+            if prefix:
+                query["prefix"] = prefix
+            if marker:
+                query["marker"] = marker
+            async with self._http().get(_with_query(container_url, query)) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise _download_error(response.status, _redact(container_url), "list the container")
+            root = ElementTree.fromstring(body)
+            names += [element.text or "" for element in root.iter("Name") if element.text]
+            marker = (root.findtext("NextMarker") or "").strip()
+            if not marker:
+                return names
+
+    async def _fetch(self, url: str, target: str, mode: int) -> None:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            async with self._http().get(url) as response:
+                if response.status != 200:
+                    raise _download_error(response.status, _redact(url), "download")
+                with open(target, "wb") as out:
+                    async for chunk in response.content.iter_chunked(1 << 16):
+                        out.write(chunk)
+        except aiohttp.ClientError as exc:
+            raise ResourceFileError("BlobDownloadMiscError", f"Could not download {_redact(url)}: {exc}") from None
+        os.chmod(target, mode)
+
+
+def _download_error(status: int, safe_url: str, action: str) -> ResourceFileError:
+    code = {403: "BlobAccessDenied", 404: "BlobNotFound"}.get(status, "BlobDownloadMiscError")
+    return ResourceFileError(code, f"Could not {action} {safe_url}: HTTP {status}")
+
+
+def _with_query(url: str, extra: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    added = "&".join(f"{k}={quote(v, safe='')}" for k, v in extra.items())
+    return urlunsplit(parts._replace(query=f"{parts.query}&{added}" if parts.query else added))
+
+
+def _blob_url(container_url: str, blob_name: str) -> str:
+    parts = urlsplit(container_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + quote(blob_name, safe="/")))
+
+
+def _redact(url: str) -> str:
+    """A URL without its query string: a SAS token is a secret and is never reported."""
+    return urlunsplit(urlsplit(url)._replace(query=""))

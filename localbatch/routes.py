@@ -1,0 +1,64 @@
+"""The route table: every REST operation localbatch serves, by verb and path template."""
+from __future__ import annotations
+
+from .handlers import files, jobs, nodes, pools, tasks
+from .http import Router
+
+POOL = "/pools/{poolId}"
+NODE = POOL + "/nodes/{nodeId}"
+JOB = "/jobs/{jobId}"
+TASK = JOB + "/tasks/{taskId}"
+
+
+def build_router() -> Router:
+    router = Router()
+    add = router.add
+    add("GET", "/supportedimages", pools.list_supported_images, "list_supported_images")
+    add("GET", "/nodecounts", pools.list_node_counts, "list_pool_node_counts")
+    add("POST", "/pools", pools.create_pool, "create_pool")
+    add("GET", "/pools", pools.list_pools, "list_pools")
+    add("GET", POOL, pools.get_pool, "get_pool")
+    add("HEAD", POOL, pools.pool_exists, "pool_exists")
+    add("DELETE", POOL, pools.delete_pool, "delete_pool")
+    add("PATCH", POOL, pools.update_pool, "update_pool")
+    add("POST", POOL + "/updateproperties", pools.replace_pool, "replace_pool_properties")
+    add("POST", POOL + "/resize", pools.resize_pool, "resize_pool")
+    add("POST", POOL + "/stopresize", pools.stop_resize, "stop_pool_resize")
+    add("POST", POOL + "/removenodes", pools.remove_nodes, "remove_nodes")
+    add("GET", POOL + "/nodes", nodes.list_nodes, "list_nodes")
+    add("GET", NODE, nodes.get_node, "get_node")
+    add("POST", NODE + "/reboot", nodes.reboot_node, "reboot_node")
+    add("POST", NODE + "/disablescheduling", nodes.disable_scheduling, "disable_node_scheduling")
+    add("POST", NODE + "/enablescheduling", nodes.enable_scheduling, "enable_node_scheduling")
+    add("POST", NODE + "/users", nodes.create_user, "create_node_user")
+    add("PUT", NODE + "/users/{userName}", nodes.replace_user, "replace_node_user")
+    add("DELETE", NODE + "/users/{userName}", nodes.delete_user, "delete_node_user")
+    add("GET", NODE + "/remoteloginsettings", nodes.remote_login_settings, "get_node_remote_login_settings")
+    add("GET", NODE + "/files", files.list_node_files, "list_node_files")
+    add("GET", NODE + "/files/{filePath}", files.get_node_file, "get_node_file")
+    add("HEAD", NODE + "/files/{filePath}", files.get_node_file, "get_node_file_properties")
+    add("DELETE", NODE + "/files/{filePath}", files.delete_node_file, "delete_node_file")
+    add("POST", "/jobs", jobs.create_job, "create_job")
+    add("GET", "/jobs", jobs.list_jobs, "list_jobs")
+    add("GET", JOB, jobs.get_job, "get_job")
+    add("PATCH", JOB, jobs.update_job, "update_job")
+    add("PUT", JOB, jobs.replace_job, "replace_job")
+    add("DELETE", JOB, jobs.delete_job, "delete_job")
+    add("POST", JOB + "/terminate", jobs.terminate_job, "terminate_job")
+    add("POST", JOB + "/disable", jobs.disable_job, "disable_job")
+    add("POST", JOB + "/enable", jobs.enable_job, "enable_job")
+    add("GET", JOB + "/taskcounts", jobs.get_task_counts, "get_job_task_counts")
+    add("POST", JOB + "/tasks", tasks.create_task, "create_task")
+    add("GET", JOB + "/tasks", tasks.list_tasks, "list_tasks")
+    add("POST", JOB + "/addtaskcollection", tasks.create_task_collection, "create_task_collection")
+    add("GET", TASK, tasks.get_task, "get_task")
+    add("PUT", TASK, tasks.replace_task, "replace_task")
+    add("DELETE", TASK, tasks.delete_task, "delete_task")
+    add("POST", TASK + "/terminate", tasks.terminate_task, "terminate_task")
+    add("POST", TASK + "/reactivate", tasks.reactivate_task, "reactivate_task")
+    add("GET", TASK + "/subtasksinfo", tasks.list_subtasks, "list_sub_tasks")
+    add("GET", TASK + "/files", files.list_task_files, "list_task_files")
+    add("GET", TASK + "/files/{filePath}", files.get_task_file, "get_task_file")
+    add("HEAD", TASK + "/files/{filePath}", files.get_task_file, "get_task_file_properties")
+    add("DELETE", TASK + "/files/{filePath}", files.delete_task_file, "delete_task_file")
+    return router

@@ -1,0 +1,85 @@
+"""Assign active tasks to free task slots on a pool's nodes.
+
+Dispatch is event driven: anything that can free a slot or add work calls `kick(pool_id)`,
+and one coalesced pass per pool runs on the next turn of the event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from .entities import Job, Node, Pool, Task
+
+SCHEDULABLE_NODE_STATES = ("idle", "running")
+LOOKAHEAD = 64
+
+
+class Scheduler:
+    def __init__(self, find_pool: Callable[[str], Optional["Pool"]],
+                 jobs_for_pool: Callable[[str], list["Job"]],
+                 start_task: Callable[["Node", "Job", "Task"], None]):
+        self._find_pool = find_pool
+        self._jobs_for_pool = jobs_for_pool
+        self._start_task = start_task
+        self._kicked: set[str] = set()
+
+    def kick(self, pool_id: Optional[str]) -> None:
+        if not pool_id:
+            return
+        key = pool_id.lower()
+        if key in self._kicked:
+            return
+        self._kicked.add(key)
+        asyncio.get_running_loop().call_soon(self._dispatch, key)
+
+    def _dispatch(self, pool_key: str) -> None:
+        self._kicked.discard(pool_key)
+        pool = self._find_pool(pool_key)
+        if pool is None or pool.data["state"] != "active":
+            return
+        slots_per_node = pool.data.get("taskSlotsPerNode", 1)
+        free = {node.id: slots_per_node - sum(node.running.values())
+                for node in pool.nodes.values()
+                if node.data["state"] in SCHEDULABLE_NODE_STATES and node.data["schedulingState"] == "enabled"}
+        free = {node_id: slots for node_id, slots in free.items() if slots > 0}
+        if not free:
+            return
+        pack = (pool.data.get("taskSchedulingPolicy") or {}).get("nodeFillType", "spread").lower() == "pack"
+        jobs = sorted((job for job in self._jobs_for_pool(pool_key) if job.state == "active" and job.pending),
+                      key=lambda job: (-job.data.get("priority", 0), job.data["creationTime"]))
+        for job in jobs:
+            limit = job.data.get("maxParallelTasks", -1)
+            running = job.running_count
+            # Look a little past the free slots only, so a long queue costs nothing per pass.
+            candidates = list(itertools.islice(job.pending, sum(free.values()) + LOOKAHEAD))
+            for task_key in candidates:
+                if not free or (limit != -1 and running >= limit):
+                    break
+                task = job.tasks[task_key]
+                node_id = self._choose_node(free, task, pack)
+                if node_id is None:
+                    continue
+                del job.pending[task_key]
+                free[node_id] -= task.required_slots
+                if free[node_id] <= 0:
+                    del free[node_id]
+                running += 1
+                self._start_task(pool.nodes[node_id], job, task)
+            if not free:
+                return
+
+    @staticmethod
+    def _choose_node(free: dict[str, int], task: "Task", pack: bool) -> Optional[str]:
+        needed = task.required_slots
+        affinity = (task.data.get("affinityInfo") or {}).get("affinityId", "")
+        if affinity:
+            # Affinity is a preference, as on Azure: use the node when it has room, any node otherwise.
+            node_id = affinity.split(":", 1)[-1]
+            if free.get(node_id, 0) >= needed:
+                return node_id
+        fitting = [node_id for node_id, slots in free.items() if slots >= needed]
+        if not fitting:
+            return None
+        return (min if pack else max)(fitting, key=lambda node_id: (free[node_id], node_id))

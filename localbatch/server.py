@@ -1,0 +1,106 @@
+"""LocalBatchServer: the emulator as an object with start(), url and stop().
+
+It runs its own event loop in a background thread, so tests and tools can embed it;
+`python -m localbatch` runs the same server in the foreground.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Optional
+
+from aiohttp import web
+
+from .accounts import WELL_KNOWN_ACCOUNT_NAME, load_accounts
+from .http import MAX_BODY_BYTES, Pipeline
+from .resourcefiles import AutoStorage
+from .routes import build_router
+from .service import BatchService, Timings
+
+logger = logging.getLogger(__name__)
+AUTO_STORAGE_ENV_VAR = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
+
+
+class LocalBatchServer:
+    def __init__(self, location: str, host: str = "127.0.0.1", port: int = 0, debug: bool = False,
+                 timings: Optional[Timings] = None, auto_storage_connection_string: Optional[str] = None):
+        self.location = os.path.abspath(location)
+        self.host = host
+        self.port = port
+        self.debug = debug
+        self.timings = timings or Timings()
+        connection_string = auto_storage_connection_string or os.environ.get(AUTO_STORAGE_ENV_VAR)
+        self.auto_storage = AutoStorage(connection_string) if connection_string else AutoStorage()
+        self.accounts = load_accounts()
+        self.account_name = WELL_KNOWN_ACCOUNT_NAME
+        self.service: Optional[BatchService] = None
+        self.pipeline: Optional[Pipeline] = None
+        self._runner: Optional[web.AppRunner] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # ---- inside a running loop -----------------------------------------------------------------
+    async def start_async(self) -> None:
+        self.service = BatchService(self.location, self.account_name, self.timings, self.auto_storage)
+        self.service.load()
+        self.pipeline = Pipeline(self.service, build_router(), self.accounts, self.debug)
+        app = web.Application(client_max_size=MAX_BODY_BYTES * 8)
+        app.router.add_route("*", "/{tail:.*}", self.pipeline)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+        self.service.base_url = self.url
+        self.service.start_background_work()
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.service is not None:
+            await self.service.close()
+            self.service = None
+
+    # ---- from other threads ------------------------------------------------------------------
+    def start(self) -> "LocalBatchServer":
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(self.start_async())
+            except BaseException as exc:  # reported to the caller of start()
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self.stop_async())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="localbatch", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop = self._thread = None
+
+    def __enter__(self) -> "LocalBatchServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
