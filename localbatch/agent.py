@@ -6,6 +6,7 @@ directly, never through a shell, under the POSIX locale unless the task sets one
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 NODE_SUBDIRECTORIES = ("shared", "startup", "workitems", "applications", "fsmounts", "volatile")
 # Variables a task inherits from the emulator's own environment; everything else is Batch's.
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT")
+SPAWNER_THREADS = 4
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -37,6 +39,10 @@ class NodeAgent:
         self._downloader = downloader
         self.processes: dict[str, processes.ManagedProcess] = {}  # task key or "start:<node key>"
         self.stop_reasons: dict[str, str] = {}
+        self._starting: set[str] = set()  # programs being prepared, not yet running
+        # fork/exec and directory set-up block, so they run on a few threads beside the loop.
+        self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=SPAWNER_THREADS,
+                                                              thread_name_prefix="localbatch-spawn")
 
     # ---- layout -------------------------------------------------------------------------
     def node_root(self, node: "Node") -> str:
@@ -100,21 +106,26 @@ class NodeAgent:
         Returns a dict with `exitCode` and/or `failureInfo`, plus `stopReason` when the emulator
         stopped the process itself (terminate, requeue, wall-clock limit).
         """
+        self._starting.add(key)
+        try:
+            return await self._run_program(key, command_line, resource_files, task_dir, env, timeout)
+        finally:
+            self._starting.discard(key)
+            self.stop_reasons.pop(key, None)
+
+    async def _run_program(self, key: str, command_line: str, resource_files: list[dict],
+                           task_dir: str, env: dict[str, str], timeout: Optional[float]) -> dict:
         working_dir = os.path.join(task_dir, "wd")
+        loop = asyncio.get_running_loop()
+        if resource_files:
+            await loop.run_in_executor(self._spawner, _make_directory, working_dir)
+            try:
+                await self._downloader.download_all(resource_files, working_dir)
+            except ResourceFileError as exc:
+                _write_text(os.path.join(task_dir, "stderr.txt"), exc.message + "\n")
+                return {"failureInfo": _failure("usererror", exc.code, exc.message)}
         try:
-            os.makedirs(working_dir, exist_ok=True)
-        except OSError as exc:
-            raise EmulatorFault(f"cannot create the task directory: {exc}") from exc
-        try:
-            await self._downloader.download_all(resource_files, working_dir)
-        except ResourceFileError as exc:
-            _write_text(os.path.join(task_dir, "stderr.txt"), exc.message + "\n")
-            return {"failureInfo": _failure("usererror", exc.code, exc.message)}
-        try:
-            argv = processes.split_command_line(command_line)
-            argv[0] = processes.resolve_program(argv[0], env.get("PATH", DEFAULT_PATH), working_dir)
-            process = processes.spawn(argv, working_dir, env, os.path.join(task_dir, "stdout.txt"),
-                                      os.path.join(task_dir, "stderr.txt"))
+            popen = await loop.run_in_executor(self._spawner, _prepare_and_start, command_line, task_dir, env)
         except processes.CommandLineError as exc:
             return {"failureInfo": _failure("usererror", "CommandLineInvalid", str(exc))}
         except processes.ProgramNotFound as exc:
@@ -124,7 +135,10 @@ class NodeAgent:
             return {"failureInfo": _failure("usererror", "CommandProgramNotExecutable", str(exc))}
         except OSError as exc:
             raise EmulatorFault(f"cannot start the process: {exc}") from exc
+        process = processes.ManagedProcess(popen, loop)
         self.processes[key] = process
+        if key in self.stop_reasons:  # stopped while it was being started
+            process.kill()
         timer = None
         if timeout is not None and timeout < 10 ** 8:
             timer = asyncio.get_running_loop().call_later(timeout, self.stop, key, "timeout")
@@ -134,7 +148,7 @@ class NodeAgent:
             if timer:
                 timer.cancel()
             self.processes.pop(key, None)
-        reason = self.stop_reasons.pop(key, None)
+        reason = self.stop_reasons.get(key)
         outcome: dict = {"exitCode": 128 - exit_code if exit_code < 0 else exit_code}
         if reason:
             outcome["stopReason"] = reason
@@ -153,13 +167,20 @@ class NodeAgent:
         return process.pid if process else None
 
     def stop(self, key: str, reason: str) -> bool:
-        """Kill a running program and remember why; True when one was running."""
+        """Kill a running program and remember why.
+
+        True when a process was running: its runner then reports the outcome. False otherwise;
+        a program still being prepared is killed as soon as it starts, and the caller does the
+        bookkeeping itself.
+        """
         process = self.processes.get(key)
-        if process is None:
-            return False
-        self.stop_reasons[key] = reason
-        process.kill()
-        return True
+        if process is not None:
+            self.stop_reasons[key] = reason
+            process.kill()
+            return True
+        if key in self._starting:
+            self.stop_reasons[key] = reason
+        return False
 
     def stop_all(self, reason: str) -> None:
         for key in list(self.processes):
@@ -167,7 +188,25 @@ class NodeAgent:
 
     async def close(self) -> None:
         self.stop_all("shutdown")
+        self._spawner.shutdown(wait=True)
         await self._downloader.close()
+
+
+def _make_directory(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise EmulatorFault(f"cannot create the task directory: {exc}") from exc
+
+
+def _prepare_and_start(command_line: str, task_dir: str, env: dict[str, str]):
+    """Runs on a spawner thread: make the directories, resolve the program, start it."""
+    working_dir = os.path.join(task_dir, "wd")
+    _make_directory(working_dir)
+    argv = processes.split_command_line(command_line)
+    argv[0] = processes.resolve_program(argv[0], env.get("PATH", DEFAULT_PATH), working_dir)
+    return processes.start(argv, working_dir, env, os.path.join(task_dir, "stdout.txt"),
+                           os.path.join(task_dir, "stderr.txt"))
 
 
 def _failure(category: str, code: str, message: str) -> dict:

@@ -78,14 +78,16 @@ class ManagedProcess:
             pass
 
 
-def spawn(argv: list[str], working_dir: str, env: Mapping[str, str],
-          stdout_path: str, stderr_path: str, loop: Optional[asyncio.AbstractEventLoop] = None) -> ManagedProcess:
-    """Start argv (program already resolved) with output going straight to the two files."""
-    loop = loop or asyncio.get_running_loop()
+def start(argv: list[str], working_dir: str, env: Mapping[str, str],
+          stdout_path: str, stderr_path: str) -> subprocess.Popen:
+    """Start argv (program already resolved) with output going straight to the two files.
+
+    Blocking but thread-safe: the node agent calls it from a small fixed pool of spawner
+    threads, so fork/exec never stalls the event loop.
+    """
     with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-        popen = subprocess.Popen(argv, cwd=working_dir, env=dict(env), stdin=subprocess.DEVNULL,
-                                 stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True)
-    return ManagedProcess(popen, loop)
+        return subprocess.Popen(argv, cwd=working_dir, env=dict(env), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True)
 
 
 def kill_leftover_process_group(pid: int, expected_cwd: str) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import itertools
 import re
 import time
@@ -24,8 +25,16 @@ def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
 
 
+_second_cache: list = [-1, ""]
+
+
 def now_iso() -> str:
-    return iso(utcnow())
+    """The current time as `iso()` writes it; the seconds part is formatted once per second."""
+    now = time.time()
+    second = int(now)
+    if _second_cache[0] != second:
+        _second_cache[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second_cache[1]}.{int((now - second) * 10_000_000):07d}Z"
 
 
 def parse_iso(text: str) -> dt.datetime:
@@ -46,6 +55,7 @@ def new_etag() -> str:
     return "0x" + format(next(_etag_counter), "015X")[-15:]
 
 
+@functools.lru_cache(maxsize=256)
 def parse_duration(text: str) -> float:
     """ISO-8601 duration (the service's subset) to seconds; raises ValueError."""
     match = _DURATION_RE.match(text or "")
