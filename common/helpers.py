@@ -64,7 +64,11 @@ def wrap_commands_in_shell(commands: Sequence[str], shell: str = "/bin/bash") ->
     """
     if not commands:
         raise ValueError("wrap_commands_in_shell needs at least one command")
-    script = "; ".join(["set -e", *commands])
+    script = "set -e"
+    for command in commands:
+        command = command.strip()
+        # A command sent to the background already ends with its separator: "cmd &; next" is a syntax error.
+        script += " " + command if script.endswith("&") else "; " + command
     return f"{shell} -c {shlex.quote(script)}"
 
 

@@ -1,0 +1,1 @@
+"""Tests of the samples, the common package and the local emulator."""

@@ -1,0 +1,95 @@
+"""Suite-wide fixtures: one local stack (localbatch + Azurite on free ports) for the whole run.
+
+- ``local_stack``: the running ``common.local.LocalStack`` (its ``batch_endpoint``,
+  ``blob_endpoint`` and ``storage_connection_string``).
+- ``azurite``: the same stack's Azurite, as an object with ``blob_endpoint`` and ``connection_string``.
+- ``local_sample_environment``: environment variables that point a sample (run as a
+  subprocess) at that stack instead of the addresses in configuration.cfg.
+- ``local_batch_client`` / ``local_blob_service_client``: SDK clients for the stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+from azure.batch import BatchClient
+from azure.storage.blob import BlobServiceClient
+
+from common.clients import create_batch_client, create_blob_service_client
+from common.config import (
+    SampleSettings,
+    environment_variable_name,
+    load_settings,
+    sample_configuration_path,
+)
+from common.local import LocalStack, azurite_connection_string
+from tests.samples.support import environment_without_overrides
+
+FAST_POLL_INTERVAL_SECONDS = "0.2"
+
+
+@dataclass(frozen=True)
+class AzuriteEndpoint:
+    """Where the suite's Azurite answers, for tests that need only Blob storage."""
+
+    blob_endpoint: str
+
+    @property
+    def connection_string(self) -> str:
+        return azurite_connection_string(self.blob_endpoint)
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """localbatch and Azurite on free ports with throw-away state, stopped at the end of the run."""
+    stack = LocalStack(
+        data_directory=tmp_path_factory.mktemp("local-stack"),
+        batch_endpoint="http://127.0.0.1:0",
+        blob_endpoint="http://127.0.0.1:0/devstoreaccount1",
+        startup_timeout_seconds=120,
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(local_stack: LocalStack) -> AzuriteEndpoint:
+    """The suite's Azurite blob service."""
+    return AzuriteEndpoint(local_stack.blob_endpoint)
+
+
+@pytest.fixture(scope="session")
+def local_sample_environment(local_stack: LocalStack) -> dict[str, str]:
+    """Environment for a sample subprocess: configuration.cfg as shipped, pointed at the suite's stack."""
+    environment = environment_without_overrides()
+    environment.update({
+        environment_variable_name("Batch", "endpoint"): local_stack.batch_endpoint,
+        environment_variable_name("Batch", "poll_interval_seconds"): FAST_POLL_INTERVAL_SECONDS,
+        environment_variable_name("Storage", "connection_string"): "",
+        environment_variable_name("Storage", "blob_endpoint"): local_stack.blob_endpoint,
+        environment_variable_name("Local", "data_directory"): str(local_stack.data_directory),
+    })
+    return environment
+
+
+@pytest.fixture(scope="session")
+def local_settings(local_sample_environment: dict[str, str]) -> SampleSettings:
+    """Settings of sample1 as it would load them against the suite's stack."""
+    return load_settings(None, sample_configuration_path("sample1_helloworld.py"), environ=local_sample_environment)
+
+
+@pytest.fixture(scope="session")
+def local_batch_client(local_settings: SampleSettings) -> Iterator[BatchClient]:
+    with create_batch_client(local_settings.batch) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def local_blob_service_client(local_settings: SampleSettings) -> Iterator[BlobServiceClient]:
+    with create_blob_service_client(local_settings.storage) as client:
+        yield client
