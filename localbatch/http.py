@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote
@@ -24,6 +24,7 @@ logger = logging.getLogger("localbatch.requests")
 SUPPORTED_API_VERSIONS = ("2025-06-01", "2024-07-01.20.0")
 MAX_BODY_BYTES = 1024 * 1024
 DIAGNOSTIC_PREFIX = "/localbatch/"
+LATENCY_WINDOW = 20_000
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Pipeline:
         self.accounts = accounts
         self.debug = debug
         self.requests_by_operation: Counter[str] = Counter()
+        # Recent service times per operation, for the status endpoint's percentiles.
+        self.service_times: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=LATENCY_WINDOW))
         self.started = time.time()
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
@@ -141,9 +144,11 @@ class Pipeline:
             reply = _error_reply(BatchServiceError("InternalError"), request_id, base_url)
         self.requests_by_operation[operation] += 1
         response = await self._send(request, reply, request_id)
+        elapsed = time.perf_counter() - began
+        self.service_times[operation].append(elapsed)
         if self.debug:
             logger.debug("%s %s -> %d (%s, %.1f ms)", request.method, raw_path, reply.status, operation,
-                         (time.perf_counter() - began) * 1000)
+                         elapsed * 1000)
         return response
 
     def _diagnostics(self, raw_path: str) -> Reply:
@@ -152,6 +157,7 @@ class Pipeline:
                 "status": "ok", "account": self.service.account_name, "location": self.service.location,
                 "uptimeSeconds": round(time.time() - self.started, 3),
                 "requests": dict(sorted(self.requests_by_operation.items())),
+                "serviceTimeMs": {operation: _percentiles(times) for operation, times in sorted(self.service_times.items())},
                 "pools": len(self.service.pools), "jobs": len(self.service.jobs),
                 "tasks": sum(len(job.tasks) for job in self.service.jobs.values()),
             })
@@ -174,6 +180,12 @@ class Pipeline:
             headers.setdefault("Content-Length", str(len(body)))
             return web.Response(status=reply.status, headers=headers)
         return web.Response(status=reply.status, body=body, headers=headers)
+
+
+def _percentiles(times: deque) -> dict[str, float]:
+    ordered = sorted(times)
+    return {"count": len(ordered), "p50": round(ordered[len(ordered) // 2] * 1000, 3),
+            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3)}
 
 
 def _check_api_version(query: dict[str, str]) -> None:
