@@ -270,6 +270,7 @@ class BatchService:
         for node_id in node_ids:
             self._remove_node(pool, pool.nodes[node_id], body.get("nodeDeallocationOption") or "requeue")
         self._save_pool(pool)
+        self._finish_allocation_later(pool)
         return pool
 
     def _steady_pool(self, pool_id: str) -> Pool:
@@ -316,13 +317,17 @@ class BatchService:
                 for node in ordered[:surplus]:
                     self._remove_node(pool, node, deallocation)
         self._save_pool(pool)
+        self._finish_allocation_later(pool)
+
+    def _finish_allocation_later(self, pool: Pool) -> None:
         asyncio.get_running_loop().call_later(self.timings.node_creating, self._finish_allocation, pool)
 
     def _finish_allocation(self, pool: Pool) -> None:
+        """resizing -> steady once no node is still being created or leaving the pool."""
         if self.pools.get(pool.id.lower()) is not pool or pool.data["allocationState"] != "resizing":
             return
         if any(n.data["state"] in ("creating", "leavingpool") for n in pool.nodes.values()):
-            asyncio.get_running_loop().call_later(self.timings.node_creating, self._finish_allocation, pool)
+            self._finish_allocation_later(pool)
             return
         pool.set_allocation_state("steady")
         pool.touch()
