@@ -119,7 +119,7 @@ class Pipeline:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         began = time.perf_counter()
         request_id = str(uuid.uuid4())
-        raw_target = request.message.path
+        raw_target = request.raw_path  # as sent: still percent-encoded, never normalised
         raw_path, _, raw_query = raw_target.partition("?")
         base_url = f"{request.scheme}://{request.host}"
         operation = "unknown"
