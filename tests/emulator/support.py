@@ -1,0 +1,212 @@
+"""Helpers for the localbatch contract tests: bounded waits, SDK builders, a raw HTTP client.
+
+The raw client signs requests with its own Shared Key implementation, written from
+BATCH_FACTS.md and azure-batch's BatchSharedKeyAuthPolicy, so the emulator's verifier is
+checked against an independent signer rather than against itself.
+"""
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+import http.client
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from azure.batch import BatchClient, models
+from azure.core.credentials import AzureNamedKeyCredential
+
+from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
+
+API_VERSION = "2025-06-01"
+POLL = 0.02            # seconds between polls of the emulator
+WAIT = 30.0            # upper bound of any wait; reached only when something is broken
+LRO_POLLING = 0.05     # polling_interval for begin_* calls
+
+T = TypeVar("T")
+
+
+def unique_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(check: Callable[[], Optional[T]], what: str, timeout: float = WAIT) -> T:
+    """Poll `check` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(POLL)
+
+
+# ---- SDK side ----------------------------------------------------------------------------------
+def batch_client(url: str, account: str = WELL_KNOWN_ACCOUNT_NAME, key: str = WELL_KNOWN_ACCOUNT_KEY,
+                 **options: Any) -> BatchClient:
+    return BatchClient(url, AzureNamedKeyCredential(account, key), **options)
+
+
+def ubuntu_configuration() -> models.VirtualMachineConfiguration:
+    return models.VirtualMachineConfiguration(
+        image_reference=models.BatchVmImageReference(
+            publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"),
+        node_agent_sku_id="batch.node.ubuntu 22.04")
+
+
+def pool_options(pool_id: str, nodes: int = 1, **extra: Any) -> models.BatchPoolCreateOptions:
+    return models.BatchPoolCreateOptions(id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=nodes,
+                                         virtual_machine_configuration=ubuntu_configuration(), **extra)
+
+
+def wait_for_nodes(client: BatchClient, pool_id: str, count: int, states: Iterable[str] = ("idle",),
+                   timeout: float = WAIT) -> list[models.BatchNode]:
+    """Wait until the pool has exactly `count` nodes, all in one of `states`."""
+    wanted = set(states)
+
+    def ready() -> Optional[list[models.BatchNode]]:
+        nodes = list(client.list_nodes(pool_id))
+        if len(nodes) == count and all(node.state in wanted for node in nodes):
+            return nodes
+        return None
+    return wait_for(ready, f"{count} node(s) of pool {pool_id} in state {sorted(wanted)}", timeout)
+
+
+def create_pool_and_wait(client: BatchClient, pool_id: str, nodes: int = 1, **extra: Any) -> list[models.BatchNode]:
+    client.create_pool(pool_options(pool_id, nodes, **extra))
+    return wait_for_nodes(client, pool_id, nodes)
+
+
+def create_job(client: BatchClient, pool_id: str, job_id: Optional[str] = None, **extra: Any) -> str:
+    job_id = job_id or unique_id("job")
+    client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id), **extra))
+    return job_id
+
+
+def wait_for_task(client: BatchClient, job_id: str, task_id: str, states: Iterable[str] = ("completed",),
+                  timeout: float = WAIT) -> models.BatchTask:
+    wanted = set(states)
+
+    def reached() -> Optional[models.BatchTask]:
+        task = client.get_task(job_id, task_id)
+        return task if task.state in wanted else None
+    return wait_for(reached, f"task {job_id}/{task_id} in state {sorted(wanted)}", timeout)
+
+
+def wait_for_all_tasks(client: BatchClient, job_id: str, timeout: float = WAIT) -> None:
+    wait_for(lambda: not list(client.list_tasks(job_id, filter="state ne 'completed'", select=["id"])),
+             f"every task of job {job_id} to complete", timeout)
+
+
+def run_task(client: BatchClient, job_id: str, command_line: str, task_id: Optional[str] = None,
+             **extra: Any) -> models.BatchTask:
+    """Add one task and wait until it completes."""
+    task_id = task_id or unique_id("task")
+    client.create_task(job_id, models.BatchTaskCreateOptions(id=task_id, command_line=command_line, **extra))
+    return wait_for_task(client, job_id, task_id)
+
+
+def read_task_file(client: BatchClient, job_id: str, task_id: str, path: str = "stdout.txt") -> str:
+    return b"".join(client.download_task_file(job_id, task_id, path)).decode("utf-8")
+
+
+def terminate_options(reason: str = "test") -> Any:
+    # begin_terminate_job without options raises ValueError inside the SDK; always pass some.
+    return models._models.BatchJobTerminateOptions(termination_reason=reason)  # pylint: disable=protected-access
+
+
+# ---- raw HTTP ----------------------------------------------------------------------------------
+_SIGNED_HEADERS = ("content-encoding", "content-language", "content-length", "content-md5", "content-type",
+                   "date", "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range")
+
+
+def shared_key_signature(key: str, method: str, path: str, query: str, headers: dict[str, str],
+                         account: str) -> str:
+    """The signature azure-batch's BatchSharedKeyAuthPolicy would put in the Authorization header."""
+    present = {name.lower(): value for name, value in headers.items() if value}
+    if method not in ("GET", "HEAD"):
+        present.setdefault("content-length", "0")
+    text = method + "\n" + "".join(present.get(name, "") + "\n" for name in _SIGNED_HEADERS)
+    for name, value in sorted((n.lower(), v) for n, v in headers.items() if "ocp-" in n.lower() and v):
+        text += f"{name}:{value}\n"
+    text += f"/{account}{path}"
+    first_values: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        first_values.setdefault(name, value)
+    for name in sorted(first_values):
+        if first_values[name]:
+            text += f"\n{name}:{first_values[name]}"
+    digest = hmac.new(base64.b64decode(key), text.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error_code(self) -> Optional[str]:
+        try:
+            return self.json().get("code")
+        except ValueError:
+            return None
+
+    def detail(self, key: str) -> Optional[str]:
+        for entry in self.json().get("values", []):
+            if entry["key"] == key:
+                return entry["value"]
+        return None
+
+
+class RawClient:
+    """Sends exactly the bytes it is given (path not normalised), signed unless told otherwise."""
+
+    def __init__(self, url: str, account: str = WELL_KNOWN_ACCOUNT_NAME, key: str = WELL_KNOWN_ACCOUNT_KEY):
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.account, self.key = account, key
+
+    def request(self, method: str, target: str, body: Optional[bytes | dict | list] = None,
+                headers: Optional[dict[str, str]] = None, sign: bool = True,
+                authorization: Optional[str] = None, api_version: Optional[str] = API_VERSION) -> RawResponse:
+        if api_version is not None:
+            target += ("&" if "?" in target else "?") + f"api-version={api_version}"
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode("utf-8")
+        sent = {"ocp-date": email.utils.formatdate(usegmt=True), "client-request-id": str(uuid.uuid4())}
+        if body is not None:
+            sent["Content-Type"] = "application/json; odata=minimalmetadata"
+            sent["Content-Length"] = str(len(body))
+        sent.update(headers or {})
+        if authorization is not None:
+            sent["Authorization"] = authorization
+        elif sign:
+            path, _, query = target.partition("?")
+            sent["Authorization"] = "SharedKey {}:{}".format(
+                self.account, shared_key_signature(self.key, method, path, query, sent, self.account))
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=WAIT)
+        try:
+            connection.putrequest(method, target, skip_host=False, skip_accept_encoding=True)
+            for name, value in sent.items():
+                connection.putheader(name, value)
+            connection.endheaders(body)
+            response = connection.getresponse()
+            data = response.read()
+            return RawResponse(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        finally:
+            connection.close()
+
+
+def decoded_path(url: str) -> str:
+    return unquote(urlsplit(url).path)
