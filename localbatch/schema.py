@@ -33,7 +33,10 @@ def _fields(model_cls: type) -> dict[str, _Field]:
     for attr, rest_field in model_cls._attr_to_rest_field.items():
         hint = hints.get(attr, Any)
         optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-        fields[rest_field._rest_name] = _Field(hint, not optional)
+        # Read-only properties (the service's output, e.g. BatchJob.id in a replace) are never
+        # sent by the SDK, so they cannot be required in a request body.
+        read_only = getattr(rest_field, "_visibility", None) == ["read"]
+        fields[rest_field._rest_name] = _Field(hint, not optional and not read_only)
     return fields
 
 
