@@ -204,10 +204,16 @@ async def _read_body(request: web.Request) -> bytes:
     declared = request.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
         raise BatchServiceError("RequestBodyTooLarge", values={"MaxLimit": str(MAX_BODY_BYTES)})
-    body = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES:
-        raise BatchServiceError("RequestBodyTooLarge", values={"MaxLimit": str(MAX_BODY_BYTES)})
-    return body
+    # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BatchServiceError("RequestBodyTooLarge", values={"MaxLimit": str(MAX_BODY_BYTES)})
+        chunks.append(chunk)
 
 
 def _error_reply(error: BatchServiceError, request_id: str, base_url: str) -> Reply:
