@@ -34,7 +34,7 @@ def _node_root(call: Call) -> tuple[str, str]:
 def _inside(root: str, relative: str) -> str:
     """The absolute path of `relative` under `root`; never a path outside it."""
     parts = relative.replace("\\", "/").split("/")
-    if relative.startswith("/") or ".." in parts:
+    if relative.startswith("/") or ".." in parts or "\x00" in relative:
         raise BatchServiceError("InvalidUri", "The file path must stay inside its directory.",
                                 values={"FilePath": relative})
     real_root = os.path.realpath(root)
