@@ -25,7 +25,7 @@ def get_node(call: Call) -> Reply:
 
 def reboot_node(call: Call) -> Reply:
     body = optional_body(call, generated_models.BatchNodeRebootOptions)
-    call.service.reboot_node(call.params["poolId"], call.params["nodeId"], body.get("nodeRebootKind") or "requeue")
+    call.service.reboot_node(call.params["poolId"], call.params["nodeId"], body.get("nodeRebootOption") or "requeue")
     return Reply(202, None, {"DataServiceId": _node_url(call)})
 
 
