@@ -116,9 +116,14 @@ def read_task_file(client: BatchClient, job_id: str, task_id: str, path: str = "
     return b"".join(client.download_task_file(job_id, task_id, path)).decode("utf-8")
 
 
+# azure-batch 15.1 raises ValueError before sending when an optional options body is left out
+# (begin_terminate_job, begin_reboot_node): always pass one. The models are not exported.
 def terminate_options(reason: str = "test") -> Any:
-    # begin_terminate_job without options raises ValueError inside the SDK; always pass some.
     return models._models.BatchJobTerminateOptions(termination_reason=reason)  # pylint: disable=protected-access
+
+
+def reboot_options(kind: str = "requeue") -> Any:
+    return models._models.BatchNodeRebootOptions(node_reboot_kind=kind)  # pylint: disable=protected-access
 
 
 # ---- raw HTTP ----------------------------------------------------------------------------------
