@@ -10,6 +10,7 @@ import concurrent.futures
 import logging
 import os
 import shutil
+import subprocess
 from typing import TYPE_CHECKING, Optional
 
 from . import processes, wire
@@ -40,6 +41,9 @@ class NodeAgent:
         self.processes: dict[str, processes.ManagedProcess] = {}  # task key or "start:<node key>"
         self.stop_reasons: dict[str, str] = {}
         self._starting: set[str] = set()  # programs being prepared, not yet running
+        # Every child started and not yet seen to exit, whoever still waits for it: on shutdown
+        # the runners are cancelled first, and these are what must not outlive the emulator.
+        self._children: dict[int, "subprocess.Popen"] = {}
         # fork/exec and directory set-up block, so they run on a few threads beside the loop.
         self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=SPAWNER_THREADS,
                                                               thread_name_prefix="localbatch-spawn")
@@ -60,9 +64,15 @@ class NodeAgent:
         path = os.path.join(self._nodes_dir, pool_id.lower(), *( [node_id] if node_id else []))
         shutil.rmtree(path, ignore_errors=True)
 
-    def remove_job_directories(self, pool: "Pool", job_id: str) -> None:
-        for node in pool.nodes.values():
-            shutil.rmtree(os.path.join(self.node_root(node), "workitems", job_id), ignore_errors=True)
+    def job_directories(self, pool: "Pool", job_id: str) -> list[str]:
+        """The job's directory on each node (read on the loop: pool.nodes changes there)."""
+        return [os.path.join(self.node_root(node), "workitems", job_id) for node in pool.nodes.values()]
+
+    @staticmethod
+    def remove_directories(paths: list[str]) -> None:
+        """Blocking; run it on an executor."""
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
 
     # ---- environment ------------------------------------------------------------------
     def environment(self, node: "Node", task_dir: str, extra: list[dict],
@@ -125,7 +135,7 @@ class NodeAgent:
                 _write_text(os.path.join(task_dir, "stderr.txt"), exc.message + "\n")
                 return {"failureInfo": _failure("usererror", exc.code, exc.message)}
         try:
-            popen = await loop.run_in_executor(self._spawner, _prepare_and_start, command_line, task_dir, env)
+            popen = await loop.run_in_executor(self._spawner, self._start_child, command_line, task_dir, env)
         except processes.CommandLineError as exc:
             return {"failureInfo": _failure("usererror", "CommandLineInvalid", str(exc))}
         except processes.ProgramNotFound as exc:
@@ -144,6 +154,7 @@ class NodeAgent:
             timer = asyncio.get_running_loop().call_later(timeout, self.stop, key, "timeout")
         try:
             exit_code = await process.exit_code
+            self._children.pop(process.pid, None)
         finally:
             if timer:
                 timer.cancel()
@@ -186,9 +197,21 @@ class NodeAgent:
         for key in list(self.processes):
             self.stop(key, reason)
 
+    def _start_child(self, command_line: str, task_dir: str, env: dict[str, str]) -> "subprocess.Popen":
+        """Runs on a spawner thread; records the child before anyone can lose track of it."""
+        popen = _prepare_and_start(command_line, task_dir, env)
+        self._children[popen.pid] = popen
+        return popen
+
     async def close(self) -> None:
+        """Kill every program still running (including ones whose runner was cancelled) and reap it."""
         self.stop_all("shutdown")
-        self._spawner.shutdown(wait=True)
+        self._spawner.shutdown(wait=True)  # no start is half-way through any more
+        for pid, popen in list(self._children.items()):
+            if popen.returncode is None:  # not reaped yet, so the pid is still this child's
+                processes.kill_process_group(pid)
+                popen.wait()
+        self._children.clear()
         await self._downloader.close()
 
 

@@ -72,10 +72,15 @@ class ManagedProcess:
         if self.exit_code.done():
             return
         self.killed = True
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_process_group(self.pid)
+
+
+def kill_process_group(pid: int) -> None:
+    """SIGKILL a child's process group (its session: the child and whatever it started)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def start(argv: list[str], working_dir: str, env: Mapping[str, str],

@@ -54,6 +54,7 @@ class BatchService:
         self.jobs: dict[str, Job] = {}
         self._jobs_by_pool: dict[str, set[str]] = {}
         self._background: set[asyncio.Task] = set()
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle ----------
     def load(self) -> None:
@@ -115,6 +116,7 @@ class BatchService:
             self.scheduler.kick(pool.id)
 
     async def close(self) -> None:
+        self._closing = True  # the scheduler starts nothing more
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -619,6 +621,8 @@ class BatchService:
             raise BatchServiceError("JobBeingDeleted")
         if job.state != "terminating":
             job.set_state("terminating")
+            # Kept with the job, so a restart while it is terminating finishes with the same reason.
+            job.data["executionInfo"]["terminateReason"] = reason or "UserTerminate"
             self._save_job(job)
             self._spawn(self._finish_job_terminate(job, reason or "UserTerminate"))
         return job
@@ -662,7 +666,8 @@ class BatchService:
         job.pending.clear()
         pool = self.pools.get((job.pool_id or "").lower())
         if pool is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.agent.remove_job_directories, pool, job.id)
+            directories = self.agent.job_directories(pool, job.id)
+            await asyncio.get_running_loop().run_in_executor(None, self.agent.remove_directories, directories)
         self._release_auto_pool(job)
         self.jobs.pop(job.id.lower(), None)
         self._jobs_by_pool.get((job.pool_id or "").lower(), set()).discard(job.id.lower())
@@ -812,6 +817,9 @@ class BatchService:
     # ---- running a task ------------------------------------------------------------------
     def _begin_task(self, node: Node, job: Job, task: Task) -> None:
         """Called by the scheduler: claim the slots and start the runner."""
+        if self._closing:
+            job.pending[task.id.lower()] = None  # still active; the next start schedules it
+            return
         pool = self.pools[node.pool_id.lower()]
         task_key = f"{job.id.lower()}/{task.id.lower()}"
         node.running[task_key] = task.required_slots
