@@ -1,0 +1,124 @@
+"""`python -m localbatch`: prints its URL, answers, and exits cleanly on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from azure.batch import models
+
+from .support import WAIT, batch_client, create_job, create_pool_and_wait, wait_for, wait_for_task
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RunningEmulator:
+    """`python -m localbatch` as a child process, with its output read on a thread."""
+
+    def __init__(self, location: Path, *arguments: str, env: dict[str, str] | None = None):
+        environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT), **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "localbatch", "--port", "0", "--location", str(location), *arguments],
+            cwd=REPOSITORY_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self.stderr = ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def url(self) -> str:
+        line = self.lines.get(timeout=WAIT)
+        match = re.fullmatch(r"localbatch listening on (http://127\.0\.0\.1:(\d+))\n", line)
+        assert match, line
+        assert int(match.group(2)) > 0
+        return match.group(1)
+
+    def finish(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(WAIT)
+        self.stderr = self.process.stderr.read()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(WAIT)
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    running = RunningEmulator(tmp_path / "state")
+    yield running
+    running.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_prints_its_url_answers_and_exits_cleanly(emulator, signum):
+    url = emulator.url()
+    with urllib.request.urlopen(f"{url}/localbatch/status", timeout=WAIT) as response:
+        status = json.load(response)
+    assert response.status == 200 and status["status"] == "ok"
+    with batch_client(url) as client:
+        assert any(image.os_type == "linux" for image in client.list_supported_images())
+    assert emulator.finish(signum) == 0
+    assert "Traceback" not in emulator.stderr
+
+
+def test_sigterm_ends_running_tasks_and_state_survives(tmp_path):
+    location = tmp_path / "state"
+    first = RunningEmulator(location, "--node-startup-seconds", "0.05")
+    pid_file = tmp_path / "pid"
+    try:
+        with batch_client(first.url()) as client:
+            create_pool_and_wait(client, "cli-pool", nodes=1)
+            job_id = create_job(client, "cli-pool", "cli-job")
+            client.create_task(job_id, models.BatchTaskCreateOptions(
+                id="long", command_line=f"/bin/bash -c 'echo $$ > {pid_file}; exec sleep 60'"))
+            wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task to start")
+            assert wait_for_task(client, job_id, "long", states=("running",))
+        assert first.finish(signal.SIGTERM) == 0
+    finally:
+        first.kill()
+    pid = int(pid_file.read_text())
+    # The child was reaped by the emulator, or is gone with it: either way it no longer runs.
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split(") ")[1][:1]
+
+    second = RunningEmulator(location, "--node-startup-seconds", "0.05")
+    try:
+        with batch_client(second.url()) as client:
+            task = client.get_task("cli-job", "long")
+            assert task.execution_info.requeue_count == 1
+            assert client.get_pool("cli-pool").id == "cli-pool"
+        assert second.finish(signal.SIGTERM) == 0
+    finally:
+        second.kill()
+
+
+def test_a_port_in_use_is_a_clear_error(emulator, tmp_path):
+    port = emulator.url().rsplit(":", 1)[1]
+    result = subprocess.run([sys.executable, "-m", "localbatch", "--port", port, "--location", str(tmp_path / "b")],
+                            cwd=REPOSITORY_ROOT, env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)},
+                            capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_accounts_variable_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "localbatch", "--port", "0", "--location", str(tmp_path)],
+                            cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=WAIT,
+                            env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT),
+                                 "LOCALBATCH_ACCOUNTS": "broken:not*base64"})
+    assert result.returncode == 2
+    assert "LOCALBATCH_ACCOUNTS" in result.stderr and "'broken'" in result.stderr
+    assert "Traceback" not in result.stderr
