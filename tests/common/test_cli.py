@@ -1,0 +1,110 @@
+"""common.cli: options, one-line errors, exit codes, and logs without secrets."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from common.cli import (
+    EXIT_CONFIGURATION_ERROR,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_SUCCESS,
+    RedactingFormatter,
+    parse_sample_arguments,
+    run_sample_main,
+)
+from common.config import ConfigError
+from common.local import LocalStackError
+
+
+@pytest.fixture(autouse=True)
+def restore_sigterm_handler() -> Iterator[None]:
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_default_options() -> None:
+    arguments = parse_sample_arguments("doc", Path("/x/sample_configs/s.cfg"), [])
+
+    assert arguments.config is None
+    assert arguments.sample_config == Path("/x/sample_configs/s.cfg")
+    assert arguments.keep_resources is False and arguments.verbose is False
+
+
+def test_all_options() -> None:
+    arguments = parse_sample_arguments(
+        "doc", Path("s.cfg"), ["--config", "azure.cfg", "--sample-config", "mine.cfg", "--keep-resources", "-v"])
+
+    assert (arguments.config, arguments.sample_config) == (Path("azure.cfg"), Path("mine.cfg"))
+    assert arguments.keep_resources and arguments.verbose
+
+
+def test_success_is_exit_code_0(capsys: pytest.CaptureFixture) -> None:
+    assert run_sample_main("sample.py", lambda: None) == EXIT_SUCCESS
+    assert capsys.readouterr().err == ""
+
+
+def fail_with(error: BaseException):  # type: ignore[no-untyped-def]
+    def run() -> None:
+        raise error
+    return run
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (ConfigError("/c.cfg: [Batch] account_key: the value is empty"), EXIT_CONFIGURATION_ERROR,
+         "sample.py: error: configuration error: /c.cfg: [Batch] account_key: the value is empty"),
+        (LocalStackError("Node.js is not installed"), EXIT_FAILURE, "sample.py: error: local stack: Node.js is not installed"),
+        (TimeoutError("timed out after 0:30:00 waiting for x"), EXIT_FAILURE,
+         "sample.py: error: TimeoutError: timed out after 0:30:00 waiting for x"),
+        (RuntimeError("two\nlines with https://a/b?sig=c2VjcmV0"), EXIT_FAILURE,
+         "sample.py: error: RuntimeError: two lines with https://a/b?sig=REDACTED"),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED,
+         "sample.py: error: interrupted; the resources it created were cleaned up as configured"),
+    ],
+)
+def test_a_failure_is_one_line_on_stderr_and_a_non_zero_exit_code(
+    error: BaseException, code: int, line: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert run_sample_main("sample.py", fail_with(error)) == code
+
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n"
+    assert captured.out == ""
+
+
+def test_sigterm_is_handled_like_ctrl_c(capsys: pytest.CaptureFixture) -> None:
+    cleaned_up = []
+
+    def run() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not interrupt the sample")
+        finally:
+            cleaned_up.append(True)
+
+    assert run_sample_main("sample.py", run) == EXIT_INTERRUPTED
+    assert cleaned_up == [True]
+
+
+def test_log_records_are_redacted() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter("%(message)s"))
+    logger = logging.getLogger("tests.redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("downloading %s", "https://a.blob.core.windows.net/c/b?sp=r&sig=c2VjcmV0")
+    finally:
+        logger.removeHandler(handler)
+
+    assert stream.getvalue() == "downloading https://a.blob.core.windows.net/c/b?sp=r&sig=REDACTED\n"
