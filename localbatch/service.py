@@ -54,6 +54,7 @@ class BatchService:
         self.jobs: dict[str, Job] = {}
         self._jobs_by_pool: dict[str, set[str]] = {}
         self._background: set[asyncio.Task] = set()
+        self._job_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle ----------
@@ -114,9 +115,13 @@ class BatchService:
             if pool.data["allocationState"] != "steady":
                 self._resize_to_target(pool)
             self.scheduler.kick(pool.id)
+        for job in list(self.jobs.values()):
+            self._arm_job_wall_clock(job)
 
     async def close(self) -> None:
         self._closing = True  # the scheduler starts nothing more
+        for timer in self._job_timers.values():
+            timer.cancel()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -553,7 +558,25 @@ class BatchService:
         self.jobs[job.id.lower()] = job
         self._index_job(job)
         self._save_job(job)
+        self._arm_job_wall_clock(job)
         return job
+
+    def _arm_job_wall_clock(self, job: Job) -> None:
+        """Terminate the job (reason MaxWallClockTimeExpiry) once it has existed for its maxWallClockTime."""
+        old_timer = self._job_timers.pop(job.id.lower(), None)
+        if old_timer is not None:
+            old_timer.cancel()
+        limit = wire.parse_duration(job.data["constraints"].get("maxWallClockTime") or wire.MAX_DURATION)
+        if limit >= 10 ** 8 or job.state in ("completed", "terminating", "deleting"):
+            return
+        elapsed = (wire.utcnow() - wire.parse_iso(job.data["creationTime"])).total_seconds()
+        self._job_timers[job.id.lower()] = asyncio.get_running_loop().call_later(
+            max(0.0, limit - elapsed), self._job_wall_clock_expired, job)
+
+    def _job_wall_clock_expired(self, job: Job) -> None:
+        self._job_timers.pop(job.id.lower(), None)
+        if self.jobs.get(job.id.lower()) is job and job.state in ("active", "disabling", "disabled", "enabling"):
+            self.terminate_job(job.id, "MaxWallClockTimeExpiry")
 
     def _create_auto_pool(self, job: Job, spec: dict) -> str:
         if spec.get("poolLifetimeOption", "").lower() not in ("job",):
@@ -581,6 +604,12 @@ class BatchService:
                 job.data[name] = body[name]
             elif replace and name == "metadata":
                 job.data.pop(name, None)
+        if body.get("constraints") is not None:
+            # A new constraints object replaces the old one; what it leaves out takes the defaults.
+            job.data["constraints"] = {"maxWallClockTime": wire.MAX_DURATION, "maxTaskRetryCount": 0,
+                                       **body["constraints"]}
+            _check_durations("constraints", job.data["constraints"], ("maxWallClockTime",))
+            self._arm_job_wall_clock(job)
         if body.get("poolInfo", {}).get("poolId"):
             self._jobs_by_pool.get((job.pool_id or "").lower(), set()).discard(job.id.lower())
             job.data["executionInfo"]["poolId"] = body["poolInfo"]["poolId"]
@@ -715,7 +744,8 @@ class BatchService:
                 raise _not_emulated(unsupported)
         for index, resource_file in enumerate(body.get("resourceFiles") or []):
             _check_resource_file(f"resourceFiles[{index}]", resource_file)
-        constraints = {"maxWallClockTime": job.data["constraints"].get("maxWallClockTime", wire.MAX_DURATION),
+        # The job's maxWallClockTime limits the job as a whole (see _arm_job_wall_clock), not each task.
+        constraints = {"maxWallClockTime": wire.MAX_DURATION,
                        "retentionTime": "P7D",
                        "maxTaskRetryCount": job.data["constraints"].get("maxTaskRetryCount", 0),
                        **(body.get("constraints") or {})}
