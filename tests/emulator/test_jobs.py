@@ -9,8 +9,8 @@ import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from .support import (LRO_POLLING, create_job, pool_options, run_task, terminate_options, ubuntu_configuration,
-                      unique_id, wait_for, wait_for_all_tasks, wait_for_task)
+from .support import (LRO_POLLING, create_job, create_pool_and_wait, pool_options, run_task, terminate_options,
+                      ubuntu_configuration, unique_id, wait_for, wait_for_all_tasks, wait_for_task)
 
 
 def test_create_and_get_job_on_a_pool_has_the_service_defaults(client, pool_id):
@@ -266,3 +266,67 @@ def test_pool_can_be_created_after_the_job_that_names_it(client):
     client.create_task(job_id, models.BatchTaskCreateOptions(id="t", command_line="/bin/true"))
     client.create_pool(pool_options(pool_id, nodes=1))
     assert wait_for_task(client, job_id, "t").execution_info.exit_code == 0
+
+
+def test_updating_job_constraints_fills_defaults_and_rearms_the_wall_clock(client, pool_id):
+    job_id = create_job(client, pool_id)
+    client.update_job(job_id, models.BatchJobUpdateOptions(constraints=models.BatchJobConstraints(
+        max_wall_clock_time=dt.timedelta(milliseconds=300))))
+    job = client.get_job(job_id)
+    assert job.constraints.max_task_retry_count == 0
+    assert job.constraints.max_wall_clock_time == dt.timedelta(milliseconds=300)
+    ended = wait_for(lambda: (j := client.get_job(job_id)).state == "completed" and j, "the job's time to run out")
+    assert ended.execution_info.termination_reason == "MaxWallClockTimeExpiry"
+
+
+def test_deleting_a_job_removes_its_task_directories_from_the_nodes(client, pool_id):
+    job_id = create_job(client, pool_id)
+    task = run_task(client, job_id, "/bin/echo hi")
+    path = f"workitems/{job_id}/job-1/{task.id}/stdout.txt"
+    assert client.get_node_file_properties(pool_id, task.node_info.node_id, path).content_length == 3
+    client.begin_delete_job(job_id, polling_interval=LRO_POLLING).result()
+    names = [f.name for f in client.list_node_files(pool_id, task.node_info.node_id, recursive=True)]
+    assert not any(name.startswith(f"workitems/{job_id}") for name in names)
+
+
+def test_higher_priority_jobs_run_first(client):
+    pool = unique_id("prio")
+    [node] = create_pool_and_wait(client, pool, nodes=1)
+    # Hold the node while both jobs fill up, so the scheduler sees all tasks at once.
+    client.disable_node_scheduling(pool, node.id, models.BatchNodeDisableSchedulingOptions(
+        node_disable_scheduling_option="requeue"))
+    low = create_job(client, pool, priority=-100)
+    high = create_job(client, pool, priority=500)
+    client.create_tasks(low, [models.BatchTaskCreateOptions(id=f"low{n}", command_line="/bin/true") for n in range(3)])
+    client.create_tasks(high, [models.BatchTaskCreateOptions(id=f"high{n}", command_line="/bin/true")
+                               for n in range(3)])
+    client.enable_node_scheduling(pool, node.id)
+    wait_for_all_tasks(client, low)
+    wait_for_all_tasks(client, high)
+    last_high = max(t.execution_info.start_time for t in client.list_tasks(high))
+    first_low = min(t.execution_info.start_time for t in client.list_tasks(low))
+    assert last_high <= first_low
+
+
+@pytest.mark.parametrize("fill_type, distinct_nodes", [("spread", 2), ("pack", 1)])
+def test_node_fill_type(client, fill_type, distinct_nodes):
+    pool = unique_id("fill")
+    client.create_pool(pool_options(pool, nodes=2, task_slots_per_node=2,
+                                    task_scheduling_policy=models.BatchTaskSchedulingPolicy(node_fill_type=fill_type)))
+    wait_for(lambda: len([n for n in client.list_nodes(pool) if n.state == "idle"]) == 2, "two idle nodes")
+    job_id = create_job(client, pool)
+    client.create_tasks(job_id, [models.BatchTaskCreateOptions(id=f"t{n}", command_line="sleep 0.3") for n in range(2)])
+    wait_for_all_tasks(client, job_id)
+    assert len({t.node_info.node_id for t in client.list_tasks(job_id)}) == distinct_nodes
+
+
+def test_deleting_a_pool_requeues_its_running_tasks(client):
+    pool = unique_id("gone")
+    client.create_pool(pool_options(pool, nodes=1))
+    job_id = create_job(client, pool)
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="orphan", command_line="sleep 60"))
+    wait_for_task(client, job_id, "orphan", states=("running",))
+    client.begin_delete_pool(pool, polling_interval=LRO_POLLING).result()
+    task = client.get_task(job_id, "orphan")
+    assert task.state == "active"
+    assert task.execution_info.requeue_count == 1

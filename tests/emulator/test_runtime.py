@@ -223,3 +223,18 @@ def test_output_bytes_are_kept_as_written(client, pool_id):
     job_id = create_job(client, pool_id)
     task = run_task(client, job_id, "printf 'caf\\303\\251 \\342\\234\\223\\n'")
     assert b"".join(client.download_task_file(job_id, task.id, "stdout.txt")) == "café ✓\n".encode()
+
+
+def test_the_job_max_wall_clock_time_ends_the_job_not_each_task(client, pool_id):
+    job_id = unique_id("job")
+    client.create_job(models.BatchJobCreateOptions(
+        id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+        constraints=models.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=1))))
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="long", command_line="sleep 60"))
+    task = client.get_task(job_id, "long")
+    assert task.constraints.max_wall_clock_time > dt.timedelta(days=10000)  # tasks are not limited by it
+    job = wait_for(lambda: (j := client.get_job(job_id)).state == "completed" and j, "the job's time to run out")
+    assert job.execution_info.termination_reason == "MaxWallClockTimeExpiry"
+    task = client.get_task(job_id, "long")
+    assert task.state == "completed" and task.execution_info.result == "failure"
+    assert task.execution_info.failure_info.code != "MaxWallClockTimeExpiry"  # the task's own limit did not fire
