@@ -42,6 +42,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "NodeNotReady": (409, "The node is not in a state that allows this operation."),
     "OperationInvalidForCurrentState": (409, "The operation is not allowed on the resource in its current state."),
     "ConditionNotMet": (412, "The condition specified using HTTP conditional header(s) is not met."),
+    "NotModified": (304, "The resource has not been modified since the time or ETag the request names."),
 }
 
 

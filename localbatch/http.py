@@ -217,4 +217,6 @@ async def _read_body(request: web.Request) -> bytes:
 
 
 def _error_reply(error: BatchServiceError, request_id: str, base_url: str) -> Reply:
+    if error.status == 304:  # a 304 never has a body
+        return Reply(304)
     return Reply(error.status, error.body(request_id, wire.now_iso(), base_url))

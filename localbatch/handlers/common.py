@@ -1,6 +1,8 @@
 """What every handler shares: body validation, entity replies, paging, `$filter` and `$select`."""
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 from typing import Any, Callable, Iterable, Optional
 from urllib.parse import quote
 
@@ -9,6 +11,45 @@ from ..errors import BatchServiceError
 from ..http import Call, Reply
 
 DEFAULT_PAGE_SIZE = 1000
+
+
+def check_conditions(call: Call, data: dict) -> None:
+    """Honour If-Match, If-None-Match, If-Modified-Since and If-Unmodified-Since against an entity.
+
+    The SDK sends them for `etag=`/`match_condition=` and `if_(un)modified_since=`. A failed
+    condition is 412 ConditionNotMet, except that a GET or HEAD answers 304 when the entity is
+    unchanged (If-None-Match / If-Modified-Since).
+    """
+    etag = data.get("eTag", "")
+    reading = call.method in ("GET", "HEAD")
+    if_match = call.headers.get("If-Match")
+    if if_match and if_match.strip() != "*" and etag not in _etags(if_match):
+        raise BatchServiceError("ConditionNotMet")
+    if_none_match = call.headers.get("If-None-Match")
+    if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+        raise BatchServiceError("NotModified" if reading else "ConditionNotMet")
+    modified = wire.parse_iso(data["lastModified"]).replace(microsecond=0) if data.get("lastModified") else None
+    unmodified_since = _http_date(call, "If-Unmodified-Since")
+    if modified and unmodified_since and modified > unmodified_since:
+        raise BatchServiceError("ConditionNotMet")
+    modified_since = _http_date(call, "If-Modified-Since")
+    if modified and modified_since and modified <= modified_since:
+        raise BatchServiceError("NotModified" if reading else "ConditionNotMet")
+
+
+def _etags(header: str) -> set[str]:
+    return {part.strip().removeprefix("W/").strip('"') for part in header.split(",")}
+
+
+def _http_date(call: Call, name: str):
+    text = call.headers.get(name)
+    if not text:
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        raise BatchServiceError("InvalidHeaderValue", values={"HeaderName": name, "HeaderValue": text}) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def body_of(call: Call, model_cls: type) -> dict:

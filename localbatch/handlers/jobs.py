@@ -5,8 +5,15 @@ from azure.batch import models
 from azure.batch.models import _models as generated_models
 
 from ..http import Call, Reply
-from .common import accepted, body_of, created, entity_reply, list_reply, optional_body, updated
+from .common import accepted, body_of, check_conditions, created, entity_reply, list_reply, optional_body, updated
 from .views import job_url, job_view
+
+
+def _job(call: Call):
+    """The job the path names, once the request's conditional headers hold for it."""
+    job = call.service.get_job(call.params["jobId"])
+    check_conditions(call, job.data)
+    return job
 
 
 def create_job(call: Call) -> Reply:
@@ -19,37 +26,43 @@ def list_jobs(call: Call) -> Reply:
 
 
 def get_job(call: Call) -> Reply:
-    return entity_reply(call, job_view(call, call.service.get_job(call.params["jobId"])), "jobs/@Element")
+    return entity_reply(call, job_view(call, _job(call)), "jobs/@Element")
 
 
 def update_job(call: Call) -> Reply:
+    _job(call)
     job = call.service.update_job(call.params["jobId"], body_of(call, models.BatchJobUpdateOptions))
     return updated(call, job_url(call, job.id), job.data)
 
 
 def replace_job(call: Call) -> Reply:
+    _job(call)
     job = call.service.update_job(call.params["jobId"], body_of(call, models.BatchJob), replace=True)
     return updated(call, job_url(call, job.id), job.data)
 
 
 def delete_job(call: Call) -> Reply:
+    _job(call)
     call.service.delete_job(call.params["jobId"])
     return accepted(call, job_url(call, call.params["jobId"]))
 
 
 def terminate_job(call: Call) -> Reply:
+    _job(call)
     body = optional_body(call, generated_models.BatchJobTerminateOptions)
     job = call.service.terminate_job(call.params["jobId"], body.get("terminateReason"))
     return updated(call, job_url(call, job.id), job.data, status=202)
 
 
 def disable_job(call: Call) -> Reply:
+    _job(call)
     body = body_of(call, models.BatchJobDisableOptions)
     job = call.service.disable_job(call.params["jobId"], body["disableTasks"])
     return updated(call, job_url(call, job.id), job.data, status=202)
 
 
 def enable_job(call: Call) -> Reply:
+    _job(call)
     job = call.service.enable_job(call.params["jobId"])
     return updated(call, job_url(call, job.id), job.data, status=202)
 

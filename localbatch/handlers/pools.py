@@ -5,8 +5,15 @@ from azure.batch import models
 
 from ..http import Call, Reply
 from ..images import SUPPORTED_IMAGES
-from .common import accepted, body_of, created, entity_reply, list_reply, updated
+from .common import accepted, body_of, check_conditions, created, entity_reply, list_reply, updated
 from .views import pool_url, pool_view
+
+
+def _pool(call: Call):
+    """The pool the path names, once the request's conditional headers hold for it."""
+    pool = call.service.get_pool(call.params["poolId"])
+    check_conditions(call, pool.data)
+    return pool
 
 
 def create_pool(call: Call) -> Reply:
@@ -19,20 +26,23 @@ def list_pools(call: Call) -> Reply:
 
 
 def get_pool(call: Call) -> Reply:
-    return entity_reply(call, pool_view(call, call.service.get_pool(call.params["poolId"])), "pools/@Element")
+    pool = _pool(call)
+    return entity_reply(call, pool_view(call, pool), "pools/@Element")
 
 
 def pool_exists(call: Call) -> Reply:
-    pool = call.service.get_pool(call.params["poolId"])
+    pool = _pool(call)
     return Reply.entity(200, None, pool.data["eTag"], pool.data["lastModified"])
 
 
 def delete_pool(call: Call) -> Reply:
+    _pool(call)
     call.service.delete_pool(call.params["poolId"])
     return accepted(call, pool_url(call, call.params["poolId"]))
 
 
 def update_pool(call: Call) -> Reply:
+    _pool(call)
     pool = call.service.update_pool(call.params["poolId"], body_of(call, models.BatchPoolUpdateOptions))
     return updated(call, pool_url(call, pool.id), pool.data)
 
@@ -44,16 +54,19 @@ def replace_pool(call: Call) -> Reply:
 
 
 def resize_pool(call: Call) -> Reply:
+    _pool(call)
     pool = call.service.resize_pool(call.params["poolId"], body_of(call, models.BatchPoolResizeOptions))
     return updated(call, pool_url(call, pool.id), pool.data, status=202)
 
 
 def stop_resize(call: Call) -> Reply:
+    _pool(call)
     pool = call.service.stop_resize(call.params["poolId"])
     return updated(call, pool_url(call, pool.id), pool.data, status=202)
 
 
 def remove_nodes(call: Call) -> Reply:
+    _pool(call)
     pool = call.service.remove_nodes(call.params["poolId"], body_of(call, models.BatchNodeRemoveOptions))
     return updated(call, pool_url(call, pool.id), pool.data, status=202)
 

@@ -8,7 +8,7 @@ from azure.batch import models
 from .. import schema
 from ..errors import BatchServiceError
 from ..http import Call, Reply
-from .common import body_of, created, entity_reply, list_reply, updated
+from .common import body_of, check_conditions, created, entity_reply, list_reply, updated
 from .views import job_url, task_view
 
 MAX_TASKS_PER_COLLECTION = 100
@@ -16,6 +16,13 @@ MAX_TASKS_PER_COLLECTION = 100
 
 def _task_url(call: Call, job_id: str, task_id: str) -> str:
     return f"{job_url(call, job_id)}/tasks/{task_id}"
+
+
+def _task(call: Call):
+    """The task the path names, once the request's conditional headers hold for it."""
+    task = call.service.get_task(call.params["jobId"], call.params["taskId"])
+    check_conditions(call, task.data)
+    return task
 
 
 def create_task(call: Call) -> Reply:
@@ -64,26 +71,30 @@ def list_tasks(call: Call) -> Reply:
 
 
 def get_task(call: Call) -> Reply:
-    task = call.service.get_task(call.params["jobId"], call.params["taskId"])
+    task = _task(call)
     return entity_reply(call, task_view(call, task), "tasks/@Element")
 
 
 def replace_task(call: Call) -> Reply:
+    _task(call)
     task = call.service.replace_task(call.params["jobId"], call.params["taskId"], body_of(call, models.BatchTask))
     return updated(call, _task_url(call, task.job_id, task.id), task.data)
 
 
 def delete_task(call: Call) -> Reply:
+    _task(call)
     call.service.delete_task(call.params["jobId"], call.params["taskId"])
     return Reply(200)
 
 
 def terminate_task(call: Call) -> Reply:
+    _task(call)
     call.service.terminate_task(call.params["jobId"], call.params["taskId"])
     return Reply(204)
 
 
 def reactivate_task(call: Call) -> Reply:
+    _task(call)
     call.service.reactivate_task(call.params["jobId"], call.params["taskId"])
     return Reply(204)
 
