@@ -3,6 +3,7 @@ oversized bodies, wrong verbs; plus the response headers and error format every 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email.utils
 import http.client
 import json
@@ -11,12 +12,13 @@ import re
 
 import pytest
 from azure.batch import models
-from azure.core.exceptions import HttpResponseError
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceModifiedError
 
 from localbatch import LocalBatchServer
 
 from .conftest import fast_timings
-from .support import API_VERSION, RawClient, batch_client, pool_options, ubuntu_configuration, unique_id
+from .support import API_VERSION, RawClient, batch_client, pool_options, ubuntu_configuration, unique_id, wait_for
 
 OTHER_KEY = base64.b64encode(b"a different key, 32 bytes long!!").decode()
 
@@ -322,3 +324,52 @@ def test_status_endpoint_needs_no_signature_and_counts_requests(raw):
     assert status["status"] == "ok"
     assert status["requests"]["list_pools"] >= 1
     assert os.path.isdir(status["location"])
+
+
+# ---- conditional requests (etag= / match_condition= / if_(un)modified_since=) -------------------------
+def test_etag_conditions_on_pools(client):
+    pool = unique_id("cond")
+    client.create_pool(pool_options(pool, nodes=0))
+    # Allocation finishing changes the pool (and its ETag): start from a steady pool.
+    first = wait_for(lambda: (p := client.get_pool(pool)).allocation_state == "steady" and p, "a steady pool")
+    client.update_pool(pool, models.BatchPoolUpdateOptions(display_name="v2"),
+                       etag=first.etag, match_condition=MatchConditions.IfNotModified)
+    with pytest.raises(ResourceModifiedError) as caught:  # first.etag is stale now
+        client.update_pool(pool, models.BatchPoolUpdateOptions(display_name="v3"),
+                           etag=first.etag, match_condition=MatchConditions.IfNotModified)
+    assert caught.value.status_code == 412
+    assert caught.value.error.code == "ConditionNotMet"
+    current = client.get_pool(pool)
+    assert current.display_name == "v2"
+    with pytest.raises(ResourceModifiedError) as caught:
+        client.get_pool(pool, etag=current.etag, match_condition=MatchConditions.IfModified)
+    assert caught.value.status_code == 304
+    assert client.get_pool(pool, etag=first.etag, match_condition=MatchConditions.IfModified).display_name == "v2"
+    assert client.pool_exists(pool, etag=current.etag, match_condition=MatchConditions.IfNotModified) is True
+
+
+def test_etag_and_date_conditions_on_jobs_and_tasks(client, pool_id):
+    job_id = unique_id("cond")
+    client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+                                                   priority=1))
+    job = client.get_job(job_id)
+    client.update_job(job_id, models.BatchJobUpdateOptions(priority=2))
+    with pytest.raises(ResourceModifiedError):
+        client.begin_delete_job(job_id, etag=job.etag, match_condition=MatchConditions.IfNotModified,
+                                polling_interval=0.05)
+    assert client.get_job(job_id).state == "active"
+    long_ago = job.creation_time - dt.timedelta(hours=1)
+    with pytest.raises(HttpResponseError) as caught:
+        client.update_job(job_id, models.BatchJobUpdateOptions(priority=3), if_unmodified_since=long_ago)
+    assert caught.value.status_code == 412
+    assert client.get_job(job_id, if_modified_since=long_ago).priority == 2
+
+    # A task that runs changes (and its ETag with it): keep this one waiting in a disabled job.
+    client.begin_disable_job(job_id, models.BatchJobDisableOptions(disable_tasks="wait"),
+                             polling_interval=0.05).result()
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="t", command_line="/bin/true"))
+    task = client.get_task(job_id, "t")
+    assert client.get_task(job_id, "t", etag=task.etag, match_condition=MatchConditions.IfNotModified).id == "t"
+    with pytest.raises(ResourceModifiedError):
+        client.replace_task(job_id, "t", models.BatchTask(constraints=models.BatchTaskConstraints(
+            max_task_retry_count=1)), etag="0x0000000000000AB", match_condition=MatchConditions.IfNotModified)
