@@ -30,6 +30,8 @@ class Node:
     users: dict = field(default_factory=dict)   # name -> {isAdmin, expiryTime, sshPublicKey, hasPassword}
     running: dict = field(default_factory=dict)  # "job/task" -> slots used
     boot_generation: int = 0
+    # "remove", "reboot" or "reimage": what to do once the running tasks finish (taskcompletion).
+    after_tasks: Optional[str] = None
 
     @property
     def id(self) -> str:
@@ -44,11 +46,12 @@ class Node:
 
     def record(self) -> dict:
         return {"poolId": self.pool_id, "data": self.data, "index": self.index, "users": self.users,
-                "running": self.running}
+                "running": self.running, "afterTasks": self.after_tasks}
 
     @classmethod
     def from_record(cls, record: dict) -> "Node":
-        return cls(record["poolId"], record["data"], record["index"], record["users"], record["running"])
+        return cls(record["poolId"], record["data"], record["index"], record["users"], record["running"],
+                   after_tasks=record.get("afterTasks"))
 
 
 @dataclass

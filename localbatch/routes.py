@@ -28,6 +28,7 @@ def build_router() -> Router:
     add("GET", POOL + "/nodes", nodes.list_nodes, "list_nodes")
     add("GET", NODE, nodes.get_node, "get_node")
     add("POST", NODE + "/reboot", nodes.reboot_node, "reboot_node")
+    add("POST", NODE + "/reimage", nodes.reimage_node, "reimage_node")
     add("POST", NODE + "/disablescheduling", nodes.disable_scheduling, "disable_node_scheduling")
     add("POST", NODE + "/enablescheduling", nodes.enable_scheduling, "enable_node_scheduling")
     add("POST", NODE + "/users", nodes.create_user, "create_node_user")

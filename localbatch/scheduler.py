@@ -42,7 +42,8 @@ class Scheduler:
         slots_per_node = pool.data.get("taskSlotsPerNode", 1)
         free = {node.id: slots_per_node - sum(node.running.values())
                 for node in pool.nodes.values()
-                if node.data["state"] in SCHEDULABLE_NODE_STATES and node.data["schedulingState"] == "enabled"}
+                if node.data["state"] in SCHEDULABLE_NODE_STATES and node.data["schedulingState"] == "enabled"
+                and not node.after_tasks}
         free = {node_id: slots for node_id, slots in free.items() if slots > 0}
         if not free:
             return

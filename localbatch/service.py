@@ -108,10 +108,12 @@ class BatchService:
                 self._spawn(self._finish_pool_delete(pool))
                 continue
             for node in list(pool.nodes.values()):
-                if node.data["state"] in ("creating", "starting", "waitingforstarttask", "rebooting"):
+                if node.data["state"] in ("creating", "starting", "waitingforstarttask", "rebooting", "reimaging"):
                     self._spawn(self._boot_node(pool, node, skip_creating=node.data["state"] != "creating"))
                 elif node.data["state"] == "leavingpool":
                     self._spawn(self._finish_node_removal(pool, node))
+                elif node.after_tasks:  # its tasks were requeued when the emulator stopped
+                    self._run_deferred_action(node)
             if pool.data["allocationState"] != "steady":
                 self._resize_to_target(pool)
             self.scheduler.kick(pool.id)
@@ -313,8 +315,14 @@ class BatchService:
         """Add or remove nodes so the pool meets its targets; allocation finishes after a short delay."""
         pool.set_allocation_state("resizing")
         for dedicated, target_key in ((True, "targetDedicatedNodes"), (False, "targetLowPriorityNodes")):
-            current = [n for n in pool.nodes.values()
-                       if n.data.get("isDedicated", True) == dedicated and n.data["state"] != "leavingpool"]
+            kind = [n for n in pool.nodes.values()
+                    if n.data.get("isDedicated", True) == dedicated and n.data["state"] != "leavingpool"]
+            current = [n for n in kind if n.after_tasks != "remove"]
+            # Growing again: keep nodes that were only waiting for their tasks to leave, then add.
+            for node in [n for n in kind if n.after_tasks == "remove"][:max(0, pool.data[target_key] - len(current))]:
+                node.after_tasks = None
+                self._save_node(node)
+                current.append(node)
             for _ in range(pool.data[target_key] - len(current)):
                 self._add_node(pool, dedicated)
             surplus = len(current) - pool.data[target_key]
@@ -333,7 +341,8 @@ class BatchService:
         """resizing -> steady once no node is still being created or leaving the pool."""
         if self.pools.get(pool.id.lower()) is not pool or pool.data["allocationState"] != "resizing":
             return
-        if any(n.data["state"] in ("creating", "leavingpool") for n in pool.nodes.values()):
+        if any(n.data["state"] in ("creating", "leavingpool") or n.after_tasks == "remove"
+               for n in pool.nodes.values()):
             self._finish_allocation_later(pool)
             return
         pool.set_allocation_state("steady")
@@ -370,6 +379,8 @@ class BatchService:
     def _remove_node(self, pool: Pool, node: Node, deallocation: str) -> None:
         if node.data["state"] == "leavingpool":
             return
+        if self._wait_for_tasks(node, deallocation, "remove"):
+            return
         self._evict_tasks(node, "terminate" if deallocation == "terminate" else "requeue")
         node.boot_generation += 1
         self.agent.stop(_start_task_key(node), "shutdown")
@@ -386,9 +397,15 @@ class BatchService:
         await asyncio.get_running_loop().run_in_executor(
             None, self.agent.remove_node_directories, pool.id, node.id)
 
-    async def _boot_node(self, pool: Pool, node: Node, skip_creating: bool = False) -> None:
-        """creating -> starting -> (waitingforstarttask) -> idle, running the start task on the way."""
+    async def _boot_node(self, pool: Pool, node: Node, skip_creating: bool = False, wipe: bool = False) -> None:
+        """creating -> starting -> (waitingforstarttask) -> idle, running the start task on the way.
+
+        `wipe` (a reimage) removes the node's directories first, as a fresh OS disk would.
+        """
         generation = node.boot_generation
+        if wipe:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.agent.remove_node_directories, pool.id, node.id)
         if not skip_creating:
             await asyncio.sleep(self.timings.node_creating)
             if generation != node.boot_generation or node.id not in pool.nodes:
@@ -454,17 +471,46 @@ class BatchService:
 
     # ================================================================== nodes ==============
     def reboot_node(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        return self._restart_node(pool_id, node_id, option, "reboot")
+
+    def reimage_node(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        return self._restart_node(pool_id, node_id, option, "reimage")
+
+    def _restart_node(self, pool_id: str, node_id: str, option: str, action: str) -> Node:
+        """Reboot (keep the disk) or reimage (a fresh disk); the start task runs again either way."""
         pool = self.get_pool(pool_id)
         node = self.get_node(pool_id, node_id)
         if node.data["state"] not in ("idle", "running", "starttaskfailed", "unusable", "offline"):
-            raise BatchServiceError("NodeNotReady", f"The node is {node.data['state']} and cannot be rebooted now.")
+            raise BatchServiceError("NodeNotReady", f"The node is {node.data['state']} and cannot be "
+                                                    f"{action}ed now.")
+        if self._wait_for_tasks(node, option, action):
+            return node
         self._evict_tasks(node, "terminate" if option == "terminate" else "requeue")
         node.boot_generation += 1
         self.agent.stop(_start_task_key(node), "shutdown")
-        node.set_state("rebooting")
+        node.set_state("rebooting" if action == "reboot" else "reimaging")
         self._save_node(node)
-        self._spawn(self._boot_node(pool, node, skip_creating=True))
+        self._spawn(self._boot_node(pool, node, skip_creating=True, wipe=action == "reimage"))
         return node
+
+    def _wait_for_tasks(self, node: Node, option: str, action: str) -> bool:
+        """For taskcompletion/retaineddata: defer `action` until the node's tasks end. True when deferred."""
+        if option not in ("taskcompletion", "retaineddata") or not node.running:
+            return False
+        node.after_tasks = action  # the scheduler gives the node nothing new meanwhile
+        self._save_node(node)
+        return True
+
+    def _run_deferred_action(self, node: Node) -> None:
+        """The node's last task ended: do what was deferred until then."""
+        action, node.after_tasks = node.after_tasks, None
+        pool = self.pools.get(node.pool_id.lower())
+        if pool is None or pool.nodes.get(node.id) is not node:
+            return
+        if action == "remove":
+            self._remove_node(pool, node, "requeue")
+        elif action in ("reboot", "reimage"):
+            self._restart_node(pool.id, node.id, "requeue", action)
 
     def set_node_scheduling(self, pool_id: str, node_id: str, enabled: bool, option: str = "requeue") -> Node:
         node = self.get_node(pool_id, node_id)
@@ -934,6 +980,8 @@ class BatchService:
         self._save_node(node)
         task.node_key = None
         task.pid = None
+        if node.after_tasks and not node.running:
+            self._run_deferred_action(node)
         self.scheduler.kick(node.pool_id)
 
     def _requeue(self, job: Job, task: Task, save: bool = True) -> None:

@@ -29,6 +29,12 @@ def reboot_node(call: Call) -> Reply:
     return Reply(202, None, {"DataServiceId": _node_url(call)})
 
 
+def reimage_node(call: Call) -> Reply:
+    body = optional_body(call, generated_models.BatchNodeReimageOptions)
+    call.service.reimage_node(call.params["poolId"], call.params["nodeId"], body.get("nodeReimageOption") or "requeue")
+    return Reply(202, None, {"DataServiceId": _node_url(call)})
+
+
 def disable_scheduling(call: Call) -> Reply:
     body = optional_body(call, models.BatchNodeDisableSchedulingOptions)
     call.service.set_node_scheduling(call.params["poolId"], call.params["nodeId"], False,
