@@ -214,3 +214,95 @@ def test_node_actions_on_a_missing_node(client, pool_id):
     with pytest.raises(HttpResponseError) as caught:
         client.create_node_user(pool_id, "tvmps_nothing_d", models.BatchNodeUserCreateOptions(name="x"))
     assert caught.value.status_code == 404
+
+
+# ---- reimage, and actions that wait for running tasks (taskcompletion) ---------------------------
+def test_reimage_wipes_the_node_and_reruns_the_start_task(client):
+    pool = unique_id("reimage")
+    [node] = create_pool_and_wait(client, pool, nodes=1, start_task=models.BatchStartTask(
+        command_line="/bin/bash -c 'echo boot >> $AZ_BATCH_NODE_SHARED_DIR/boots.txt'"))
+    job_id = create_job(client, pool)
+    wait_for_task(client, job_id, _add(client, job_id, "before", "/bin/echo before"))
+    client.begin_reimage_node(pool, node.id, models._models.BatchNodeReimageOptions(node_reimage_option="requeue"),
+                              polling_interval=LRO_POLLING).result()
+    reimaged = wait_for_nodes(client, pool, 1)[0]
+    assert reimaged.id == node.id
+    assert reimaged.last_boot_time > node.last_boot_time
+    # A fresh disk: the start task ran once on it, and earlier task outputs are gone.
+    assert b"".join(client.download_node_file(pool, node.id, "shared/boots.txt")) == b"boot\n"
+    with pytest.raises(ResourceNotFoundError):
+        b"".join(client.download_task_file(job_id, "before", "stdout.txt"))
+
+
+def _add(client, job_id: str, task_id: str, command_line: str) -> str:
+    client.create_task(job_id, models.BatchTaskCreateOptions(id=task_id, command_line=command_line))
+    return task_id
+
+
+@pytest.fixture
+def gated_task(client, tmp_path):
+    """A one-node pool running one task that finishes when `gate` is touched."""
+    pool = unique_id("graceful")
+    [node] = create_pool_and_wait(client, pool, nodes=1)
+    job_id = create_job(client, pool)
+    gate = tmp_path / "gate"
+    started = tmp_path / "started"
+    _add(client, job_id, "gated",
+         f"/bin/bash -c 'touch {started}; while [ ! -e {gate} ]; do sleep 0.02; done; echo finished'")
+    wait_for(lambda: started.exists(), "the gated task to start")
+    return pool, node, job_id, gate
+
+
+def test_resize_down_with_task_completion_lets_the_task_finish_first(client, gated_task):
+    pool, node, job_id, gate = gated_task
+    client.begin_resize_pool(pool, models.BatchPoolResizeOptions(target_dedicated_nodes=0,
+                                                                 node_deallocation_option="taskcompletion"),
+                             polling_interval=LRO_POLLING)
+    assert client.get_pool(pool).allocation_state == "resizing"
+    _add(client, job_id, "later", "/bin/true")
+    assert client.get_task(job_id, "gated").state == "running"
+    assert client.get_task(job_id, "later").state == "active"  # nothing new starts on a leaving node
+    gate.touch()
+    task = wait_for_task(client, job_id, "gated")
+    assert task.execution_info.exit_code == 0 and task.execution_info.requeue_count == 0
+    wait_for(lambda: client.get_pool(pool).allocation_state == "steady", "the resize to finish")
+    assert list(client.list_nodes(pool)) == []
+    assert client.get_task(job_id, "later").state == "active"
+
+
+def test_remove_nodes_with_task_completion_lets_the_task_finish_first(client, gated_task):
+    pool, node, job_id, gate = gated_task
+    poller = client.begin_remove_nodes(pool, models.BatchNodeRemoveOptions(
+        node_ids=[node.id], node_deallocation_option="retaineddata"), polling_interval=LRO_POLLING)
+    assert client.get_task(job_id, "gated").state == "running"
+    gate.touch()
+    poller.result()
+    assert wait_for_task(client, job_id, "gated").execution_info.exit_code == 0
+    assert list(client.list_nodes(pool)) == []
+
+
+def test_reboot_with_task_completion_reboots_after_the_task(client, gated_task):
+    pool, node, job_id, gate = gated_task
+    client.begin_reboot_node(pool, node.id, reboot_options("taskcompletion"), polling_interval=LRO_POLLING).result()
+    assert client.get_task(job_id, "gated").state == "running"
+    gate.touch()
+    task = wait_for_task(client, job_id, "gated")
+    assert task.execution_info.exit_code == 0 and task.execution_info.requeue_count == 0
+    rebooted = wait_for(lambda: (n := client.get_node(pool, node.id)).last_boot_time > node.last_boot_time
+                        and n.state == "idle" and n, "the node to reboot after its task")
+    assert rebooted.id == node.id
+
+
+def test_growing_again_keeps_a_node_that_was_waiting_to_leave(client, gated_task):
+    pool, node, job_id, gate = gated_task
+    client.begin_resize_pool(pool, models.BatchPoolResizeOptions(target_dedicated_nodes=0,
+                                                                 node_deallocation_option="taskcompletion"),
+                             polling_interval=LRO_POLLING)
+    client.begin_stop_pool_resize(pool, polling_interval=LRO_POLLING).result()
+    client.begin_resize_pool(pool, models.BatchPoolResizeOptions(target_dedicated_nodes=1),
+                             polling_interval=LRO_POLLING)
+    gate.touch()
+    wait_for_task(client, job_id, "gated")
+    wait_for(lambda: client.get_pool(pool).allocation_state == "steady", "the resize to finish")
+    assert [n.id for n in client.list_nodes(pool)] == [node.id]
+    assert client.get_pool(pool).current_dedicated_nodes == 1
