@@ -28,6 +28,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "TaskNotFound": (404, "The specified task does not exist."),
     "FileNotFound": (404, "The specified file does not exist."),
     "ResourceNotFound": (404, "The specified resource does not exist."),
+    "ApplicationNotFound": (404, "The specified application does not exist."),
     "PoolExists": (409, "The specified pool already exists."),
     "JobExists": (409, "The specified job already exists."),
     "TaskExists": (409, "The specified task already exists."),

@@ -1,13 +1,37 @@
 """The route table: every REST operation localbatch serves, by verb and path template."""
 from __future__ import annotations
 
-from .handlers import files, jobs, nodes, pools, tasks
+from .handlers import account, files, jobs, nodes, pools, tasks
 from .http import Router
 
 POOL = "/pools/{poolId}"
 NODE = POOL + "/nodes/{nodeId}"
 JOB = "/jobs/{jobId}"
 TASK = JOB + "/tasks/{taskId}"
+SCHEDULE = "/jobschedules/{jobScheduleId}"
+
+# Operations of the SDK whose feature is not emulated: they answer 501 FeatureNotEmulated.
+NOT_EMULATED = (
+    ("POST", POOL + "/enableautoscale", "enable_pool_auto_scale"),
+    ("POST", POOL + "/disableautoscale", "disable_pool_auto_scale"),
+    ("POST", POOL + "/evaluateautoscale", "evaluate_pool_auto_scale"),
+    ("POST", NODE + "/start", "start_node"),
+    ("POST", NODE + "/deallocate", "deallocate_node"),
+    ("POST", NODE + "/uploadbatchservicelogs", "upload_node_logs"),
+    ("GET", NODE + "/extensions", "list_node_extensions"),
+    ("GET", NODE + "/extensions/{extensionName}", "get_node_extension"),
+    ("POST", "/jobschedules", "create_job_schedule"),
+    ("GET", "/jobschedules", "list_job_schedules"),
+    ("GET", SCHEDULE, "get_job_schedule"),
+    ("HEAD", SCHEDULE, "job_schedule_exists"),
+    ("PATCH", SCHEDULE, "update_job_schedule"),
+    ("PUT", SCHEDULE, "replace_job_schedule"),
+    ("DELETE", SCHEDULE, "delete_job_schedule"),
+    ("POST", SCHEDULE + "/disable", "disable_job_schedule"),
+    ("POST", SCHEDULE + "/enable", "enable_job_schedule"),
+    ("POST", SCHEDULE + "/terminate", "terminate_job_schedule"),
+    ("GET", SCHEDULE + "/jobs", "list_jobs_from_schedule"),
+)
 
 
 def build_router() -> Router:
@@ -62,4 +86,11 @@ def build_router() -> Router:
     add("GET", TASK + "/files/{filePath}", files.get_task_file, "get_task_file")
     add("HEAD", TASK + "/files/{filePath}", files.get_task_file, "get_task_file_properties")
     add("DELETE", TASK + "/files/{filePath}", files.delete_task_file, "delete_task_file")
+    add("GET", "/applications", account.list_applications, "list_applications")
+    add("GET", "/applications/{applicationId}", account.get_application, "get_application")
+    add("GET", "/poolusagemetrics", account.list_pool_usage_metrics, "list_pool_usage_metrics")
+    add("GET", JOB + "/jobpreparationandreleasetaskstatus", jobs.list_preparation_and_release_status,
+        "list_job_preparation_and_release_task_status")
+    for method, template, operation in NOT_EMULATED:
+        add(method, template, account.not_emulated(operation), operation)
     return router

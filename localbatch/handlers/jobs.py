@@ -67,5 +67,11 @@ def enable_job(call: Call) -> Reply:
     return updated(call, job_url(call, job.id), job.data, status=202)
 
 
+def list_preparation_and_release_status(call: Call) -> Reply:
+    """Jobs here have no preparation or release task (creating one is refused), so nothing ran."""
+    call.service.get_job(call.params["jobId"])
+    return list_reply(call, [], "jobpreparationandreleasetaskstatuslist", filterable=False)
+
+
 def get_task_counts(call: Call) -> Reply:
     return Reply(200, call.service.task_counts(call.params["jobId"]))
