@@ -24,8 +24,8 @@ from common.helpers import (
     add_tasks,
     create_job_if_not_exists,
     describe_task_result,
-    failed_tasks,
     print_task_output,
+    raise_if_any_task_failed,
     select_verified_linux_image,
     unique_resource_name,
     wait_for_tasks_to_complete,
@@ -111,9 +111,7 @@ def run_hello_world(batch_client: BatchClient, settings: SampleSettings, keep_re
         for task in tasks:
             print(describe_task_result(task))
         print_task_output(batch_client, job_id, task_id)
-        failures = failed_tasks(tasks)
-        if failures:
-            raise RuntimeError(describe_task_result(failures[0]))
+        raise_if_any_task_failed(tasks)
     finally:
         report = clean_up_resources(
             batch_client, None, resources, settings.cleanup, settings.timeouts.cleanup,

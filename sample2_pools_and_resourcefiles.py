@@ -30,8 +30,8 @@ from common.helpers import (
     create_job_if_not_exists,
     create_pool_if_not_exists,
     describe_task_result,
-    failed_tasks,
     print_task_output,
+    raise_if_any_task_failed,
     select_verified_linux_image,
     unique_resource_name,
     wait_for_all_nodes_to_reach_state,
@@ -166,9 +166,7 @@ def run_pools_and_resource_files(
         for task in tasks:
             print(describe_task_result(task))
         print_task_output(batch_client, job_id, task_id)
-        failures = failed_tasks(tasks)
-        if failures:
-            raise RuntimeError(describe_task_result(failures[0]))
+        raise_if_any_task_failed(tasks)
     finally:
         report = clean_up_resources(
             batch_client, blob_service_client, resources, settings.cleanup, settings.timeouts.cleanup,

@@ -9,6 +9,7 @@ held back until they are all sent, and only afterwards waits (bounded) for them 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -90,19 +91,16 @@ def interrupts_deferred(report: CleanupReport) -> Iterator[None]:
 def _request_deletion(
     name: str, delete: Callable[[], LROPoller], report: CleanupReport, pollers: dict[str, LROPoller]
 ) -> None:
+    """Send one delete request; file the outcome in ``report``, or its poller in ``pollers``."""
     try:
-        poller = delete()
+        pollers[name] = delete()
     except ResourceNotFoundError:
         logger.info("%s does not exist; nothing to delete", name)
-        return
     except ResourceExistsError as error:  # e.g. PoolBeingDeleted, JobBeingDeleted
         logger.info("%s is already being deleted (%s)", name, describe_batch_error(error))
         report.still_deleting.append(name)
-        return
     except Exception as error:  # keep going: one failure must not stop the other deletions
         report.failed.append(f"{name}: {describe_batch_error(error)}")
-        return
-    pollers[name] = poller
 
 
 def clean_up_resources(
@@ -123,25 +121,22 @@ def clean_up_resources(
     """
     report = CleanupReport()
     pollers: dict[str, LROPoller] = {}
+    batch_deletions = (
+        ("job", resources.job_ids, cleanup.delete_job, batch_client.begin_delete_job),
+        ("pool", resources.pool_ids, cleanup.delete_pool, batch_client.begin_delete_pool),
+    )
     with interrupts_deferred(report):
-        for job_id in resources.job_ids:
-            if keep_everything or not cleanup.delete_job:
-                report.kept.append(f"job {job_id}")
-                continue
-            _request_deletion(
-                f"job {job_id}",
-                lambda job_id=job_id: batch_client.begin_delete_job(job_id, polling_interval=poll_interval_seconds),
-                report, pollers,
-            )
-        for pool_id in resources.pool_ids:
-            if keep_everything or not cleanup.delete_pool:
-                report.kept.append(f"pool {pool_id}")
-                continue
-            _request_deletion(
-                f"pool {pool_id}",
-                lambda pool_id=pool_id: batch_client.begin_delete_pool(pool_id, polling_interval=poll_interval_seconds),
-                report, pollers,
-            )
+        for kind, resource_ids, configured_to_delete, begin_delete in batch_deletions:
+            for resource_id in resource_ids:
+                name = f"{kind} {resource_id}"
+                if keep_everything or not configured_to_delete:
+                    report.kept.append(name)
+                    continue
+                _request_deletion(
+                    name,
+                    functools.partial(begin_delete, resource_id, polling_interval=poll_interval_seconds),
+                    report, pollers,
+                )
         for container_name in resources.container_names:
             name = f"container {container_name}"
             if keep_everything or not cleanup.delete_container or blob_service_client is None:

@@ -338,6 +338,13 @@ def failed_tasks(tasks: Iterable[models.BatchTask]) -> list[models.BatchTask]:
     ]
 
 
+def raise_if_any_task_failed(tasks: Iterable[models.BatchTask]) -> None:
+    """Raise ``RuntimeError`` describing every failed task among ``tasks``, if there is one."""
+    failures = failed_tasks(tasks)
+    if failures:
+        raise RuntimeError("; ".join(describe_task_result(task) for task in failures))
+
+
 def describe_task_result(task: models.BatchTask) -> str:
     """Return one line with a completed task's exit code and, if it failed, why."""
     info = task.execution_info

@@ -27,6 +27,7 @@ from common.helpers import (
     failed_tasks,
     pool_exists,
     print_task_output,
+    raise_if_any_task_failed,
     select_verified_linux_image,
     unique_resource_name,
     wait_for_all_nodes_to_reach_state,
@@ -244,6 +245,9 @@ def test_failed_tasks_and_their_description(local_batch_client: BatchClient, job
     [failed] = failed_tasks(tasks)
     assert failed.id == "broken"
     assert describe_task_result(failed).startswith("task broken: failure, exit code 4 (FailureExitCode:")
+    with pytest.raises(RuntimeError, match=r"^task broken: failure, exit code 4 "):
+        raise_if_any_task_failed(tasks)
+    raise_if_any_task_failed([task for task in tasks if task.id == "fine"])
 
 
 def test_add_tasks_treats_a_task_that_exists_as_added(local_batch_client: BatchClient, job_id: str) -> None:

@@ -113,6 +113,23 @@ def test_a_task_the_service_refuses_still_cleans_up(
     assert_left_behind(local_backend, before, NOTHING)
 
 
+def test_a_failing_task_fails_the_sample_after_printing_its_output(
+    local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    settings = local_backend.settings(SAMPLE1)
+    monkeypatch.setattr(sample1_helloworld, "wrap_commands_in_shell",
+                        lambda commands: "/bin/bash -c 'echo partial output; exit 3'")
+    before = take_inventory(local_backend)
+
+    with pytest.raises(RuntimeError, match=r"^task hello-world: failure, exit code 3 "):
+        sample1_helloworld.run_hello_world(local_backend.batch_client, settings)
+
+    printed = capsys.readouterr().out
+    assert "---- stdout.txt of task hello-world ----\npartial output\n" in printed
+    assert "Deleted job " in printed
+    assert_left_behind(local_backend, before, NOTHING)
+
+
 def test_inventory_sees_what_a_sample_leaves(local_backend: Backend) -> None:
     """The leftover check itself must notice a job that was not cleaned up."""
     from azure.batch import models
