@@ -35,9 +35,11 @@ class Reply:
     content_type: Optional[str] = None
 
     @classmethod
-    def entity(cls, status: int, body: Optional[dict], etag: str, last_modified: str,
+    def entity(cls, status: int, body: Optional[dict], etag: Optional[str], last_modified: str,
                data_service_id: Optional[str] = None) -> "Reply":
-        headers = {"ETag": etag, "Last-Modified": wire.rfc1123(last_modified)}
+        headers = {"Last-Modified": wire.rfc1123(last_modified)}
+        if etag:  # nodes, for one, have none
+            headers["ETag"] = etag
         if data_service_id:
             headers["DataServiceId"] = data_service_id
         return cls(status, body, headers)

@@ -59,7 +59,8 @@ def body_of(call: Call, model_cls: type) -> dict:
 def entity_reply(call: Call, view: dict, fragment: str) -> Reply:
     """A GET of one entity, with `$select` applied and its ETag/Last-Modified headers."""
     body = {"odata.metadata": call.metadata(fragment), **odata.select(view, odata.parse_select(call.query.get("$select")))}
-    return Reply.entity(200, body, view.get("eTag", wire.new_etag()), view.get("lastModified") or view.get("stateTransitionTime") or wire.now_iso())
+    return Reply.entity(200, body, view.get("eTag"),
+                        view.get("lastModified") or view.get("stateTransitionTime") or wire.now_iso())
 
 
 def created(call: Call, location: str, data: dict) -> Reply:
