@@ -306,3 +306,11 @@ def test_growing_again_keeps_a_node_that_was_waiting_to_leave(client, gated_task
     wait_for(lambda: client.get_pool(pool).allocation_state == "steady", "the resize to finish")
     assert [n.id for n in client.list_nodes(pool)] == [node.id]
     assert client.get_pool(pool).current_dedicated_nodes == 1
+
+
+def test_nodes_carry_no_etag(client, pool_id, raw):
+    node = next(iter(client.list_nodes(pool_id)))
+    response = raw.request("GET", f"/pools/{pool_id}/nodes/{node.id}")
+    assert response.status == 200
+    assert "eTag" not in response.json() and "etag" not in response.headers
+    assert "last-modified" in response.headers
