@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from . import processes, wire
 from .resourcefiles import ResourceFileDownloader, ResourceFileError
@@ -110,21 +110,24 @@ class NodeAgent:
 
     # ---- running one program ----------------------------------------------------------
     async def run_program(self, key: str, command_line: str, resource_files: list[dict],
-                          task_dir: str, env: dict[str, str], timeout: Optional[float]) -> dict:
+                          task_dir: str, env: dict[str, str], timeout: Optional[float],
+                          on_start: Optional[Callable[[int], None]] = None) -> dict:
         """Download inputs, run the command line, and describe the outcome as executionInfo fields.
 
+        `on_start(pid)` is called once the program runs (after its inputs are downloaded).
         Returns a dict with `exitCode` and/or `failureInfo`, plus `stopReason` when the emulator
         stopped the process itself (terminate, requeue, wall-clock limit).
         """
         self._starting.add(key)
         try:
-            return await self._run_program(key, command_line, resource_files, task_dir, env, timeout)
+            return await self._run_program(key, command_line, resource_files, task_dir, env, timeout, on_start)
         finally:
             self._starting.discard(key)
             self.stop_reasons.pop(key, None)
 
     async def _run_program(self, key: str, command_line: str, resource_files: list[dict],
-                           task_dir: str, env: dict[str, str], timeout: Optional[float]) -> dict:
+                           task_dir: str, env: dict[str, str], timeout: Optional[float],
+                           on_start: Optional[Callable[[int], None]]) -> dict:
         working_dir = os.path.join(task_dir, "wd")
         loop = asyncio.get_running_loop()
         if resource_files:
@@ -149,6 +152,8 @@ class NodeAgent:
         self.processes[key] = process
         if key in self.stop_reasons:  # stopped while it was being started
             process.kill()
+        elif on_start is not None:
+            on_start(process.pid)
         timer = None
         if timeout is not None and timeout < 10 ** 8:
             timer = asyncio.get_running_loop().call_later(timeout, self.stop, key, "timeout")

@@ -922,13 +922,10 @@ class BatchService:
     async def _run_task(self, node: Node, job: Job, task: Task, task_dir: str) -> None:
         env = self.agent.environment(node, task_dir, task.data.get("environmentSettings") or [], job, task)
         timeout = wire.parse_duration(task.data["constraints"]["maxWallClockTime"])
-        started_state = task.state
         try:
-            runner = self.agent.run_program(task.key, task.data["commandLine"], task.data.get("resourceFiles") or [],
-                                            task_dir, env, timeout)
-            if started_state == "preparing":
-                runner = self._mark_running_when_spawned(task, runner)
-            outcome = await runner
+            outcome = await self.agent.run_program(
+                task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], task_dir, env, timeout,
+                on_start=lambda pid: self._task_process_started(node, task, pid))
         except EmulatorFault as exc:
             outcome = {"failureInfo": {"category": "servererror", "code": "NodeAgentFailure", "message": str(exc)}}
         if task.node_key != node.key or task.state not in ("running", "preparing"):
@@ -954,18 +951,15 @@ class BatchService:
             return
         self._complete_task(job, task, outcome)
 
-    async def _mark_running_when_spawned(self, task: Task, runner):
-        """A task with resource files is `preparing` until its program starts."""
-        runner_task = asyncio.ensure_future(runner)
-        while not runner_task.done():
-            if self.agent.pid_of(task.key) is not None:
-                if task.state == "preparing":
-                    task.set_state("running")
-                    task.pid = self.agent.pid_of(task.key)
-                    self._save_task(task)
-                break
-            await asyncio.sleep(0.005)
-        return await runner_task
+    def _task_process_started(self, node: Node, task: Task, pid: int) -> None:
+        """The program runs: a task with resource files leaves `preparing`, and the pid is kept so
+        that a start after a crash can kill a process this run left behind."""
+        if task.node_key != node.key or task.state not in ("preparing", "running"):
+            return
+        if task.state == "preparing":
+            task.set_state("running")
+        task.pid = pid
+        self._save_task(task)
 
     def _release_slot(self, node: Node, task: Task) -> None:
         task_key = f"{task.job_id.lower()}/{task.id.lower()}"
