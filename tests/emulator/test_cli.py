@@ -122,3 +122,58 @@ def test_a_malformed_accounts_variable_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "LOCALBATCH_ACCOUNTS" in result.stderr and "'broken'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _persisted_task(location: Path, job_id: str, task_id: str) -> dict | None:
+    """The task as the emulator last wrote it to its state store (read-only)."""
+    import sqlite3
+    path = location / "state" / "localbatch.sqlite3"
+    if not path.exists():
+        return None
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT body FROM entities WHERE kind='task' AND key=?",
+                         (f"{job_id.lower()}/{task_id.lower()}",)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues(tmp_path):
+    location = tmp_path / "state"
+    pid_file = tmp_path / "pid"
+    crashed = RunningEmulator(location, "--node-startup-seconds", "0.05")
+    try:
+        with batch_client(crashed.url()) as client:
+            create_pool_and_wait(client, "crash-pool", nodes=1)
+            job_id = create_job(client, "crash-pool", "crash-job")
+            # First run: record the pid and sleep; a later run finds the file and succeeds.
+            client.create_task(job_id, models.BatchTaskCreateOptions(
+                id="orphaned", command_line=f"/bin/bash -c 'if [ -e {pid_file} ]; then exit 0; fi; "
+                                            f"echo $$ > {pid_file}; exec sleep 60'"))
+            wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task to start")
+            # Wait until the running task, with its process id, is in the state store.
+            wait_for(lambda: (t := _persisted_task(location, job_id, "orphaned")) and t.get("pid"),
+                     "the running task to be persisted")
+        crashed.process.kill()  # SIGKILL: no clean shutdown
+        crashed.process.wait(WAIT)
+    finally:
+        crashed.kill()
+    pid = int(pid_file.read_text())
+    assert _alive(pid), "precondition: a crash leaves the task's process behind"
+
+    restarted = RunningEmulator(location, "--node-startup-seconds", "0.05")
+    try:
+        with batch_client(restarted.url()) as client:
+            wait_for(lambda: not _alive(pid), "the leftover process to be killed")
+            task = wait_for_task(client, "crash-job", "orphaned")
+            assert task.execution_info.requeue_count == 1
+            assert task.execution_info.exit_code == 0
+        assert restarted.finish(signal.SIGTERM) == 0
+    finally:
+        restarted.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
