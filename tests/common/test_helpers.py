@@ -214,7 +214,7 @@ def test_wait_for_tasks_polls_with_one_filtered_list_call(
     assert sorted(task.id for task in tasks) == sorted(task_ids)
     assert all(enum_value(task.state) == "completed" and task.execution_info.exit_code == 0 for task in tasks)
     assert len(recorder.requests) >= 2
-    for method, path, query in recorder.requests:  # never one call per task
+    for method, path, _query in recorder.requests:  # never one call per task
         assert (method, path) == ("GET", f"/jobs/{job_id}/tasks")
     *polls, final = recorder.requests
     for _method, _path, query in polls:

@@ -83,7 +83,8 @@ def test_something_else_on_the_batch_port_is_reported(some_other_web_server: str
 
 
 def test_something_else_on_the_blob_port_is_reported(some_other_web_server: str) -> None:
-    with pytest.raises(LocalStackError, match=r"something that is not Azurite answers at 127\.0\.0\.1:\d+ \(Server: something-else"):
+    message = r"something that is not Azurite answers at 127\.0\.0\.1:\d+ \(Server: something-else"
+    with pytest.raises(LocalStackError, match=message):
         azurite_answers(f"{some_other_web_server}/devstoreaccount1")
 
 

@@ -16,7 +16,13 @@ import pytest
 from common import REPOSITORY_ROOT
 from common.config import environment_variable_name
 from common.local import localbatch_answers
-from tests.samples.support import SAMPLE2, Backend, assert_left_behind, take_inventory, NOTHING
+from tests.samples.support import (
+    NOTHING,
+    SAMPLE2,
+    Backend,
+    assert_left_behind,
+    take_inventory,
+)
 
 WAIT_SECONDS = 120
 
@@ -67,7 +73,9 @@ def test_ctrl_c_while_waiting_for_nodes_cleans_up_and_exits_130(
 
     output = "".join(printed)
     assert returncode == 130, f"{output}\n{stderr}"
-    assert stderr == "sample2_pools_and_resourcefiles.py: error: interrupted; the resources it created were cleaned up as configured\n"
+    assert stderr == (
+        "sample2_pools_and_resourcefiles.py: error: interrupted; the resources it created were cleaned up as configured\n"
+    )
     assert re.search(r"^Deleted pool sample2-pool-", output, re.MULTILINE)
     assert re.search(r"^Deleted container sample2-resources-", output, re.MULTILINE)
     assert localbatch_answers(slow_localbatch)  # not killed by the Ctrl-C meant for the sample
