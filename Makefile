@@ -19,6 +19,7 @@ SAMPLE_SCRIPT := $(firstword $(wildcard sample$(SAMPLE)_*.py))
 help:
 	@echo "make run [SAMPLE=N]  set up, then run sampleN against the local stack (default: sample 1)"
 	@echo "make test            set up, then run the whole test suite"
+	@echo "make bench           set up, then run the benchmarks in bench/"
 	@echo "make setup           only create .venv and install Azurite"
 	@echo "make clean           remove .venv, node_modules and the local stack's data"
 
@@ -47,8 +48,9 @@ run: setup
 test: setup
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
-bench:
-	@echo "No benchmarks yet: they will live in bench/."
+# Figures, not pass/fail: see bench/ (tests never assert on wall-clock time).
+bench: setup
+	$(VENV_PYTHON) -m bench
 
 clean:
 	rm -rf $(VENV) node_modules .localstack .pytest_cache
