@@ -25,7 +25,7 @@ import pytest
 
 from localbatch import LocalBatchServer, Timings
 
-from .support import WAIT, batch_client, create_pool_and_wait, RawClient, unique_id, wait_for
+from .support import WAIT, RawClient, batch_client, create_pool_and_wait, unique_id
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 AZURITE_ACCOUNT = "devstoreaccount1"

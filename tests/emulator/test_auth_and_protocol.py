@@ -18,7 +18,8 @@ from azure.core.exceptions import HttpResponseError, ResourceModifiedError
 from localbatch import LocalBatchServer
 
 from .conftest import fast_timings
-from .support import API_VERSION, RawClient, batch_client, pool_options, ubuntu_configuration, unique_id, wait_for
+from .support import (API_VERSION, RawClient, batch_client, pool_options, shared_key_signature, ubuntu_configuration,
+                      unique_id, wait_for)
 
 OTHER_KEY = base64.b64encode(b"a different key, 32 bytes long!!").decode()
 
@@ -235,7 +236,6 @@ def test_a_chunked_body_over_one_megabyte_is_413(server, empty_job):
     path = f"/jobs/{empty_job}/addtaskcollection?api-version={API_VERSION}"
     headers = {"ocp-date": email.utils.formatdate(usegmt=True),
                "Content-Type": "application/json; odata=minimalmetadata", "Transfer-Encoding": "chunked"}
-    from .support import shared_key_signature
     headers["Authorization"] = f"SharedKey {raw.account}:" + shared_key_signature(
         raw.key, "POST", path.split("?")[0], path.split("?")[1], headers, raw.account)
     connection = http.client.HTTPConnection(raw.host, raw.port, timeout=30)

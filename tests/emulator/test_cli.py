@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -55,6 +56,15 @@ class RunningEmulator:
             self.process.wait(WAIT)
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie only waits to be reaped: it no longer runs)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture
 def emulator(tmp_path):
     running = RunningEmulator(tmp_path / "state")
@@ -89,9 +99,7 @@ def test_sigterm_ends_running_tasks_and_state_survives(tmp_path):
         assert first.finish(signal.SIGTERM) == 0
     finally:
         first.kill()
-    pid = int(pid_file.read_text())
-    # The child was reaped by the emulator, or is gone with it: either way it no longer runs.
-    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split(") ")[1][:1]
+    assert not _alive(int(pid_file.read_text())), "SIGTERM must end the task's process too"
 
     second = RunningEmulator(location, "--node-startup-seconds", "0.05")
     try:
@@ -126,7 +134,6 @@ def test_a_malformed_accounts_variable_is_a_clear_error(tmp_path):
 
 def _persisted_task(location: Path, job_id: str, task_id: str) -> dict | None:
     """The task as the emulator last wrote it to its state store (read-only)."""
-    import sqlite3
     path = location / "state" / "localbatch.sqlite3"
     if not path.exists():
         return None
@@ -171,9 +178,3 @@ def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues
         restarted.kill()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False

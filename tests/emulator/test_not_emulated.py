@@ -8,7 +8,7 @@ import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from .support import LRO_POLLING, create_job, pool_options, ubuntu_configuration, unique_id
+from .support import LRO_POLLING, create_job, pool_options, unique_id
 
 
 def _details(error: HttpResponseError) -> dict[str, str]:
@@ -100,5 +100,3 @@ def test_account_reads_with_nothing_to_emulate_are_empty(client, pool_id):
 def test_the_container_image_is_in_the_catalog_even_if_containers_are_not_emulated(client):
     images = {(i.image_reference.publisher, i.image_reference.offer): i for i in client.list_supported_images()}
     assert "DockerCompatible" in (images[("microsoft-dsvm", "ubuntu-hpc")].capabilities or [])
-    client.create_pool(models.BatchPoolCreateOptions(
-        id=unique_id("pool"), vm_size="standard_d2s_v3", virtual_machine_configuration=ubuntu_configuration()))
