@@ -1,6 +1,7 @@
 """Download a task's resource files into its working directory, as the node agent does."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import posixpath
@@ -78,8 +79,23 @@ class ResourceFileDownloader:
         return self._session
 
     async def download_all(self, resource_files: list[dict], working_dir: str) -> None:
+        """Download every resource file; any failure is a ResourceFileError naming it (never its SAS)."""
         for resource_file in resource_files:
-            await self.download(resource_file, working_dir)
+            source = _redact(resource_file.get("httpUrl") or resource_file.get("storageContainerUrl")
+                             or resource_file.get("autoStorageContainerName") or "")
+            try:
+                await self.download(resource_file, working_dir)
+            except ResourceFileError:
+                raise
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise ResourceFileError("BlobDownloadMiscError",
+                                        f"Could not download from {source}: {_describe(exc)}") from None
+            except ElementTree.ParseError:
+                raise ResourceFileError("BlobDownloadMiscError",
+                                        f"{source} did not answer with a blob container listing.") from None
+            except OSError as exc:
+                raise ResourceFileError("FileIOError", f"Could not write the files from {source} into the "
+                                        f"working directory: {exc.strerror or exc}") from None
 
     async def download(self, resource_file: dict, working_dir: str) -> None:
         mode = int(resource_file["fileMode"], 8) if resource_file.get("fileMode") else DEFAULT_FILE_MODE
@@ -126,8 +142,15 @@ class ResourceFileDownloader:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         out.write(chunk)
         except aiohttp.ClientError as exc:
-            raise ResourceFileError("BlobDownloadMiscError", f"Could not download {_redact(url)}: {exc}") from None
+            raise ResourceFileError("BlobDownloadMiscError",
+                                    f"Could not download {_redact(url)}: {_describe(exc)}") from None
         os.chmod(target, mode)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's text without any URL query it may quote."""
+    text = str(exc) or type(exc).__name__
+    return text.split("?", 1)[0] if "sig=" in text else text
 
 
 def _download_error(status: int, safe_url: str, action: str) -> ResourceFileError:

@@ -456,7 +456,10 @@ class BatchService:
                                                        start_task.get("resourceFiles") or [], startup_dir, env,
                                                        None)
             except EmulatorFault as exc:
-                outcome = {"failureInfo": {"category": "servererror", "code": "NodeAgentFailure", "message": str(exc)}}
+                outcome = _emulator_fault(str(exc))
+            except Exception:  # an emulator bug must not leave the node waiting for ever
+                logger.exception("the start task of node %s failed inside the emulator", node.key)
+                outcome = _emulator_fault("The node agent failed while running the start task; see the emulator's log.")
             if generation != node.boot_generation:
                 return False
             execution_times(info, outcome)
@@ -927,7 +930,10 @@ class BatchService:
                 task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], task_dir, env, timeout,
                 on_start=lambda pid: self._task_process_started(node, task, pid))
         except EmulatorFault as exc:
-            outcome = {"failureInfo": {"category": "servererror", "code": "NodeAgentFailure", "message": str(exc)}}
+            outcome = _emulator_fault(str(exc))
+        except Exception:  # an emulator bug must not leave the task holding its slot for ever
+            logger.exception("running task %s failed inside the emulator", task.key)
+            outcome = _emulator_fault("The node agent failed while running the task; see the emulator's log.")
         if task.node_key != node.key or task.state not in ("running", "preparing"):
             return  # evicted or ended while it ran; bookkeeping already done
         self._release_slot(node, task)
@@ -1091,6 +1097,11 @@ def _check_pool_body(body: dict) -> None:
             _check_resource_file(f"startTask.resourceFiles[{index}]", resource_file)
         if start_task.get("containerSettings"):
             raise _not_emulated("startTask.containerSettings")
+
+
+def _emulator_fault(message: str) -> dict:
+    """The outcome of a program the emulator itself failed to run: a server error, not the user's."""
+    return {"failureInfo": {"category": "servererror", "code": "NodeAgentFailure", "message": message}}
 
 
 def _not_emulated(feature: str) -> BatchServiceError:
