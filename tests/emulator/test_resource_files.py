@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import os
+import socket
 import threading
 
 import pytest
@@ -14,7 +15,7 @@ from azure.storage.blob import (BlobSasPermissions, ContainerSasPermissions, gen
                                 generate_container_sas)
 
 from .support import (RawClient, create_job, create_pool_and_wait, read_task_file, run_task, ubuntu_configuration,
-                      unique_id)
+                      unique_id, wait_for)
 
 
 def _expiry() -> dt.datetime:
@@ -203,3 +204,73 @@ def test_blob_names_that_climb_out_never_write_outside(storage_server, storage_c
     root = os.path.dirname(storage_server.location)
     for directory, _, files in os.walk(root):
         assert "escaped-by-blob.txt" not in files and "escaped-too.txt" not in files, directory
+
+
+# ---- downloads that cannot succeed end the task; they never leave it stuck --------------------
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def not_a_container():
+    """An HTTP endpoint that answers 200 with something that is not a blob listing."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = b"<html>not a container</html"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/account/container?sig=secret"
+    httpd.shutdown()
+    thread.join()
+
+
+@pytest.mark.parametrize("make_resource_file", [
+    lambda port, page: models.ResourceFile(storage_container_url=f"http://127.0.0.1:{port}/c?sv=1&sig=secret"),
+    lambda port, page: models.ResourceFile(http_url=f"http://127.0.0.1:{port}/c/blob?sig=secret", file_path="x"),
+    lambda port, page: models.ResourceFile(storage_container_url=page),
+], ids=["container-unreachable", "blob-unreachable", "not-a-container"])
+def test_a_failed_download_fails_the_task_and_frees_its_slot(storage_client, job_id, not_a_container,
+                                                             make_resource_file):
+    task = run_task(storage_client, job_id, "/bin/true",
+                    resource_files=[make_resource_file(_closed_port(), not_a_container)])
+    assert task.state == "completed"
+    assert task.execution_info.result == "failure"
+    assert task.execution_info.failure_info.category == "usererror"
+    assert "sig=secret" not in task.execution_info.failure_info.message
+    assert run_task(storage_client, job_id, "/bin/true").execution_info.exit_code == 0
+
+
+def test_a_resource_file_that_cannot_be_written_fails_the_task(storage_client, job_id, container):
+    container.upload_blob("data/inner.txt", b"x")
+    container.upload_blob("plain.txt", b"y")
+    # The container source makes wd/data a directory; the second file wants wd/data to be a file.
+    task = run_task(storage_client, job_id, "/bin/true", resource_files=[
+        models.ResourceFile(storage_container_url=container_sas_url(container), blob_prefix="data/"),
+        models.ResourceFile(http_url=blob_sas_url(container, "plain.txt"), file_path="data")])
+    assert task.state == "completed"
+    assert task.execution_info.result == "failure"
+    assert task.execution_info.failure_info.category == "usererror"
+
+
+def test_a_start_task_whose_download_fails_leaves_the_node_starttaskfailed(storage_client):
+    pool = unique_id("rfbroken")
+    storage_client.create_pool(models.BatchPoolCreateOptions(
+        id=pool, vm_size="standard_d2s_v3", target_dedicated_nodes=1,
+        virtual_machine_configuration=ubuntu_configuration(),
+        start_task=models.BatchStartTask(command_line="/bin/true", resource_files=[
+            models.ResourceFile(storage_container_url=f"http://127.0.0.1:{_closed_port()}/c?sig=secret")])))
+    node = wait_for(lambda: next((n for n in storage_client.list_nodes(pool) if n.state == "starttaskfailed"), None),
+                    "the start task to fail")
+    assert node.start_task_info.failure_info.category == "usererror"
+    assert "sig=secret" not in node.start_task_info.failure_info.message
