@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import os
 import shutil
@@ -147,6 +148,9 @@ class NodeAgent:
         except PermissionError as exc:
             return {"failureInfo": _failure("usererror", "CommandProgramNotExecutable", str(exc))}
         except OSError as exc:
+            if exc.errno == errno.ENOEXEC:  # e.g. a script without a #! line: the user's to fix
+                return {"failureInfo": _failure("usererror", "CommandProgramNotExecutable",
+                                                f"The program cannot be executed: {exc.strerror}: {exc.filename}")}
             raise EmulatorFault(f"cannot start the process: {exc}") from exc
         process = processes.ManagedProcess(popen, loop)
         self.processes[key] = process
