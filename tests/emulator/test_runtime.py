@@ -238,3 +238,25 @@ def test_the_job_max_wall_clock_time_ends_the_job_not_each_task(client, pool_id)
     task = client.get_task(job_id, "long")
     assert task.state == "completed" and task.execution_info.result == "failure"
     assert task.execution_info.failure_info.code != "MaxWallClockTimeExpiry"  # the task's own limit did not fire
+
+
+@pytest.mark.parametrize("prepare, command_line, code", [
+    (None, "echo 'unterminated", "CommandLineInvalid"),
+    (None, "   ", "CommandLineInvalid"),
+    (lambda d: _write(d / "script.sh", "#!/bin/sh\necho hi\n", 0o644), "{d}/script.sh", "CommandProgramNotExecutable"),
+    (lambda d: _write(d / "noshebang", "echo hi\n", 0o755), "{d}/noshebang", "CommandProgramNotExecutable"),
+    (lambda d: (d / "adir").mkdir(), "{d}/adir", "CommandProgramNotFound"),
+], ids=["unbalanced-quote", "blank", "not-executable", "no-shebang", "directory"])
+def test_command_lines_that_cannot_start_are_user_errors(client, pool_id, tmp_path, prepare, command_line, code):
+    if prepare:
+        prepare(tmp_path)
+    job_id = create_job(client, pool_id)
+    task = run_task(client, job_id, command_line.format(d=tmp_path))
+    assert task.execution_info.result == "failure"
+    assert task.execution_info.failure_info.category == "usererror"
+    assert task.execution_info.failure_info.code == code
+
+
+def _write(path, text: str, mode: int) -> None:
+    path.write_text(text)
+    path.chmod(mode)
