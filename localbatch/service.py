@@ -608,6 +608,7 @@ class BatchService:
         self._index_job(job)
         self._save_job(job)
         self._arm_job_wall_clock(job)
+        self._check_job_complete(job)  # terminatejob with no tasks yet: complete at once
         return job
 
     def _arm_job_wall_clock(self, job: Job) -> None:
@@ -647,6 +648,13 @@ class BatchService:
         if job.state in ("deleting", "terminating", "completed"):
             raise BatchServiceError("JobCompleted" if job.state == "completed" else
                                     "JobBeingDeleted" if job.state == "deleting" else "JobBeingTerminated")
+        requested = body.get("onAllTasksComplete") or ("noaction" if replace else None)  # PUT: absent = noaction
+        current = (job.data.get("onAllTasksComplete") or "").lower()
+        if requested and requested.lower() != "terminatejob" and current == "terminatejob":
+            raise invalid_property("onAllTasksComplete", requested,
+                                   "Once a job's onAllTasksComplete is terminatejob it cannot be changed back.")
+        if replace:
+            body = {**body, "onAllTasksComplete": requested}
         for name in ("priority", "maxParallelTasks", "allowTaskPreemption", "constraints", "metadata",
                      "onAllTasksComplete", "poolInfo", "networkConfiguration"):
             if body.get(name) is not None:
@@ -1006,7 +1014,8 @@ class BatchService:
         self._check_job_complete(job)
 
     def _check_job_complete(self, job: Job) -> None:
-        if job.state != "active" or job.data.get("onAllTasksComplete") != "terminatejob" or not job.tasks:
+        # A job without tasks counts as having all its tasks complete (as documented for terminatejob).
+        if job.state != "active" or (job.data.get("onAllTasksComplete") or "").lower() != "terminatejob":
             return
         if job.pending or job.running_count:
             return
