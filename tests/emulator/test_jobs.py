@@ -155,14 +155,42 @@ def test_delete_job_goes_through_deleting_and_removes_its_tasks(client, pool_id)
 
 
 def test_on_all_tasks_complete_terminatejob_completes_the_job(client, pool_id):
-    job_id = unique_id("job")
-    client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id),
-                                                   all_tasks_complete_mode="terminatejob"))
+    # The documented pattern: add the tasks under noaction, then switch to terminatejob.
+    job_id = create_job(client, pool_id)
     client.create_tasks(job_id, [models.BatchTaskCreateOptions(id=f"t{n}", command_line="/bin/true")
                                  for n in range(4)])
+    client.update_job(job_id, models.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
     job = wait_for(lambda: (j := client.get_job(job_id)).state == "completed" and j, "the job to complete")
     assert job.execution_info.termination_reason == "AllTasksComplete"
     assert all(task.state == "completed" for task in client.list_tasks(job_id))
+
+
+def test_a_job_created_with_terminatejob_and_no_tasks_completes_at_once(client, pool_id):
+    # "If a Job contains no Tasks, then all Tasks are considered complete."
+    job_id = unique_id("job")
+    client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+                                                   all_tasks_complete_mode="terminatejob"))
+    job = wait_for(lambda: (j := client.get_job(job_id)).state == "completed" and j, "the job to complete")
+    assert job.execution_info.termination_reason == "AllTasksComplete"
+    with pytest.raises(ResourceExistsError) as caught:
+        client.create_task(job_id, models.BatchTaskCreateOptions(id="late", command_line="/bin/true"))
+    assert caught.value.error.code == "JobCompleted"
+
+
+def test_terminatejob_cannot_be_turned_off_again(client, pool_id):
+    job_id = create_job(client, pool_id)
+    client.begin_disable_job(job_id, models.BatchJobDisableOptions(disable_tasks="wait"),
+                             polling_interval=LRO_POLLING).result()
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="held", command_line="/bin/true"))
+    client.update_job(job_id, models.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
+    with pytest.raises(HttpResponseError) as caught:
+        client.update_job(job_id, models.BatchJobUpdateOptions(all_tasks_complete_mode="noaction"))
+    assert caught.value.status_code == 400
+    assert caught.value.error.code == "InvalidPropertyValue"
+    with pytest.raises(HttpResponseError) as caught:  # a PUT without it means noaction
+        client.replace_job(job_id, models.BatchJob(pool_info=models.BatchPoolInfo(pool_id=pool_id)))
+    assert caught.value.status_code == 400
+    assert client.get_job(job_id).all_tasks_complete_mode == "terminatejob"
 
 
 def test_task_counts_count_tasks_and_slots(client, pool_id):
@@ -221,10 +249,11 @@ def test_auto_pool_is_created_for_the_job_and_deleted_with_it(client):
 
 def test_auto_pool_goes_away_when_the_job_completes(client):
     job_id = unique_id("autojob")
-    _auto_pool_job(client, job_id, prefix="sample", all_tasks_complete_mode="terminatejob")
+    _auto_pool_job(client, job_id, prefix="sample")
     auto_pool_id = client.get_job(job_id).execution_info.pool_id
     assert auto_pool_id.startswith("sample_")
     client.create_task(job_id, models.BatchTaskCreateOptions(id="only", command_line="/bin/true"))
+    client.update_job(job_id, models.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
     wait_for(lambda: client.get_job(job_id).state == "completed", "the job to complete")
     wait_for(lambda: auto_pool_id not in [p.id for p in client.list_pools()], "the auto-pool to go away")
     assert client.get_task(job_id, "only").execution_info.exit_code == 0
