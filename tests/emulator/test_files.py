@@ -3,6 +3,7 @@ through the SDK; percent-encoded paths and path traversal over raw HTTP."""
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from urllib.parse import quote
 
 import pytest
@@ -273,3 +274,17 @@ def test_percent_encoded_slash_is_a_path_separator_inside_the_file_path(raw, wri
     assert encoded == "wd%2Fsub%20dir%2Fa%20b.txt"
     response = raw.request("GET", f"/jobs/{written[0]}/tasks/writer/files/{encoded}")
     assert response.status == 200 and response.body == b"spaced"
+
+
+@pytest.mark.parametrize("name", ["ünïcødé ✓.txt", "100%.txt", "a+b=c&d.txt", "hash#mark.txt", "q?uery.txt",
+                                  "semi;colon,comma.txt", "tab\there.txt"])
+def test_file_names_with_special_characters_round_trip(client, pool_id, name):
+    job_id = create_job(client, pool_id)
+    task = run_task(client, job_id, f"/usr/bin/truncate -s 1 {shlex.quote(name)}")  # a one-byte file
+    assert task.execution_info.exit_code == 0, task.execution_info.failure_info
+    path = f"wd/{name}"
+    assert path in {f.name for f in client.list_task_files(job_id, task.id, recursive=True)}
+    assert client.get_task_file_properties(job_id, task.id, path).content_length == 1
+    assert b"".join(client.download_task_file(job_id, task.id, path)) == b"\0"
+    client.delete_task_file(job_id, task.id, path)
+    assert path not in {f.name for f in client.list_task_files(job_id, task.id, recursive=True)}
