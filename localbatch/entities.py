@@ -32,6 +32,7 @@ class Node:
     boot_generation: int = 0
     # "remove", "reboot" or "reimage": what to do once the running tasks finish (taskcompletion).
     after_tasks: Optional[str] = None
+    start_task_pid: Optional[int] = None  # while the start task's program runs
 
     @property
     def id(self) -> str:
@@ -46,12 +47,12 @@ class Node:
 
     def record(self) -> dict:
         return {"poolId": self.pool_id, "data": self.data, "index": self.index, "users": self.users,
-                "running": self.running, "afterTasks": self.after_tasks}
+                "running": self.running, "afterTasks": self.after_tasks, "startTaskPid": self.start_task_pid}
 
     @classmethod
     def from_record(cls, record: dict) -> "Node":
         return cls(record["poolId"], record["data"], record["index"], record["users"], record["running"],
-                   after_tasks=record.get("afterTasks"))
+                   after_tasks=record.get("afterTasks"), start_task_pid=record.get("startTaskPid"))
 
 
 @dataclass

@@ -90,6 +90,11 @@ class BatchService:
                     job.pending[key] = None
         for pool in self.pools.values():
             for node in pool.nodes.values():
+                if node.start_task_pid:  # the emulator stopped without ending it (a crash)
+                    processes.kill_leftover_process_group(
+                        node.start_task_pid, os.path.join(self.agent.node_root(node), "startup", "wd"))
+                    node.start_task_pid = None
+                    self._save_node(node)
                 node.running.clear()
                 if node.data["state"] in ("idle", "running"):
                     node.data["runningTasksCount"] = node.data["runningTaskSlotsCount"] = 0
@@ -454,12 +459,13 @@ class BatchService:
             try:
                 outcome = await self.agent.run_program(_start_task_key(node), start_task["commandLine"],
                                                        start_task.get("resourceFiles") or [], startup_dir, env,
-                                                       None)
+                                                       None, on_start=lambda pid: self._start_task_started(node, pid))
             except EmulatorFault as exc:
                 outcome = _emulator_fault(str(exc))
             except Exception:  # an emulator bug must not leave the node waiting for ever
                 logger.exception("the start task of node %s failed inside the emulator", node.key)
                 outcome = _emulator_fault("The node agent failed while running the start task; see the emulator's log.")
+            node.start_task_pid = None
             if generation != node.boot_generation:
                 return False
             execution_times(info, outcome)
@@ -471,6 +477,11 @@ class BatchService:
             info["retryCount"] += 1
             info["lastRetryTime"] = wire.now_iso()
             info["startTime"] = info["lastRetryTime"]
+
+    def _start_task_started(self, node: Node, pid: int) -> None:
+        """Keep the start task's pid, so a start after a crash can kill a process left behind."""
+        node.start_task_pid = pid
+        self._save_node(node)
 
     # ================================================================== nodes ==============
     def reboot_node(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
