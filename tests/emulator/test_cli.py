@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from azure.batch import models
 
-from .support import WAIT, batch_client, create_job, create_pool_and_wait, wait_for, wait_for_task
+from .support import (WAIT, batch_client, create_job, create_pool_and_wait, ubuntu_configuration, wait_for,
+                      wait_for_nodes, wait_for_task)
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,3 +179,44 @@ def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues
         restarted.kill()
 
 
+
+
+def _persisted_node(location: Path, pool_id: str) -> dict | None:
+    path = location / "state" / "localbatch.sqlite3"
+    if not path.exists():
+        return None
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT body FROM entities WHERE kind='node' AND key LIKE ?", (f"{pool_id}/%",)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def test_after_a_crash_a_leftover_start_task_is_killed_and_run_again(tmp_path):
+    location = tmp_path / "state"
+    pid_file = tmp_path / "pid"
+    crashed = RunningEmulator(location, "--node-startup-seconds", "0.05")
+    try:
+        with batch_client(crashed.url()) as client:
+            client.create_pool(models.BatchPoolCreateOptions(
+                id="crash-start", vm_size="standard_d2s_v3", target_dedicated_nodes=1,
+                virtual_machine_configuration=ubuntu_configuration(),
+                start_task=models.BatchStartTask(command_line=(
+                    f"/bin/bash -c 'if [ -e {pid_file} ]; then exit 0; fi; echo $$ > {pid_file}; exec sleep 60'"))))
+            wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the start task to run")
+            wait_for(lambda: (n := _persisted_node(location, "crash-start")) and n.get("startTaskPid"),
+                     "the start task's process to be persisted")
+        crashed.process.kill()
+        crashed.process.wait(WAIT)
+    finally:
+        crashed.kill()
+    pid = int(pid_file.read_text())
+    assert _alive(pid), "precondition: a crash leaves the start task's process behind"
+
+    restarted = RunningEmulator(location, "--node-startup-seconds", "0.05")
+    try:
+        with batch_client(restarted.url()) as client:
+            wait_for(lambda: not _alive(pid), "the leftover start task to be killed")
+            [node] = wait_for_nodes(client, "crash-start", 1, states=("idle",))
+            assert node.start_task_info.exit_code == 0
+        assert restarted.finish(signal.SIGTERM) == 0
+    finally:
+        restarted.kill()
