@@ -145,6 +145,8 @@ def _own_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 def blob_storage(request: pytest.FixtureRequest) -> Azurite:
     """Azurite's blob service: the suite-wide `azurite` fixture when tests/conftest.py has one,
     otherwise one started here."""
+    if shutil.which("node") is None:
+        pytest.skip("Azurite needs Node.js, which is not on PATH")
     try:
         return _adapt(request.getfixturevalue("azurite"))
     except pytest.FixtureLookupError:
