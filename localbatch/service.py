@@ -217,10 +217,12 @@ class BatchService:
         vm_config = dict(body["virtualMachineConfiguration"])
         vm_config["imageReference"] = {"version": "latest", **vm_config["imageReference"]}
         data["virtualMachineConfiguration"] = vm_config
-        for optional in ("displayName", "startTask", "metadata", "networkConfiguration", "userAccounts",
-                         "upgradePolicy", "mountConfiguration"):
+        for optional in ("displayName", "startTask", "metadata", "networkConfiguration", "upgradePolicy",
+                         "mountConfiguration"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
+        if body.get("userAccounts") is not None:
+            data["userAccounts"] = _without_secrets(body["userAccounts"])
         pool = Pool(data, auto_pool_job_id=auto_pool_job_id)
         pool.touch()
         self.pools[pool.id.lower()] = pool
@@ -239,6 +241,8 @@ class BatchService:
                 pool.data[name] = body[name]
             elif replace and name in ("startTask", "metadata"):
                 pool.data.pop(name, None)
+        if body.get("userAccounts") is not None:
+            pool.data["userAccounts"] = _without_secrets(body["userAccounts"])
         pool.touch()
         self._save_pool(pool)
         return pool
@@ -600,7 +604,7 @@ class BatchService:
             "priority": body.get("priority") or 0,
             "maxParallelTasks": body["maxParallelTasks"] if body.get("maxParallelTasks") is not None else -1,
             "allowTaskPreemption": bool(body.get("allowTaskPreemption")),
-            "constraints": constraints, "poolInfo": pool_info,
+            "constraints": constraints, "poolInfo": _pool_info_without_secrets(pool_info),
             "onAllTasksComplete": body.get("onAllTasksComplete") or "noaction",
             "onTaskFailure": body.get("onTaskFailure") or "noaction",
         }
@@ -669,7 +673,7 @@ class BatchService:
         for name in ("priority", "maxParallelTasks", "allowTaskPreemption", "constraints", "metadata",
                      "onAllTasksComplete", "poolInfo", "networkConfiguration"):
             if body.get(name) is not None:
-                job.data[name] = body[name]
+                job.data[name] = _pool_info_without_secrets(body[name]) if name == "poolInfo" else body[name]
             elif replace and name == "metadata":
                 job.data.pop(name, None)
         if body.get("constraints") is not None:
@@ -1117,6 +1121,27 @@ def _check_pool_body(body: dict) -> None:
             _check_resource_file(f"startTask.resourceFiles[{index}]", resource_file)
         if start_task.get("containerSettings"):
             raise _not_emulated("startTask.containerSettings")
+
+
+def _without_secrets(user_accounts: list[dict]) -> list[dict]:
+    """User accounts as they are kept and shown: passwords and private keys are never stored or echoed.
+    (Tasks run as the emulator's own user, so nothing needs them.)"""
+    kept = []
+    for account in user_accounts:
+        account = {key: value for key, value in account.items() if key != "password"}
+        if isinstance(account.get("linuxUserConfiguration"), dict):
+            account["linuxUserConfiguration"] = {key: value for key, value in account["linuxUserConfiguration"].items()
+                                                 if key != "sshPrivateKey"}
+        kept.append(account)
+    return kept
+
+
+def _pool_info_without_secrets(pool_info: dict) -> dict:
+    pool = ((pool_info or {}).get("autoPoolSpecification") or {}).get("pool") or {}
+    if not pool.get("userAccounts"):
+        return pool_info
+    return {**pool_info, "autoPoolSpecification": {**pool_info["autoPoolSpecification"],
+                                                   "pool": {**pool, "userAccounts": _without_secrets(pool["userAccounts"])}}}
 
 
 def _emulator_fault(message: str) -> dict:
