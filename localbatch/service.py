@@ -346,13 +346,18 @@ class BatchService:
     def _finish_allocation_later(self, pool: Pool) -> None:
         asyncio.get_running_loop().call_later(self.timings.node_creating, self._finish_allocation, pool)
 
-    def _finish_allocation(self, pool: Pool) -> None:
-        """resizing -> steady once no node is still being created or leaving the pool."""
+    def _finish_allocation(self, pool: Pool, poll: bool = True) -> None:
+        """resizing -> steady once no node is still being created or leaving the pool.
+
+        Called when a node is allocated or gone (poll=False), and from a timer that re-arms itself
+        until the pool is steady (poll=True), which also covers nodes that wait for their tasks.
+        """
         if self.pools.get(pool.id.lower()) is not pool or pool.data["allocationState"] != "resizing":
             return
         if any(n.data["state"] in ("creating", "leavingpool") or n.after_tasks == "remove"
                for n in pool.nodes.values()):
-            self._finish_allocation_later(pool)
+            if poll:
+                self._finish_allocation_later(pool)
             return
         pool.set_allocation_state("steady")
         pool.touch()
@@ -403,6 +408,7 @@ class BatchService:
         self.store.delete("node", node.key)
         self._count_current(pool)
         self._save_pool(pool)
+        self._finish_allocation(pool, poll=False)
         await asyncio.get_running_loop().run_in_executor(
             None, self.agent.remove_node_directories, pool.id, node.id)
 
@@ -421,7 +427,9 @@ class BatchService:
                 return
             node.set_state("starting")
             self._save_node(node)
-        await asyncio.sleep(self.timings.node_starting)
+            self._finish_allocation(pool, poll=False)  # allocated: steady once no node is still being created
+        restarting = node.data["state"] in ("rebooting", "reimaging")
+        await asyncio.sleep(self.timings.node_rebooting if restarting else self.timings.node_starting)
         if generation != node.boot_generation or node.id not in pool.nodes:
             return
         self.agent.prepare_node_directories(node)
