@@ -68,7 +68,8 @@ def test_new_nodes_go_through_creating_and_starting(client):
 
 
 # ---- reboot -------------------------------------------------------------------------------------
-def test_reboot_requeues_running_tasks_and_they_run_again(client, tmp_path):
+def test_reboot_requeues_running_tasks_and_they_run_again(watchable_client, tmp_path):
+    client = watchable_client
     pool = unique_id("reboot")
     [node] = create_pool_and_wait(client, pool, nodes=1)
     job_id = create_job(client, pool)
@@ -81,8 +82,7 @@ def test_reboot_requeues_running_tasks_and_they_run_again(client, tmp_path):
 
     poller = client.begin_reboot_node(pool, node.id, reboot_options(), polling_interval=LRO_POLLING)
     assert client.get_node(pool, node.id).state == "rebooting"
-    task = client.get_task(job_id, "survivor")
-    assert task.state == "active"
+    task = wait_for_task(client, job_id, "survivor", states=("active",))  # once its process is seen to end
     assert task.execution_info.requeue_count == 1
     gate.touch()
     poller.result()

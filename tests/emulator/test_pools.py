@@ -12,7 +12,8 @@ from .support import (LRO_POLLING, create_pool_and_wait, pool_options, ubuntu_co
 
 
 # ---- create / get / exists / list --------------------------------------------------------------
-def test_create_pool_reports_resizing_then_becomes_steady_with_its_nodes(client):
+def test_create_pool_reports_resizing_then_becomes_steady_with_its_nodes(watchable_client):
+    client = watchable_client
     pool_id = unique_id("pool")
     client.create_pool(pool_options(pool_id, nodes=2, display_name="two nodes",
                                     metadata=[models.BatchMetadataItem(name="owner", value="tests")]))
@@ -117,7 +118,8 @@ def test_list_pools_with_a_malformed_filter_is_a_clear_400(client):
 
 
 # ---- delete ---------------------------------------------------------------------------------------
-def test_delete_pool_goes_through_deleting_and_the_poller_ends_when_it_is_gone(client):
+def test_delete_pool_goes_through_deleting_and_the_poller_ends_when_it_is_gone(watchable_client):
+    client = watchable_client
     pool_id = unique_id("pool")
     create_pool_and_wait(client, pool_id, nodes=1)
     poller = client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING)
@@ -142,7 +144,8 @@ def test_delete_missing_pool_fails_with_pool_not_found(client):
 
 
 # ---- resize / stop resize / remove nodes --------------------------------------------------------
-def test_resize_pool_up_and_down(client):
+def test_resize_pool_up_and_down(watchable_client):
+    client = watchable_client
     pool_id = unique_id("pool")
     create_pool_and_wait(client, pool_id, nodes=1)
     poller = client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=3),
@@ -162,7 +165,8 @@ def test_resize_pool_up_and_down(client):
     assert len(list(client.list_nodes(pool_id))) == 1
 
 
-def test_resize_while_resizing_is_rejected(client):
+def test_resize_while_resizing_is_rejected(watchable_client):
+    client = watchable_client
     pool_id = unique_id("pool")
     client.create_pool(pool_options(pool_id, nodes=1))  # still resizing right after creation
     with pytest.raises(ResourceExistsError) as caught:
@@ -299,3 +303,28 @@ def test_pool_body_errors_name_the_property(client):
     assert caught.value.status_code == 400
     details = {d.code: d.message for d in caught.value.error.details}
     assert details["PropertyName"] == "id"
+
+
+def test_a_pool_is_steady_by_the_time_its_nodes_are_idle(watchable_client):
+    client = watchable_client
+    pool_id = unique_id("pool")
+    create_pool_and_wait(client, pool_id, nodes=2)
+    assert client.get_pool(pool_id).allocation_state == "steady"
+    # ...so it can be resized straight away.
+    client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=1),
+                             polling_interval=LRO_POLLING).result()
+    assert client.get_pool(pool_id).current_dedicated_nodes == 1
+
+
+def test_low_priority_nodes(client):
+    pool_id = unique_id("spot")
+    client.create_pool(models.BatchPoolCreateOptions(
+        id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1, target_low_priority_nodes=2,
+        virtual_machine_configuration=ubuntu_configuration()))
+    nodes = wait_for_nodes(client, pool_id, 3)
+    assert sorted(n.is_dedicated for n in nodes) == [False, False, True]
+    assert all(n.id.endswith("_p") for n in nodes if not n.is_dedicated)
+    pool = wait_for(lambda: (p := client.get_pool(pool_id)).allocation_state == "steady" and p, "steady")
+    assert (pool.current_dedicated_nodes, pool.current_low_priority_nodes) == (1, 2)
+    counts = {c.pool_id: c for c in client.list_pool_node_counts()}[pool_id]
+    assert (counts.dedicated.total, counts.low_priority.total) == (1, 2)
