@@ -105,6 +105,8 @@ class BatchService:
                 self._spawn(self._finish_job_delete(job))
             elif job.state == "terminating":
                 self._spawn(self._finish_job_terminate(job, job.data["executionInfo"].get("terminateReason")))
+            elif job.state == "disabling":
+                self._spawn(self._finish_job_disable(job))
 
     def start_background_work(self) -> None:
         """Resume timers and node boots; called on the loop once the server runs."""
@@ -701,7 +703,11 @@ class BatchService:
         return job
 
     def disable_job(self, job_id: str, option: str) -> Job:
+        """active -> disabling -> disabled once no task of the job runs any more (requeue and
+        terminate stop them; wait lets them finish). Disabling a disabled job changes nothing."""
         job = self.get_job(job_id)
+        if job.state in ("disabling", "disabled"):
+            return job
         if job.state != "active":
             raise BatchServiceError("JobNotActive")
         job.set_state("disabling")
@@ -709,9 +715,24 @@ class BatchService:
         for task in list(job.tasks.values()):
             if task.state in ("running", "preparing") and option in ("requeue", "terminate"):
                 self._stop_task(job, task, option)
-        job.set_state("disabled")
-        self._save_job(job)
+        self._spawn(self._finish_job_disable(job))
         return job
+
+    async def _finish_job_disable(self, job: Job) -> None:
+        await self._until_no_task_runs(job, "disabling")
+        if job.state == "disabling":
+            job.set_state("disabled")
+            self._save_job(job)
+
+    async def _until_no_task_runs(self, job: Job, while_state: str, limit: Optional[float] = None) -> None:
+        """Wait until none of the job's tasks runs, the job leaves `while_state`, or `limit` seconds pass."""
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        while job.running_count > 0 and job.state == while_state and self.jobs.get(job.id.lower()) is job:
+            if deadline is not None and loop.time() > deadline:
+                logger.warning("tasks of job %s still run %.0f s after they were stopped", job.id, limit)
+                return
+            await asyncio.sleep(0.02)
 
     def enable_job(self, job_id: str) -> Job:
         job = self.get_job(job_id)
@@ -742,7 +763,10 @@ class BatchService:
             if task.state in UNFINISHED_TASK_STATES:
                 self._stop_task(job, task, "terminate")
         job.pending.clear()
-        self._mark_job_completed(job, reason)
+        # The job stays terminating until its killed tasks are seen to end (they report completed).
+        await self._until_no_task_runs(job, "terminating", limit=30)
+        if job.state == "terminating":
+            self._mark_job_completed(job, reason)
 
     def _mark_job_completed(self, job: Job, reason: str) -> None:
         if job.state == "completed":
