@@ -130,10 +130,10 @@ def test_disabled_job_starts_no_tasks(client, pool_id):
                              polling_interval=LRO_POLLING).result()
     client.create_task(job_id, models.BatchTaskCreateOptions(id="waits", command_line="/bin/true"))
     assert client.get_task(job_id, "waits").state == "active"
-    with pytest.raises(ResourceExistsError) as caught:
-        client.begin_disable_job(job_id, models.BatchJobDisableOptions(disable_tasks="wait"),
-                                 polling_interval=LRO_POLLING)
-    assert caught.value.error.code == "JobNotActive"
+    # Disabling a disabled job changes nothing; a completed one cannot be disabled.
+    client.begin_disable_job(job_id, models.BatchJobDisableOptions(disable_tasks="wait"),
+                             polling_interval=LRO_POLLING).result()
+    assert client.get_job(job_id).state == "disabled"
     client.begin_enable_job(job_id, polling_interval=LRO_POLLING).result()
     assert wait_for_task(client, job_id, "waits").execution_info.exit_code == 0
 
@@ -359,6 +359,33 @@ def test_deleting_a_pool_requeues_its_running_tasks(client):
     client.create_task(job_id, models.BatchTaskCreateOptions(id="orphan", command_line="sleep 60"))
     wait_for_task(client, job_id, "orphan", states=("running",))
     client.begin_delete_pool(pool, polling_interval=LRO_POLLING).result()
-    task = client.get_task(job_id, "orphan")
-    assert task.state == "active"
+    task = wait_for_task(client, job_id, "orphan", states=("active",))  # once its process is seen to end
     assert task.execution_info.requeue_count == 1
+    assert task.node_info is None or task.node_info.pool_id == pool
+
+
+def test_disable_with_wait_lets_running_tasks_finish_before_the_job_is_disabled(client, pool_id, tmp_path):
+    job_id = create_job(client, pool_id)
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="finishing", command_line=f"/bin/bash -c 'touch {started}; while [ ! -e {gate} ]; do sleep 0.02; done'"))
+    wait_for(lambda: started.exists(), "the task to start")
+    poller = client.begin_disable_job(job_id, models.BatchJobDisableOptions(disable_tasks="wait"),
+                                      polling_interval=LRO_POLLING)
+    assert client.get_job(job_id).state == "disabling"  # until the running task is done
+    assert client.get_task(job_id, "finishing").state == "running"
+    gate.touch()
+    poller.result()
+    assert client.get_job(job_id).state == "disabled"
+    task = client.get_task(job_id, "finishing")
+    assert task.state == "completed" and task.execution_info.exit_code == 0
+    assert task.execution_info.requeue_count == 0
+
+
+def test_a_completed_job_cannot_be_disabled(client, pool_id):
+    job_id = create_job(client, pool_id)
+    client.begin_terminate_job(job_id, options=terminate_options(), polling_interval=LRO_POLLING).result()
+    with pytest.raises(ResourceExistsError) as caught:
+        client.begin_disable_job(job_id, models.BatchJobDisableOptions(disable_tasks="requeue"),
+                                 polling_interval=LRO_POLLING)
+    assert caught.value.error.code == "JobNotActive"
