@@ -991,6 +991,9 @@ class BatchService:
             outcome = _emulator_fault("The node agent failed while running the task; see the emulator's log.")
         if task.node_key != node.key or task.state not in ("running", "preparing"):
             return  # evicted or ended while it ran; bookkeeping already done
+        if not self._still_exists(job, task):
+            self._release_slot(node, task)  # deleted (or its job) while it ran: free the slot, keep nothing
+            return
         self._release_slot(node, task)
         if outcome.get("stopReason") in ("requeue", "shutdown"):
             if outcome["stopReason"] == "requeue":
@@ -1015,12 +1018,17 @@ class BatchService:
     def _task_process_started(self, node: Node, task: Task, pid: int) -> None:
         """The program runs: a task with resource files leaves `preparing`, and the pid is kept so
         that a start after a crash can kill a process this run left behind."""
-        if task.node_key != node.key or task.state not in ("preparing", "running"):
+        if task.node_key != node.key or task.state not in ("preparing", "running") \
+                or not self._still_exists(self.jobs.get(task.job_id.lower()), task):
             return
         if task.state == "preparing":
             task.set_state("running")
         task.pid = pid
         self._save_task(task)
+
+    def _still_exists(self, job: Optional[Job], task: Task) -> bool:
+        """False once the task or its job was deleted: nothing about it may be saved again."""
+        return job is not None and self.jobs.get(job.id.lower()) is job and job.tasks.get(task.id.lower()) is task
 
     def _release_slot(self, node: Node, task: Task) -> None:
         task_key = f"{task.job_id.lower()}/{task.id.lower()}"
