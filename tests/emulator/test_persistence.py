@@ -134,3 +134,36 @@ def test_state_is_kept_per_location(tmp_path):
     with LocalBatchServer(str(tmp_path / "one"), timings=fast_timings()) as one_again:
         with batch_client(one_again.url) as client:
             assert [p.id for p in client.list_pools()] == ["only-in-one"]
+
+
+def test_what_was_deleted_stays_deleted_after_a_restart(tmp_path):
+    location = str(tmp_path / "state")
+    started = tmp_path / "started"
+    with LocalBatchServer(location, timings=fast_timings()) as first:
+        with batch_client(first.url) as client:
+            create_pool_and_wait(client, "p", nodes=1)
+            job_id = create_job(client, "p", "j")
+            client.create_task(job_id, models.BatchTaskCreateOptions(
+                id="running-then-deleted", command_line=f"/bin/bash -c 'touch {started}; exec sleep 60'"))
+            wait_for(lambda: started.exists(), "the task to start")
+            client.delete_task(job_id, "running-then-deleted")
+            run_task(client, job_id, "/bin/true", task_id="kept")  # time for the killed task to be reaped
+            client.create_node_user("p", client.get_task(job_id, "kept").node_info.node_id,
+                                    models.BatchNodeUserCreateOptions(name="gone", password="x-Y-z-1!"))
+            client.delete_node_user("p", client.get_task(job_id, "kept").node_info.node_id, "gone")
+            # A job deleted while a task runs, then created again under the same id, starts empty.
+            create_job(client, "p", "reused")
+            client.create_task("reused", models.BatchTaskCreateOptions(id="old", command_line="sleep 60"))
+            wait_for_task(client, "reused", "old", states=("running",))
+            client.begin_delete_job("reused", polling_interval=LRO_POLLING).result()
+            create_job(client, "p", "reused")
+            run_task(client, job_id, "/bin/true", task_id="kept-too")
+    with LocalBatchServer(location, timings=fast_timings()) as second:
+        with batch_client(second.url) as client:
+            assert [t.id for t in client.list_tasks("j")] == ["kept", "kept-too"]
+            assert list(client.list_tasks("reused")) == []
+            with pytest.raises(ResourceNotFoundError):
+                client.get_task("j", "running-then-deleted")
+            node_id = client.get_task("j", "kept").node_info.node_id
+            with pytest.raises(ResourceNotFoundError):
+                client.delete_node_user("p", node_id, "gone")
