@@ -149,17 +149,25 @@ class BatchService:
             logger.error("background work failed", exc_info=task.exception())
 
     # ------------------------------------------------------------------ persistence --------
+    # Only what still exists is written: work that finishes after a delete (a start task or a
+    # task being killed) must not bring the row back, nor attach it to a new entity of the same id.
     def _save_pool(self, pool: Pool) -> None:
-        self.store.put("pool", pool.id.lower(), pool.record())
+        if self.pools.get(pool.id.lower()) is pool:
+            self.store.put("pool", pool.id.lower(), pool.record())
 
     def _save_node(self, node: Node) -> None:
-        self.store.put("node", node.key, node.record())
+        pool = self.pools.get(node.pool_id.lower())
+        if pool is not None and pool.nodes.get(node.id) is node:
+            self.store.put("node", node.key, node.record())
 
     def _save_job(self, job: Job) -> None:
-        self.store.put("job", job.id.lower(), job.record())
+        if self.jobs.get(job.id.lower()) is job:
+            self.store.put("job", job.id.lower(), job.record())
 
     def _save_task(self, task: Task) -> None:
-        self.store.put("task", task.key, task.record())
+        job = self.jobs.get(task.job_id.lower())
+        if job is not None and job.tasks.get(task.id.lower()) is task:
+            self.store.put("task", task.key, task.record())
 
     # ------------------------------------------------------------------ lookups ------------
     def _pool_by_key(self, key: str) -> Optional[Pool]:
