@@ -167,3 +167,19 @@ def test_what_was_deleted_stays_deleted_after_a_restart(tmp_path):
             node_id = client.get_task("j", "kept").node_info.node_id
             with pytest.raises(ResourceNotFoundError):
                 client.delete_node_user("p", node_id, "gone")
+
+
+def test_a_pool_deleted_while_its_start_task_runs_leaves_no_node_behind(tmp_path):
+    location = str(tmp_path / "state")
+    with LocalBatchServer(location, timings=fast_timings()) as first:
+        with batch_client(first.url) as client:
+            client.create_pool(pool_options("again", nodes=1, start_task=models.BatchStartTask(
+                command_line="sleep 60")))
+            wait_for_nodes(client, "again", 1, states=("waitingforstarttask",))
+            client.begin_delete_pool("again", polling_interval=LRO_POLLING).result()
+            client.create_pool(pool_options("again", nodes=0))  # the same id, no nodes
+            wait_for(lambda: client.get_pool("again").allocation_state == "steady", "the new pool to settle")
+    with LocalBatchServer(location, timings=fast_timings()) as second:
+        with batch_client(second.url) as client:
+            assert list(client.list_nodes("again")) == []
+            assert client.get_pool("again").current_dedicated_nodes == 0
