@@ -394,3 +394,10 @@ def test_an_entra_id_token_is_refused_with_a_clear_reason(server):
 
 def _details_of(error: HttpResponseError) -> dict[str, str]:
     return {detail.code: detail.message for detail in error.error.details}
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "ten"])
+def test_maxresults_out_of_range_is_400(raw, value):
+    response = raw.request("GET", f"/pools?maxresults={value}")
+    _assert_batch_error(response, 400, "InvalidQueryParameterValue")
+    assert response.detail("QueryParameterName") == "maxresults"

@@ -288,3 +288,12 @@ def test_file_names_with_special_characters_round_trip(client, pool_id, name):
     assert b"".join(client.download_task_file(job_id, task.id, path)) == b"\0"
     client.delete_task_file(job_id, task.id, path)
     assert path not in {f.name for f in client.list_task_files(job_id, task.id, recursive=True)}
+
+
+@pytest.mark.parametrize("ocp_range", ["bytes=abc", "lines=1-2", "bytes=-"])
+def test_a_malformed_ocp_range_is_400(raw, written, ocp_range):
+    response = raw.request("GET", f"/jobs/{written[0]}/tasks/writer/files/wd%2Fout.txt",
+                           headers={"ocp-range": ocp_range})
+    assert response.status == 400
+    assert response.error_code == "InvalidHeaderValue"
+    assert response.detail("HeaderName") == "ocp-range"
