@@ -182,10 +182,6 @@ class NodeAgent:
                                               "The task exited with an exit code representing a failure")
         return outcome
 
-    def pid_of(self, key: str) -> Optional[int]:
-        process = self.processes.get(key)
-        return process.pid if process else None
-
     def stop(self, key: str, reason: str) -> bool:
         """Kill a running program and remember why.
 
