@@ -6,12 +6,10 @@ directly, never through a shell, under the POSIX locale unless the task sets one
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import logging
 import os
 import shutil
-import subprocess
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import processes, wire
@@ -26,7 +24,6 @@ logger = logging.getLogger(__name__)
 NODE_SUBDIRECTORIES = ("shared", "startup", "workitems", "applications", "fsmounts", "volatile")
 # Variables a task inherits from the emulator's own environment; everything else is Batch's.
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT")
-SPAWNER_THREADS = 4
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -39,15 +36,12 @@ class NodeAgent:
         self._service = service
         self._nodes_dir = nodes_dir
         self._downloader = downloader
-        self.processes: dict[str, processes.ManagedProcess] = {}  # task key or "start:<node key>"
+        self.processes: dict[str, processes.LaunchedProcess] = {}  # task key or "start:<node key>"
         self.stop_reasons: dict[str, str] = {}
         self._starting: set[str] = set()  # programs being prepared, not yet running
-        # Every child started and not yet seen to exit, whoever still waits for it: on shutdown
-        # the runners are cancelled first, and these are what must not outlive the emulator.
-        self._children: dict[int, "subprocess.Popen"] = {}
-        # fork/exec and directory set-up block, so they run on a few threads beside the loop.
-        self._spawner = concurrent.futures.ThreadPoolExecutor(max_workers=SPAWNER_THREADS,
-                                                              thread_name_prefix="localbatch-spawn")
+        # Starts and reaps the programs in a companion process; it also holds every child
+        # still running, so none outlives the emulator even if its runner was cancelled.
+        self._launcher = processes.ProcessLauncher()
 
     # ---- layout -------------------------------------------------------------------------
     def node_root(self, node: "Node") -> str:
@@ -132,14 +126,15 @@ class NodeAgent:
         working_dir = os.path.join(task_dir, "wd")
         loop = asyncio.get_running_loop()
         if resource_files:
-            await loop.run_in_executor(self._spawner, _make_directory, working_dir)
+            await loop.run_in_executor(None, _make_directory, working_dir)
             try:
                 await self._downloader.download_all(resource_files, working_dir)
             except ResourceFileError as exc:
                 _write_text(os.path.join(task_dir, "stderr.txt"), exc.message + "\n")
                 return {"failureInfo": _failure("usererror", exc.code, exc.message)}
         try:
-            popen = await loop.run_in_executor(self._spawner, self._start_child, command_line, task_dir, env)
+            argv = processes.split_command_line(command_line)
+            process = await self._launcher.start(argv, task_dir, env)
         except processes.CommandLineError as exc:
             return {"failureInfo": _failure("usererror", "CommandLineInvalid", str(exc))}
         except processes.ProgramNotFound as exc:
@@ -152,7 +147,8 @@ class NodeAgent:
                 return {"failureInfo": _failure("usererror", "CommandProgramNotExecutable",
                                                 f"The program cannot be executed: {exc.strerror}: {exc.filename}")}
             raise EmulatorFault(f"cannot start the process: {exc}") from exc
-        process = processes.ManagedProcess(popen, loop)
+        except processes.LauncherGone as exc:
+            raise EmulatorFault(str(exc)) from exc
         self.processes[key] = process
         if key in self.stop_reasons:  # stopped while it was being started
             process.kill()
@@ -163,7 +159,8 @@ class NodeAgent:
             timer = asyncio.get_running_loop().call_later(timeout, self.stop, key, "timeout")
         try:
             exit_code = await process.exit_code
-            self._children.pop(process.pid, None)
+        except processes.LauncherGone as exc:
+            raise EmulatorFault(f"lost track of the task's process: {exc}") from exc
         finally:
             if timer:
                 timer.cancel()
@@ -202,21 +199,10 @@ class NodeAgent:
         for key in list(self.processes):
             self.stop(key, reason)
 
-    def _start_child(self, command_line: str, task_dir: str, env: dict[str, str]) -> "subprocess.Popen":
-        """Runs on a spawner thread; records the child before anyone can lose track of it."""
-        popen = _prepare_and_start(command_line, task_dir, env)
-        self._children[popen.pid] = popen
-        return popen
-
     async def close(self) -> None:
         """Kill every program still running (including ones whose runner was cancelled) and reap it."""
         self.stop_all("shutdown")
-        self._spawner.shutdown(wait=True)  # no start is half-way through any more
-        for pid, popen in list(self._children.items()):
-            if popen.returncode is None:  # not reaped yet, so the pid is still this child's
-                processes.kill_process_group(pid)
-                popen.wait()
-        self._children.clear()
+        await self._launcher.close()
         await self._downloader.close()
 
 
@@ -225,16 +211,6 @@ def _make_directory(path: str) -> None:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise EmulatorFault(f"cannot create the task directory: {exc}") from exc
-
-
-def _prepare_and_start(command_line: str, task_dir: str, env: dict[str, str]):
-    """Runs on a spawner thread: make the directories, resolve the program, start it."""
-    working_dir = os.path.join(task_dir, "wd")
-    _make_directory(working_dir)
-    argv = processes.split_command_line(command_line)
-    argv[0] = processes.resolve_program(argv[0], env.get("PATH", DEFAULT_PATH), working_dir)
-    return processes.start(argv, working_dir, env, os.path.join(task_dir, "stdout.txt"),
-                           os.path.join(task_dir, "stderr.txt"))
 
 
 def _failure(category: str, code: str, message: str) -> dict:

@@ -134,8 +134,10 @@ class BatchService:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.agent.close()
-        self.store.close()
+        try:
+            await self.agent.close()
+        finally:
+            self.store.close()  # whatever happened to the processes, the state is saved
 
     def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)

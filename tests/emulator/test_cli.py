@@ -133,6 +133,50 @@ def test_a_malformed_accounts_variable_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def _launcher_pids(emulator_pid: int) -> list[int]:
+    """The emulator's launcher processes (its children running launcher.py)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().split(") ", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if parent == emulator_pid and b"launcher.py" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _crash_with_launchers(emulator: RunningEmulator) -> None:
+    """SIGKILL the emulator and its launchers at once, as an OOM kill or a power cut would:
+    nothing is left to clean up, so task processes outlive them."""
+    launchers = _launcher_pids(emulator.process.pid)
+    assert launchers, "precondition: the emulator runs its programs through a launcher"
+    for pid in [emulator.process.pid, *launchers]:
+        os.kill(pid, signal.SIGKILL)
+    emulator.process.wait(WAIT)
+
+
+def test_when_the_emulator_alone_crashes_its_launcher_ends_the_task_processes(tmp_path):
+    pid_file = tmp_path / "pid"
+    crashed = RunningEmulator(tmp_path / "state", "--node-startup-seconds", "0.05")
+    try:
+        with batch_client(crashed.url()) as client:
+            create_pool_and_wait(client, "crash-pool", nodes=1)
+            job_id = create_job(client, "crash-pool", "crash-job")
+            client.create_task(job_id, models.BatchTaskCreateOptions(
+                id="sleeper", command_line=f"/bin/bash -c 'echo $$ > {pid_file}; exec sleep 60'"))
+            wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task to start")
+        crashed.process.kill()  # SIGKILL the emulator only
+        crashed.process.wait(WAIT)
+    finally:
+        crashed.kill()
+    pid = int(pid_file.read_text())
+    wait_for(lambda: not _alive(pid), "the launcher to end the orphaned task's process")
+
+
 def _persisted_task(location: Path, job_id: str, task_id: str) -> dict | None:
     """The task as the emulator last wrote it to its state store (read-only)."""
     path = location / "state" / "localbatch.sqlite3"
@@ -160,8 +204,7 @@ def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues
             # Wait until the running task, with its process id, is in the state store.
             wait_for(lambda: (t := _persisted_task(location, job_id, "orphaned")) and t.get("pid"),
                      "the running task to be persisted")
-        crashed.process.kill()  # SIGKILL: no clean shutdown
-        crashed.process.wait(WAIT)
+        _crash_with_launchers(crashed)
     finally:
         crashed.kill()
     pid = int(pid_file.read_text())
@@ -204,8 +247,7 @@ def test_after_a_crash_a_leftover_start_task_is_killed_and_run_again(tmp_path):
             wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the start task to run")
             wait_for(lambda: (n := _persisted_node(location, "crash-start")) and n.get("startTaskPid"),
                      "the start task's process to be persisted")
-        crashed.process.kill()
-        crashed.process.wait(WAIT)
+        _crash_with_launchers(crashed)
     finally:
         crashed.kill()
     pid = int(pid_file.read_text())
