@@ -22,7 +22,7 @@ from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
 
 from .emulator import REPOSITORY_ROOT, EmulatorProcess
 
-POLL_INTERVAL_SECONDS = 0.25
+POLL_INTERVAL_SECONDS = 0.1
 WAIT_TIMEOUT = timedelta(minutes=10)
 
 
