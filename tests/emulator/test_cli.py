@@ -177,14 +177,13 @@ def test_when_the_emulator_alone_crashes_its_launcher_ends_the_task_processes(tm
     wait_for(lambda: not _alive(pid), "the launcher to end the orphaned task's process")
 
 
-def _persisted_task(location: Path, job_id: str, task_id: str) -> dict | None:
-    """The task as the emulator last wrote it to its state store (read-only)."""
+def _persisted(location: Path, kind: str, key_pattern: str) -> dict | None:
+    """An entity as the emulator last wrote it to its state store (read-only), by SQL LIKE on its key."""
     path = location / "state" / "localbatch.sqlite3"
     if not path.exists():
         return None
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        row = db.execute("SELECT body FROM entities WHERE kind='task' AND key=?",
-                         (f"{job_id.lower()}/{task_id.lower()}",)).fetchone()
+        row = db.execute("SELECT body FROM entities WHERE kind=? AND key LIKE ?", (kind, key_pattern)).fetchone()
     return json.loads(row[0]) if row else None
 
 
@@ -202,7 +201,7 @@ def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues
                                             f"echo $$ > {pid_file}; exec sleep 60'"))
             wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task to start")
             # Wait until the running task, with its process id, is in the state store.
-            wait_for(lambda: (t := _persisted_task(location, job_id, "orphaned")) and t.get("pid"),
+            wait_for(lambda: (t := _persisted(location, "task", f"{job_id.lower()}/orphaned")) and t.get("pid"),
                      "the running task to be persisted")
         _crash_with_launchers(crashed)
     finally:
@@ -222,17 +221,6 @@ def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues
         restarted.kill()
 
 
-
-
-def _persisted_node(location: Path, pool_id: str) -> dict | None:
-    path = location / "state" / "localbatch.sqlite3"
-    if not path.exists():
-        return None
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        row = db.execute("SELECT body FROM entities WHERE kind='node' AND key LIKE ?", (f"{pool_id}/%",)).fetchone()
-    return json.loads(row[0]) if row else None
-
-
 def test_after_a_crash_a_leftover_start_task_is_killed_and_run_again(tmp_path):
     location = tmp_path / "state"
     pid_file = tmp_path / "pid"
@@ -245,7 +233,7 @@ def test_after_a_crash_a_leftover_start_task_is_killed_and_run_again(tmp_path):
                 start_task=models.BatchStartTask(command_line=(
                     f"/bin/bash -c 'if [ -e {pid_file} ]; then exit 0; fi; echo $$ > {pid_file}; exec sleep 60'"))))
             wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the start task to run")
-            wait_for(lambda: (n := _persisted_node(location, "crash-start")) and n.get("startTaskPid"),
+            wait_for(lambda: (n := _persisted(location, "node", "crash-start/%")) and n.get("startTaskPid"),
                      "the start task's process to be persisted")
         _crash_with_launchers(crashed)
     finally:
