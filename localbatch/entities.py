@@ -22,8 +22,37 @@ def _transition(data: dict, state: str, keep_previous: bool = False) -> None:
     data["stateTransitionTime"] = wire.now_iso()
 
 
+class _WireEntity:
+    """What every entity reads from, or changes in, its wire form `data`."""
+    data: dict
+
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    @property
+    def state(self) -> str:
+        return self.data["state"]
+
+
+class _VersionedEntity(_WireEntity):
+    """An entity with an ETag (nodes have none)."""
+
+    def touch(self) -> None:
+        """A change the client can see: new ETag and lastModified."""
+        _touch(self.data)
+
+
+class _TrackedEntity(_VersionedEntity):
+    """Jobs and tasks also report their previous state, and every transition is a change."""
+
+    def set_state(self, state: str) -> None:
+        _transition(self.data, state, keep_previous=True)
+        _touch(self.data)
+
+
 @dataclass
-class Node:
+class Node(_WireEntity):
     pool_id: str
     data: dict
     index: int
@@ -33,10 +62,6 @@ class Node:
     # "remove", "reboot" or "reimage": what to do once the running tasks finish (taskcompletion).
     after_tasks: Optional[str] = None
     start_task_pid: Optional[int] = None  # while the start task's program runs
-
-    @property
-    def id(self) -> str:
-        return self.data["id"]
 
     @property
     def key(self) -> str:
@@ -56,18 +81,11 @@ class Node:
 
 
 @dataclass
-class Pool:
+class Pool(_VersionedEntity):
     data: dict
     next_node_index: int = 0
     auto_pool_job_id: Optional[str] = None
     nodes: dict[str, Node] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return self.data["id"]
-
-    def touch(self) -> None:
-        _touch(self.data)
 
     def set_state(self, state: str) -> None:
         _transition(self.data, state)
@@ -85,7 +103,7 @@ class Pool:
 
 
 @dataclass
-class Task:
+class Task(_TrackedEntity):
     job_id: str
     data: dict
     node_key: Optional[str] = None  # pool/node while it runs
@@ -93,27 +111,12 @@ class Task:
     working_dir: Optional[str] = None
 
     @property
-    def id(self) -> str:
-        return self.data["id"]
-
-    @property
     def key(self) -> str:
         return f"{self.job_id.lower()}/{self.id.lower()}"
 
     @property
-    def state(self) -> str:
-        return self.data["state"]
-
-    @property
     def required_slots(self) -> int:
         return self.data.get("requiredSlots", 1)
-
-    def touch(self) -> None:
-        _touch(self.data)
-
-    def set_state(self, state: str) -> None:
-        _transition(self.data, state, keep_previous=True)
-        _touch(self.data)
 
     def record(self) -> dict:
         return {"jobId": self.job_id, "data": self.data, "nodeKey": self.node_key, "pid": self.pid,
@@ -125,7 +128,7 @@ class Task:
 
 
 @dataclass
-class Job:
+class Job(_TrackedEntity):
     data: dict
     tasks: dict[str, Task] = field(default_factory=dict)  # lower-cased id -> task
     # Active tasks in the order they should be scheduled (insertion order of the dict).
@@ -133,23 +136,8 @@ class Job:
     running_count: int = 0  # tasks preparing or running, kept by the service
 
     @property
-    def id(self) -> str:
-        return self.data["id"]
-
-    @property
     def pool_id(self) -> Optional[str]:
         return (self.data.get("executionInfo") or {}).get("poolId")
-
-    @property
-    def state(self) -> str:
-        return self.data["state"]
-
-    def touch(self) -> None:
-        _touch(self.data)
-
-    def set_state(self, state: str) -> None:
-        _transition(self.data, state, keep_previous=True)
-        _touch(self.data)
 
     def record(self) -> dict:
         return {"data": self.data}
