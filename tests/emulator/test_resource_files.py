@@ -2,11 +2,13 @@
 blob_prefix, auto_storage_container_name, file_mode, failures, and paths that try to escape."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.server
 import os
 import socket
 import threading
+from typing import Callable, Iterator
 
 import pytest
 from azure.batch import models
@@ -165,20 +167,13 @@ def test_escaping_paths_in_a_raw_collection_are_refused_per_item(storage_server,
     assert results["good"]["status"] == "success"
 
 
-@pytest.fixture
-def hostile_container():
-    """A storage endpoint whose container listing names blobs that climb out of any directory.
-
-    Azure accepts such names; Azurite refuses to store them, so a tiny HTTP server plays the
-    part of a storage account that returns them."""
-    names = ["fine.txt", "deep/../../../../../../escaped-by-blob.txt", "../escaped-too.txt"]
-    listing = ("<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults><Blobs>"
-               + "".join(f"<Blob><Name>{name}</Name></Blob>" for name in names)
-               + "</Blobs><NextMarker/></EnumerationResults>").encode()
-
+@contextlib.contextmanager
+def _serving(body_for_path: Callable[[str], bytes]) -> Iterator[str]:
+    """A throwaway HTTP server on a free port that answers every GET with 200 and
+    `body_for_path(path)`; yields its base URL."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
-            body = listing if "comp=list" in self.path else b"escaped"
+            body = body_for_path(self.path)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -190,9 +185,26 @@ def hostile_container():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/account/container?sv=2024-08-04&sig=secret"
-    httpd.shutdown()
-    thread.join()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        thread.join()
+
+
+@pytest.fixture
+def hostile_container():
+    """A storage endpoint whose container listing names blobs that climb out of any directory.
+
+    Azure accepts such names; Azurite refuses to store them, so a tiny HTTP server plays the
+    part of a storage account that returns them."""
+    names = ["fine.txt", "deep/../../../../../../escaped-by-blob.txt", "../escaped-too.txt"]
+    listing = ("<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults><Blobs>"
+               + "".join(f"<Blob><Name>{name}</Name></Blob>" for name in names)
+               + "</Blobs><NextMarker/></EnumerationResults>").encode()
+
+    with _serving(lambda path: listing if "comp=list" in path else b"escaped") as base_url:
+        yield f"{base_url}/account/container?sv=2024-08-04&sig=secret"
 
 
 def test_blob_names_that_climb_out_never_write_outside(storage_server, storage_client, job_id, hostile_container):
@@ -216,23 +228,8 @@ def _closed_port() -> int:
 @pytest.fixture
 def not_a_container():
     """An HTTP endpoint that answers 200 with something that is not a blob listing."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = b"<html>not a container</html"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/account/container?sig=secret"
-    httpd.shutdown()
-    thread.join()
+    with _serving(lambda path: b"<html>not a container</html") as base_url:
+        yield f"{base_url}/account/container?sig=secret"
 
 
 @pytest.mark.parametrize("make_resource_file", [
