@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .accounts import WELL_KNOWN_ACCOUNT_NAME, load_accounts
 from .http import MAX_BODY_BYTES, Pipeline
-from .resourcefiles import AutoStorage
+from .node.resourcefiles import AutoStorage
 from .routes import build_router
 from .service import BatchService, Timings
 

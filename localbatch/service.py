@@ -13,11 +13,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from . import images, processes, wire
-from .agent import EmulatorFault, NodeAgent, execution_times
+from . import images, wire
+from .node import processes
+from .node.agent import EmulatorFault, NodeAgent, execution_times
 from .entities import Job, Node, Pool, Task
 from .errors import BatchServiceError, invalid_property
-from .resourcefiles import AutoStorage, ResourceFileDownloader, check_relative_path
+from .node.resourcefiles import AutoStorage, ResourceFileDownloader, check_relative_path
 from .scheduler import Scheduler
 from .store import Store
 

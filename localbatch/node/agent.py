@@ -12,12 +12,13 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Callable, Optional
 
-from . import processes, wire
+from . import processes
+from .. import wire
 from .resourcefiles import ResourceFileDownloader, ResourceFileError
 
 if TYPE_CHECKING:
-    from .entities import Job, Node, Pool, Task
-    from .service import BatchService
+    from ..entities import Job, Node, Pool, Task
+    from ..service import BatchService
 
 logger = logging.getLogger(__name__)
 
