@@ -9,7 +9,7 @@ import sys
 
 from .accounts import AccountConfigError
 from .server import LocalBatchServer
-from .service import Timings
+from .domain.runtime import Timings
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -21,6 +21,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "TooManyRequests": (429, "Too many requests."),
     "OperationTimedOut": (500, "The operation could not be completed within the permitted time."),
     "InternalError": (500, "Server encountered an internal error. Please try the request again."),
+    "ServerBusy": (503, "The server is currently unable to receive requests. Please retry your request."),
     "PoolNotFound": (404, "The specified pool does not exist."),
     "NodeNotFound": (404, "The specified node does not exist."),
     "NodeUserNotFound": (404, "The node user does not exist."),

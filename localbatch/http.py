@@ -1,7 +1,9 @@
 """The request pipeline, in one place and one order:
 
-request id -> diagnostics -> api-version -> authentication -> route -> body -> handler -> headers.
-Handlers raise BatchServiceError; only `_error_reply` turns errors into responses.
+request id -> diagnostics -> api-version -> authentication -> route -> durable store? -> body
+-> handler -> durable store -> headers.
+Handlers raise BatchServiceError; only `_error_reply` turns errors into responses. No answer
+leaves before the changes it reveals are committed (see store.py).
 """
 from __future__ import annotations
 
@@ -11,13 +13,17 @@ import time
 import uuid
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
 
 from . import auth, wire
 from .errors import BatchServiceError
+from .store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .domain.service import BatchService
 
 logger = logging.getLogger("localbatch.requests")
 
@@ -48,7 +54,7 @@ class Reply:
 @dataclass
 class Call:
     """What a handler needs to know about one request."""
-    service: Any
+    service: "BatchService"
     method: str
     path: str
     params: dict[str, str]
@@ -79,8 +85,9 @@ class Router:
     def __init__(self) -> None:
         self._routes: list[tuple[str, list[str], Handler, str]] = []
 
-    def add(self, method: str, template: str, handler: Handler, operation: str) -> None:
-        self._routes.append((method, template.strip("/").split("/"), handler, operation))
+    def add(self, method: str, template: str, handler: Handler, operation: Optional[str] = None) -> None:
+        """Serve `method template` with `handler`; the operation is named as the handler is, unless told."""
+        self._routes.append((method, template.strip("/").split("/"), handler, operation or handler.__name__))
 
     def match(self, method: str, raw_path: str) -> tuple[Handler, dict[str, str], str]:
         segments = raw_path.strip("/").split("/") if raw_path.strip("/") else []
@@ -108,7 +115,8 @@ class Router:
 
 
 class Pipeline:
-    def __init__(self, service: Any, router: Router, accounts: dict[str, list[bytes]], debug: bool = False):
+    def __init__(self, service: "BatchService", router: Router, accounts: dict[str, list[bytes]],
+                 debug: bool = False):
         self.service = service
         self.router = router
         self.accounts = accounts
@@ -134,13 +142,21 @@ class Pipeline:
                 _check_api_version(query)
                 auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
                 handler, params, operation = self.router.match(request.method, raw_path)
+                if request.method not in ("GET", "HEAD"):
+                    # A store that cannot commit takes no new change (it could not be acknowledged).
+                    await self.service.store.settled()
                 raw_body = await _read_body(request)
                 call = Call(self.service, request.method, raw_path, params, query, request.headers, raw_body, base_url)
                 reply = handler(call)
                 if hasattr(reply, "__await__"):
                     reply = await reply
+                # Whatever this answer reveals (a change it acknowledges, a state it reads) is durable first.
+                await self.service.store.settled()
+        except StoreUnavailable as unavailable:
+            logger.error("answering %s %s with ServerBusy: %s", request.method, raw_path, unavailable)
+            reply = _error_reply(BatchServiceError("ServerBusy"), request_id, base_url)
         except BatchServiceError as error:
-            reply = _error_reply(error, request_id, base_url)
+            reply = await self._settled_error_reply(error, request_id, base_url)
         except Exception:  # an emulator bug: answer like the service would, keep the details in the log
             logger.exception("internal error while serving %s %s", request.method, raw_path)
             reply = _error_reply(BatchServiceError("InternalError"), request_id, base_url)
@@ -153,6 +169,14 @@ class Pipeline:
                          elapsed * 1000)
         return response
 
+    async def _settled_error_reply(self, error: BatchServiceError, request_id: str, base_url: str) -> Reply:
+        """An error answer reveals state too (a 409 names what exists): it waits for the store as well."""
+        try:
+            await self.service.store.settled()
+        except StoreUnavailable:
+            error = BatchServiceError("ServerBusy")
+        return _error_reply(error, request_id, base_url)
+
     def _diagnostics(self, raw_path: str) -> Reply:
         if raw_path.rstrip("/") == "/localbatch/status":
             return Reply(200, {
@@ -160,8 +184,9 @@ class Pipeline:
                 "uptimeSeconds": round(time.time() - self.started, 3),
                 "requests": dict(sorted(self.requests_by_operation.items())),
                 "serviceTimeMs": {operation: _percentiles(times) for operation, times in sorted(self.service_times.items())},
-                "pools": len(self.service.pools), "jobs": len(self.service.jobs),
-                "tasks": sum(len(job.tasks) for job in self.service.jobs.values()),
+                "pools": len(self.service.repo.pools), "jobs": len(self.service.repo.jobs),
+                "tasks": sum(len(job.tasks) for job in self.service.repo.jobs.values()),
+                "store": "ok" if self.service.store.failure is None else "unavailable",
             })
         raise BatchServiceError("InvalidUri")
 

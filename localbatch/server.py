@@ -15,9 +15,10 @@ from aiohttp import web
 
 from .accounts import WELL_KNOWN_ACCOUNT_NAME, load_accounts
 from .http import MAX_BODY_BYTES, Pipeline
+from .domain.runtime import Timings
+from .domain.service import BatchService
 from .node.resourcefiles import AutoStorage
 from .routes import build_router
-from .service import BatchService, Timings
 
 logger = logging.getLogger(__name__)
 AUTO_STORAGE_ENV_VAR = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"

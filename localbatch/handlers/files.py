@@ -21,14 +21,13 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 # ---- resolving a directory and a path inside it ----------------------------------------------
 def _task_root(call: Call) -> tuple[str, str]:
-    _, directory = call.service.task_directory(call.params["jobId"], call.params["taskId"])
+    directory = call.service.tasks.task_files_root(call.params["jobId"], call.params["taskId"])
     return directory, f"{job_url(call, call.params['jobId'])}/tasks/{quote(call.params['taskId'], safe='')}/files"
 
 
 def _node_root(call: Call) -> tuple[str, str]:
-    node = call.service.get_node(call.params["poolId"], call.params["nodeId"])
-    url = f"{pool_url(call, call.params['poolId'])}/nodes/{node.id}/files"
-    return call.service.agent.node_root(node), url
+    root = call.service.nodes.node_files_root(call.params["poolId"], call.params["nodeId"])
+    return root, f"{pool_url(call, call.params['poolId'])}/nodes/{call.params['nodeId']}/files"
 
 
 def _inside(root: str, relative: str) -> str:

@@ -11,18 +11,18 @@ from .views import job_url, job_view
 
 def _job(call: Call):
     """The job the path names, once the request's conditional headers hold for it."""
-    job = call.service.get_job(call.params["jobId"])
+    job = call.service.repo.get_job(call.params["jobId"])
     check_conditions(call, job.data)
     return job
 
 
 def create_job(call: Call) -> Reply:
-    job = call.service.create_job(body_of(call, models.BatchJobCreateOptions))
+    job = call.service.jobs.create_job(body_of(call, models.BatchJobCreateOptions))
     return created(call, job_url(call, job.id), job.data)
 
 
 def list_jobs(call: Call) -> Reply:
-    return list_reply(call, (job_view(call, j) for j in call.service.jobs.values()), "jobs")
+    return list_reply(call, (job_view(call, j) for j in call.service.all_jobs()), "jobs")
 
 
 def get_job(call: Call) -> Reply:
@@ -31,47 +31,47 @@ def get_job(call: Call) -> Reply:
 
 def update_job(call: Call) -> Reply:
     _job(call)
-    job = call.service.update_job(call.params["jobId"], body_of(call, models.BatchJobUpdateOptions))
+    job = call.service.jobs.update_job(call.params["jobId"], body_of(call, models.BatchJobUpdateOptions))
     return updated(call, job_url(call, job.id), job.data)
 
 
 def replace_job(call: Call) -> Reply:
     _job(call)
-    job = call.service.update_job(call.params["jobId"], body_of(call, models.BatchJob), replace=True)
+    job = call.service.jobs.replace_job(call.params["jobId"], body_of(call, models.BatchJob))
     return updated(call, job_url(call, job.id), job.data)
 
 
 def delete_job(call: Call) -> Reply:
     _job(call)
-    call.service.delete_job(call.params["jobId"])
+    call.service.jobs.delete_job(call.params["jobId"])
     return accepted(call, job_url(call, call.params["jobId"]))
 
 
 def terminate_job(call: Call) -> Reply:
     _job(call)
     body = optional_body(call, generated_models.BatchJobTerminateOptions)
-    job = call.service.terminate_job(call.params["jobId"], body.get("terminateReason"))
+    job = call.service.jobs.terminate_job(call.params["jobId"], body.get("terminateReason"))
     return updated(call, job_url(call, job.id), job.data, status=202)
 
 
 def disable_job(call: Call) -> Reply:
     _job(call)
     body = body_of(call, models.BatchJobDisableOptions)
-    job = call.service.disable_job(call.params["jobId"], body["disableTasks"])
+    job = call.service.jobs.disable_job(call.params["jobId"], body["disableTasks"])
     return updated(call, job_url(call, job.id), job.data, status=202)
 
 
 def enable_job(call: Call) -> Reply:
     _job(call)
-    job = call.service.enable_job(call.params["jobId"])
+    job = call.service.jobs.enable_job(call.params["jobId"])
     return updated(call, job_url(call, job.id), job.data, status=202)
 
 
-def list_preparation_and_release_status(call: Call) -> Reply:
+def list_job_preparation_and_release_task_status(call: Call) -> Reply:
     """Jobs here have no preparation or release task (creating one is refused), so nothing ran."""
-    call.service.get_job(call.params["jobId"])
+    call.service.repo.get_job(call.params["jobId"])
     return list_reply(call, [], "jobpreparationandreleasetaskstatuslist", filterable=False)
 
 
-def get_task_counts(call: Call) -> Reply:
-    return Reply(200, call.service.task_counts(call.params["jobId"]))
+def get_job_task_counts(call: Call) -> Reply:
+    return Reply(200, call.service.jobs.get_job_task_counts(call.params["jobId"]))

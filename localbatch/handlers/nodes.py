@@ -14,57 +14,55 @@ def _node_url(call: Call) -> str:
 
 
 def list_nodes(call: Call) -> Reply:
-    pool = call.service.get_pool(call.params["poolId"])
+    pool = call.service.repo.get_pool(call.params["poolId"])
     return list_reply(call, (node_view(call, n) for n in pool.nodes.values()), "nodes")
 
 
 def get_node(call: Call) -> Reply:
-    node = call.service.get_node(call.params["poolId"], call.params["nodeId"])
+    node = call.service.repo.get_node(call.params["poolId"], call.params["nodeId"])
     return entity_reply(call, node_view(call, node), "nodes/@Element")
 
 
 def reboot_node(call: Call) -> Reply:
     body = optional_body(call, generated_models.BatchNodeRebootOptions)
-    call.service.reboot_node(call.params["poolId"], call.params["nodeId"], body.get("nodeRebootOption") or "requeue")
+    call.service.nodes.reboot_node(call.params["poolId"], call.params["nodeId"], body.get("nodeRebootOption") or "requeue")
     return Reply(202, None, {"DataServiceId": _node_url(call)})
 
 
 def reimage_node(call: Call) -> Reply:
     body = optional_body(call, generated_models.BatchNodeReimageOptions)
-    call.service.reimage_node(call.params["poolId"], call.params["nodeId"], body.get("nodeReimageOption") or "requeue")
+    call.service.nodes.reimage_node(call.params["poolId"], call.params["nodeId"], body.get("nodeReimageOption") or "requeue")
     return Reply(202, None, {"DataServiceId": _node_url(call)})
 
 
-def disable_scheduling(call: Call) -> Reply:
+def disable_node_scheduling(call: Call) -> Reply:
     body = optional_body(call, models.BatchNodeDisableSchedulingOptions)
-    call.service.set_node_scheduling(call.params["poolId"], call.params["nodeId"], False,
-                                     body.get("nodeDisableSchedulingOption") or "requeue")
+    call.service.nodes.disable_node_scheduling(call.params["poolId"], call.params["nodeId"],
+                                           body.get("nodeDisableSchedulingOption") or "requeue")
     return Reply(200, None, {"DataServiceId": _node_url(call)})
 
 
-def enable_scheduling(call: Call) -> Reply:
-    call.service.set_node_scheduling(call.params["poolId"], call.params["nodeId"], True)
+def enable_node_scheduling(call: Call) -> Reply:
+    call.service.nodes.enable_node_scheduling(call.params["poolId"], call.params["nodeId"])
     return Reply(200, None, {"DataServiceId": _node_url(call)})
 
 
-def create_user(call: Call) -> Reply:
+def create_node_user(call: Call) -> Reply:
     body = body_of(call, models.BatchNodeUserCreateOptions)
-    call.service.add_user(call.params["poolId"], call.params["nodeId"], body)
+    call.service.nodes.create_node_user(call.params["poolId"], call.params["nodeId"], body)
     return Reply(201, None, {"DataServiceId": f"{_node_url(call)}/users/{body['name']}"})
 
 
-def replace_user(call: Call) -> Reply:
+def replace_node_user(call: Call) -> Reply:
     body = body_of(call, models.BatchNodeUserReplaceOptions)
-    call.service.replace_user(call.params["poolId"], call.params["nodeId"], call.params["userName"], body)
+    call.service.nodes.replace_node_user(call.params["poolId"], call.params["nodeId"], call.params["userName"], body)
     return Reply(200, None, {"DataServiceId": f"{_node_url(call)}/users/{call.params['userName']}"})
 
 
-def delete_user(call: Call) -> Reply:
-    call.service.delete_user(call.params["poolId"], call.params["nodeId"], call.params["userName"])
+def delete_node_user(call: Call) -> Reply:
+    call.service.nodes.delete_node_user(call.params["poolId"], call.params["nodeId"], call.params["userName"])
     return Reply(200)
 
 
-def remote_login_settings(call: Call) -> Reply:
-    node = call.service.get_node(call.params["poolId"], call.params["nodeId"])
-    return Reply(200, {"remoteLoginIPAddress": "127.0.0.1",
-                       "remoteLoginPort": call.service.remote_login_port(node)})
+def get_node_remote_login_settings(call: Call) -> Reply:
+    return Reply(200, call.service.nodes.get_node_remote_login_settings(call.params["poolId"], call.params["nodeId"]))

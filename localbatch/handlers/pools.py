@@ -11,18 +11,18 @@ from .views import pool_url, pool_view
 
 def _pool(call: Call):
     """The pool the path names, once the request's conditional headers hold for it."""
-    pool = call.service.get_pool(call.params["poolId"])
+    pool = call.service.repo.get_pool(call.params["poolId"])
     check_conditions(call, pool.data)
     return pool
 
 
 def create_pool(call: Call) -> Reply:
-    pool = call.service.create_pool(body_of(call, models.BatchPoolCreateOptions))
+    pool = call.service.pools.create_pool(body_of(call, models.BatchPoolCreateOptions))
     return created(call, pool_url(call, pool.id), pool.data)
 
 
 def list_pools(call: Call) -> Reply:
-    return list_reply(call, (pool_view(call, p) for p in call.service.pools.values()), "pools")
+    return list_reply(call, (pool_view(call, p) for p in call.service.all_pools()), "pools")
 
 
 def get_pool(call: Call) -> Reply:
@@ -37,37 +37,37 @@ def pool_exists(call: Call) -> Reply:
 
 def delete_pool(call: Call) -> Reply:
     _pool(call)
-    call.service.delete_pool(call.params["poolId"])
+    call.service.pools.delete_pool(call.params["poolId"])
     return accepted(call, pool_url(call, call.params["poolId"]))
 
 
 def update_pool(call: Call) -> Reply:
     _pool(call)
-    pool = call.service.update_pool(call.params["poolId"], body_of(call, models.BatchPoolUpdateOptions))
+    pool = call.service.pools.update_pool(call.params["poolId"], body_of(call, models.BatchPoolUpdateOptions))
     return updated(call, pool_url(call, pool.id), pool.data)
 
 
-def replace_pool(call: Call) -> Reply:
-    pool = call.service.update_pool(call.params["poolId"], body_of(call, models.BatchPoolReplaceOptions),
-                                    replace=True)
+def replace_pool_properties(call: Call) -> Reply:
+    pool = call.service.pools.replace_pool_properties(call.params["poolId"],
+                                                      body_of(call, models.BatchPoolReplaceOptions))
     return updated(call, pool_url(call, pool.id), pool.data, status=204)
 
 
 def resize_pool(call: Call) -> Reply:
     _pool(call)
-    pool = call.service.resize_pool(call.params["poolId"], body_of(call, models.BatchPoolResizeOptions))
+    pool = call.service.pools.resize_pool(call.params["poolId"], body_of(call, models.BatchPoolResizeOptions))
     return updated(call, pool_url(call, pool.id), pool.data, status=202)
 
 
-def stop_resize(call: Call) -> Reply:
+def stop_pool_resize(call: Call) -> Reply:
     _pool(call)
-    pool = call.service.stop_resize(call.params["poolId"])
+    pool = call.service.pools.stop_pool_resize(call.params["poolId"])
     return updated(call, pool_url(call, pool.id), pool.data, status=202)
 
 
 def remove_nodes(call: Call) -> Reply:
     _pool(call)
-    pool = call.service.remove_nodes(call.params["poolId"], body_of(call, models.BatchNodeRemoveOptions))
+    pool = call.service.pools.remove_nodes(call.params["poolId"], body_of(call, models.BatchNodeRemoveOptions))
     return updated(call, pool_url(call, pool.id), pool.data, status=202)
 
 
@@ -76,7 +76,7 @@ def list_supported_images(call: Call) -> Reply:
                       + "/".join(image["imageReference"][k] for k in ("publisher", "offer", "sku")))
 
 
-def list_node_counts(call: Call) -> Reply:
-    return list_reply(call, call.service.node_counts(), "poolnodecounts", key=lambda counts: counts["poolId"])
+def list_pool_node_counts(call: Call) -> Reply:
+    return list_reply(call, call.service.pools.list_pool_node_counts(), "poolnodecounts", key=lambda counts: counts["poolId"])
 
 

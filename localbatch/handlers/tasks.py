@@ -20,14 +20,14 @@ def _task_url(call: Call, job_id: str, task_id: str) -> str:
 
 def _task(call: Call):
     """The task the path names, once the request's conditional headers hold for it."""
-    task = call.service.get_task(call.params["jobId"], call.params["taskId"])
+    task = call.service.repo.get_task(call.params["jobId"], call.params["taskId"])
     check_conditions(call, task.data)
     return task
 
 
 def create_task(call: Call) -> Reply:
     body = body_of(call, models.BatchTaskCreateOptions)
-    [(task, error)] = call.service.add_tasks(call.params["jobId"], [body])
+    [(task, error)] = call.service.tasks.create_tasks(call.params["jobId"], [body])
     if error is not None:
         raise error
     return created(call, _task_url(call, task.job_id, task.id), task.data)
@@ -40,7 +40,7 @@ def create_task_collection(call: Call) -> Reply:
     if len(body["value"]) > MAX_TASKS_PER_COLLECTION:
         raise BatchServiceError("RequestBodyTooLarge", "A task collection may hold at most 100 tasks.",
                                 values={"MaxLimit": str(MAX_TASKS_PER_COLLECTION)})
-    job = call.service.get_job(call.params["jobId"])
+    job = call.service.repo.get_job(call.params["jobId"])
     results = []
     valid_bodies, positions = [], []
     for index, item in enumerate(body["value"]):
@@ -50,7 +50,7 @@ def create_task_collection(call: Call) -> Reply:
             results.append(None)
         except BatchServiceError as error:
             results.append(_item_error(item, error))
-    for index, (task, error) in zip(positions, call.service.add_tasks(job.id, valid_bodies)):
+    for index, (task, error) in zip(positions, call.service.tasks.create_tasks(job.id, valid_bodies)):
         item_id = body["value"][index].get("id")
         results[index] = _item_error(body["value"][index], error) if error else {
             "status": "success", "taskId": item_id, "eTag": task.data["eTag"],
@@ -66,7 +66,7 @@ def _item_error(item: object, error: BatchServiceError) -> dict:
 
 
 def list_tasks(call: Call) -> Reply:
-    job = call.service.get_job(call.params["jobId"])
+    job = call.service.repo.get_job(call.params["jobId"])
     return list_reply(call, (task_view(call, t) for t in job.tasks.values()), "tasks")
 
 
@@ -77,28 +77,28 @@ def get_task(call: Call) -> Reply:
 
 def replace_task(call: Call) -> Reply:
     _task(call)
-    task = call.service.replace_task(call.params["jobId"], call.params["taskId"], body_of(call, models.BatchTask))
+    task = call.service.tasks.replace_task(call.params["jobId"], call.params["taskId"], body_of(call, models.BatchTask))
     return updated(call, _task_url(call, task.job_id, task.id), task.data)
 
 
 def delete_task(call: Call) -> Reply:
     _task(call)
-    call.service.delete_task(call.params["jobId"], call.params["taskId"])
+    call.service.tasks.delete_task(call.params["jobId"], call.params["taskId"])
     return Reply(200)
 
 
 def terminate_task(call: Call) -> Reply:
     _task(call)
-    call.service.terminate_task(call.params["jobId"], call.params["taskId"])
+    call.service.tasks.terminate_task(call.params["jobId"], call.params["taskId"])
     return Reply(204)
 
 
 def reactivate_task(call: Call) -> Reply:
     _task(call)
-    call.service.reactivate_task(call.params["jobId"], call.params["taskId"])
+    call.service.tasks.reactivate_task(call.params["jobId"], call.params["taskId"])
     return Reply(204)
 
 
-def list_subtasks(call: Call) -> Reply:
-    call.service.get_task(call.params["jobId"], call.params["taskId"])
+def list_sub_tasks(call: Call) -> Reply:
+    call.service.repo.get_task(call.params["jobId"], call.params["taskId"])
     return Reply(200, {"odata.metadata": call.metadata("subtaskinfo"), "value": []})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from ..entities import Job, Node, Pool, Task
+from ..domain.entities import Job, Node, Pool, Task
 from ..http import Call
 
 

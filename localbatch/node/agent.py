@@ -1,7 +1,8 @@
-"""The node agent: node directories, the task environment, start tasks and task processes.
+"""The node agent: the environment of a node's programs, and running one program to its outcome.
 
-Each node is a directory with the layout of a real Linux Batch node. Programs are exec'd
-directly, never through a shell, under the POSIX locale unless the task sets one.
+Programs are exec'd directly, never through a shell, under the POSIX locale unless the task
+sets one; the launchers (processes.py) start and reap them. The agent knows nothing of the
+service: it is told what to run and answers with a `ProgramOutcome`.
 """
 from __future__ import annotations
 
@@ -9,149 +10,172 @@ import asyncio
 import errno
 import logging
 import os
-import shutil
-from typing import TYPE_CHECKING, Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, MutableMapping, Optional
 
-from . import processes
 from .. import wire
+from . import processes
+from .layout import NodeLayout, TaskPaths
 from .resourcefiles import ResourceFileDownloader, ResourceFileError
-
-if TYPE_CHECKING:
-    from ..entities import Job, Node, Pool, Task
-    from ..service import BatchService
 
 logger = logging.getLogger(__name__)
 
-NODE_SUBDIRECTORIES = ("shared", "startup", "workitems", "applications", "fsmounts", "volatile")
 # Variables a task inherits from the emulator's own environment; everything else is Batch's.
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class EmulatorFault(Exception):
-    """The emulator could not do its part (not the task's fault)."""
+@dataclass(frozen=True)
+class Failure:
+    category: str   # usererror | servererror
+    code: str
+    message: str
+
+    def wire(self) -> dict:
+        return {"category": self.category, "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ProgramOutcome:
+    """How one run of a program ended.
+
+    `stop_reason` says the emulator ended it itself: terminate, requeue, timeout (wall clock),
+    shutdown (the emulator stops), or agent_restart (its launcher died: run it again).
+    """
+    exit_code: Optional[int] = None
+    failure: Optional[Failure] = None
+    stop_reason: Optional[str] = None
+
+    @classmethod
+    def agent_fault(cls, message: str) -> "ProgramOutcome":
+        """The emulator itself failed to run the program: a server error, not the user's."""
+        return cls(failure=Failure("servererror", "NodeAgentFailure", message))
+
+    @classmethod
+    def terminated(cls) -> "ProgramOutcome":
+        return cls(failure=Failure("usererror", "TaskEnded", "The task was terminated."))
+
+    @property
+    def succeeded(self) -> bool:
+        return self.failure is None
+
+    @property
+    def retriable(self) -> bool:
+        """A non-zero exit, which maxTaskRetryCount retries (other failures are final)."""
+        return self.failure is not None and self.failure.code == "FailureExitCode"
+
+    def apply_to(self, info: MutableMapping) -> None:
+        """Fold the outcome into an executionInfo / startTaskInfo."""
+        info["endTime"] = wire.now_iso()
+        info.pop("exitCode", None)
+        info.pop("failureInfo", None)
+        if self.exit_code is not None:
+            info["exitCode"] = self.exit_code
+        if self.failure is not None:
+            info["failureInfo"] = self.failure.wire()
+        info["result"] = "success" if self.succeeded else "failure"
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What a program learns about the node it runs on."""
+    account_name: str
+    account_url: str
+    pool_id: str
+    node_id: str
+    is_dedicated: bool
 
 
 class NodeAgent:
-    def __init__(self, service: "BatchService", nodes_dir: str, downloader: ResourceFileDownloader):
-        self._service = service
-        self._nodes_dir = nodes_dir
+    def __init__(self, layout: NodeLayout, downloader: ResourceFileDownloader,
+                 launcher: Optional[processes.ProcessLauncher] = None):
+        self.layout = layout
         self._downloader = downloader
-        self.processes: dict[str, processes.LaunchedProcess] = {}  # task key or "start:<node key>"
-        self.stop_reasons: dict[str, str] = {}
+        self._processes: dict[str, processes.LaunchedProcess] = {}  # program key -> process
+        self._stop_reasons: dict[str, str] = {}
         self._starting: set[str] = set()  # programs being prepared, not yet running
-        # Starts and reaps the programs in a companion process; it also holds every child
+        # Starts and reaps the programs in companion processes, which also hold every child
         # still running, so none outlives the emulator even if its runner was cancelled.
-        self._launcher = processes.ProcessLauncher()
+        self._launcher = launcher or processes.ProcessLauncher()
 
-    # ---- layout -------------------------------------------------------------------------
-    def node_root(self, node: "Node") -> str:
-        return os.path.join(self._nodes_dir, node.pool_id.lower(), node.id)
-
-    def task_dir(self, node: "Node", job_id: str, task_id: str) -> str:
-        return os.path.join(self.node_root(node), "workitems", job_id, "job-1", task_id)
-
-    def prepare_node_directories(self, node: "Node") -> None:
-        root = self.node_root(node)
-        for name in NODE_SUBDIRECTORIES:
-            os.makedirs(os.path.join(root, name), exist_ok=True)
-
-    def remove_node_directories(self, pool_id: str, node_id: Optional[str] = None) -> None:
-        path = os.path.join(self._nodes_dir, pool_id.lower(), *( [node_id] if node_id else []))
-        shutil.rmtree(path, ignore_errors=True)
-
-    def job_directories(self, pool: "Pool", job_id: str) -> list[str]:
-        """The job's directory on each node (read on the loop: pool.nodes changes there)."""
-        return [os.path.join(self.node_root(node), "workitems", job_id) for node in pool.nodes.values()]
-
-    @staticmethod
-    def remove_directories(paths: list[str]) -> None:
-        """Blocking; run it on an executor."""
-        for path in paths:
-            shutil.rmtree(path, ignore_errors=True)
-
-    # ---- environment ------------------------------------------------------------------
-    def environment(self, node: "Node", task_dir: str, extra: list[dict],
-                    job: Optional["Job"] = None, task: Optional["Task"] = None) -> dict[str, str]:
-        root = self.node_root(node)
+    # ---- environment --------------------------------------------------------------------
+    def environment(self, node: NodeIdentity, paths: TaskPaths, settings: list[dict],
+                    job_id: Optional[str] = None, task_id: Optional[str] = None) -> dict[str, str]:
+        layout = self.layout
+        root = layout.root(node.pool_id, node.node_id)
+        startup = layout.startup(node.pool_id, node.node_id)
         env = {name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ}
         env.setdefault("PATH", DEFAULT_PATH)
         env.update({
-            "AZ_BATCH_ACCOUNT_NAME": self._service.account_name,
-            "AZ_BATCH_ACCOUNT_URL": self._service.base_url,
+            "AZ_BATCH_ACCOUNT_NAME": node.account_name,
+            "AZ_BATCH_ACCOUNT_URL": node.account_url,
             "AZ_BATCH_POOL_ID": node.pool_id,
-            "AZ_BATCH_NODE_ID": node.id,
-            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.data.get("isDedicated", True) else "false",
+            "AZ_BATCH_NODE_ID": node.node_id,
+            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.is_dedicated else "false",
             "AZ_BATCH_NODE_ROOT_DIR": root,
-            "AZ_BATCH_NODE_SHARED_DIR": os.path.join(root, "shared"),
-            "AZ_BATCH_NODE_STARTUP_DIR": os.path.join(root, "startup"),
-            "AZ_BATCH_NODE_STARTUP_WORKING_DIR": os.path.join(root, "startup", "wd"),
-            "AZ_BATCH_NODE_MOUNTS_DIR": os.path.join(root, "fsmounts"),
-            "AZ_BATCH_TASK_DIR": task_dir,
-            "AZ_BATCH_TASK_WORKING_DIR": os.path.join(task_dir, "wd"),
+            "AZ_BATCH_NODE_SHARED_DIR": layout.shared_dir(node.pool_id, node.node_id),
+            "AZ_BATCH_NODE_STARTUP_DIR": startup.directory,
+            "AZ_BATCH_NODE_STARTUP_WORKING_DIR": startup.working_dir,
+            "AZ_BATCH_NODE_MOUNTS_DIR": layout.mounts_dir(node.pool_id, node.node_id),
+            "AZ_BATCH_TASK_DIR": paths.directory,
+            "AZ_BATCH_TASK_WORKING_DIR": paths.working_dir,
             "AZ_BATCH_TASK_USER": "_azbatch",
             "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         })
-        if job is not None and task is not None:
-            env["AZ_BATCH_JOB_ID"] = job.id
-            env["AZ_BATCH_TASK_ID"] = task.id
-            env["AZ_BATCH_JOB_PREP_DIR"] = os.path.join(root, "workitems", job.id, "job-1", "jobpreparation")
-            env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = os.path.join(env["AZ_BATCH_JOB_PREP_DIR"], "wd")
-            settings = [*(job.data.get("commonEnvironmentSettings") or []), *extra]
-        else:
-            settings = extra
+        if job_id is not None and task_id is not None:
+            preparation = layout.job_preparation(node.pool_id, node.node_id, job_id)
+            env["AZ_BATCH_JOB_ID"] = job_id
+            env["AZ_BATCH_TASK_ID"] = task_id
+            env["AZ_BATCH_JOB_PREP_DIR"] = preparation.directory
+            env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = preparation.working_dir
         for setting in settings:
             env[setting["name"]] = setting.get("value") or ""
         return env
 
     # ---- running one program ----------------------------------------------------------
-    async def run_program(self, key: str, command_line: str, resource_files: list[dict],
-                          task_dir: str, env: dict[str, str], timeout: Optional[float],
-                          on_start: Optional[Callable[[int], None]] = None) -> dict:
-        """Download inputs, run the command line, and describe the outcome as executionInfo fields.
+    async def run_program(self, key: str, command_line: str, resource_files: list[dict], paths: TaskPaths,
+                          env: dict[str, str], timeout: Optional[float],
+                          on_start: Optional[Callable[[int], None]] = None) -> ProgramOutcome:
+        """Download inputs, run the command line, and say how it ended.
 
         `on_start(pid)` is called once the program runs (after its inputs are downloaded).
-        Returns a dict with `exitCode` and/or `failureInfo`, plus `stopReason` when the emulator
-        stopped the process itself (terminate, requeue, wall-clock limit).
+        Never raises for anything the program or the node did; an emulator bug is reported as
+        an agent fault so the task never holds its slot for ever.
         """
         self._starting.add(key)
         try:
-            return await self._run_program(key, command_line, resource_files, task_dir, env, timeout, on_start)
+            return await self._run_program(key, command_line, resource_files, paths, env, timeout, on_start)
+        except processes.LauncherGone as exc:
+            logger.warning("the launcher of %s died (%s); the program runs again", key, exc)
+            return ProgramOutcome(stop_reason="agent_restart")
+        except Exception:
+            logger.exception("running %s failed inside the emulator", key)
+            return ProgramOutcome.agent_fault("The node agent failed while running the program; see the emulator's log.")
         finally:
             self._starting.discard(key)
-            self.stop_reasons.pop(key, None)
+            self._stop_reasons.pop(key, None)
 
-    async def _run_program(self, key: str, command_line: str, resource_files: list[dict],
-                           task_dir: str, env: dict[str, str], timeout: Optional[float],
-                           on_start: Optional[Callable[[int], None]]) -> dict:
-        working_dir = os.path.join(task_dir, "wd")
-        loop = asyncio.get_running_loop()
+    async def _run_program(self, key: str, command_line: str, resource_files: list[dict], paths: TaskPaths,
+                           env: dict[str, str], timeout: Optional[float],
+                           on_start: Optional[Callable[[int], None]]) -> ProgramOutcome:
         if resource_files:
-            await loop.run_in_executor(None, _make_directory, working_dir)
             try:
-                await self._downloader.download_all(resource_files, working_dir)
+                await asyncio.get_running_loop().run_in_executor(None, os.makedirs, paths.working_dir, 0o777, True)
+            except OSError as exc:
+                return ProgramOutcome.agent_fault(f"cannot create the task directory: {exc}")
+            try:
+                await self._downloader.download_all(resource_files, paths.working_dir)
             except ResourceFileError as exc:
-                _write_text(os.path.join(task_dir, "stderr.txt"), exc.message + "\n")
-                return {"failureInfo": _failure("usererror", exc.code, exc.message)}
-        try:
-            argv = processes.split_command_line(command_line)
-            process = await self._launcher.start(argv, task_dir, env)
-        except processes.CommandLineError as exc:
-            return {"failureInfo": _failure("usererror", "CommandLineInvalid", str(exc))}
-        except processes.ProgramNotFound as exc:
-            return {"failureInfo": _failure("usererror", "CommandProgramNotFound",
-                                            f"The specified command program is not found: {exc}")}
-        except PermissionError as exc:
-            return {"failureInfo": _failure("usererror", "CommandProgramNotExecutable", str(exc))}
-        except OSError as exc:
-            if exc.errno == errno.ENOEXEC:  # e.g. a script without a #! line: the user's to fix
-                return {"failureInfo": _failure("usererror", "CommandProgramNotExecutable",
-                                                f"The program cannot be executed: {exc.strerror}: {exc.filename}")}
-            raise EmulatorFault(f"cannot start the process: {exc}") from exc
-        except processes.LauncherGone as exc:
-            raise EmulatorFault(str(exc)) from exc
-        self.processes[key] = process
-        if key in self.stop_reasons:  # stopped while it was being started
+                _append_text(paths.stderr, exc.message + "\n")
+                return ProgramOutcome(failure=Failure("usererror", exc.code, exc.message))
+        if key in self._stop_reasons:  # stopped while its inputs were downloading
+            return ProgramOutcome(stop_reason=self._stop_reasons[key])
+        started = await self._start(command_line, paths, env)
+        if isinstance(started, ProgramOutcome):
+            return started
+        process = started
+        self._processes[key] = process
+        if key in self._stop_reasons:  # stopped while it was being started
             process.kill()
         elif on_start is not None:
             on_start(process.pid)
@@ -160,77 +184,70 @@ class NodeAgent:
             timer = asyncio.get_running_loop().call_later(timeout, self.stop, key, "timeout")
         try:
             exit_code = await process.exit_code
-        except processes.LauncherGone as exc:
-            raise EmulatorFault(f"lost track of the task's process: {exc}") from exc
         finally:
             if timer:
                 timer.cancel()
-            self.processes.pop(key, None)
-        reason = self.stop_reasons.get(key)
-        outcome: dict = {"exitCode": 128 - exit_code if exit_code < 0 else exit_code}
-        if reason:
-            outcome["stopReason"] = reason
-        if reason == "timeout":
-            outcome["failureInfo"] = _failure("usererror", "MaxWallClockTimeExpiry",
-                                              "The task exceeded its maximum wall clock time and was terminated.")
-        elif reason == "terminate":
-            outcome["failureInfo"] = _failure("usererror", "TaskEnded", "The task was terminated.")
-        elif outcome["exitCode"] != 0:
-            outcome["failureInfo"] = _failure("usererror", "FailureExitCode",
-                                              "The task exited with an exit code representing a failure")
-        return outcome
+            self._processes.pop(key, None)
+        return _outcome(128 - exit_code if exit_code < 0 else exit_code, self._stop_reasons.get(key))
+
+    async def _start(self, command_line: str, paths: TaskPaths, env: dict[str, str]):
+        """The started process, or the outcome of a program that could not start."""
+        def user_error(code: str, message: str) -> ProgramOutcome:
+            return ProgramOutcome(failure=Failure("usererror", code, message))
+        try:
+            argv = processes.split_command_line(command_line)
+            return await self._launcher.start(argv, paths.directory, env)
+        except processes.CommandLineError as exc:
+            return user_error("CommandLineInvalid", str(exc))
+        except processes.ProgramNotFound as exc:
+            return user_error("CommandProgramNotFound", f"The specified command program is not found: {exc}")
+        except PermissionError as exc:
+            return user_error("CommandProgramNotExecutable", str(exc))
+        except processes.TaskDirectoryError as exc:
+            return ProgramOutcome.agent_fault(f"cannot create the task directory: {exc}")
+        except OSError as exc:
+            if exc.errno == errno.ENOEXEC:  # e.g. a script without a #! line: the user's to fix
+                return user_error("CommandProgramNotExecutable",
+                                  f"The program cannot be executed: {exc.strerror}: {exc.filename}")
+            return ProgramOutcome.agent_fault(f"cannot start the process: {exc}")
 
     def stop(self, key: str, reason: str) -> bool:
         """Kill a running program and remember why.
 
         True when a process was running: its runner then reports the outcome. False otherwise;
-        a program still being prepared is killed as soon as it starts, and the caller does the
-        bookkeeping itself.
+        a program still being prepared is stopped as soon as it would start, and the caller
+        does the bookkeeping itself.
         """
-        process = self.processes.get(key)
+        process = self._processes.get(key)
         if process is not None:
-            self.stop_reasons[key] = reason
+            self._stop_reasons[key] = reason
             process.kill()
             return True
         if key in self._starting:
-            self.stop_reasons[key] = reason
+            self._stop_reasons[key] = reason
         return False
-
-    def stop_all(self, reason: str) -> None:
-        for key in list(self.processes):
-            self.stop(key, reason)
 
     async def close(self) -> None:
         """Kill every program still running (including ones whose runner was cancelled) and reap it."""
-        self.stop_all("shutdown")
+        for key in list(self._processes):
+            self.stop(key, "shutdown")
         await self._launcher.close()
         await self._downloader.close()
 
 
-def _make_directory(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise EmulatorFault(f"cannot create the task directory: {exc}") from exc
+def _outcome(exit_code: int, reason: Optional[str]) -> ProgramOutcome:
+    if reason == "timeout":
+        failure = Failure("usererror", "MaxWallClockTimeExpiry",
+                          "The task exceeded its maximum wall clock time and was terminated.")
+    elif reason == "terminate":
+        failure = Failure("usererror", "TaskEnded", "The task was terminated.")
+    elif exit_code != 0:
+        failure = Failure("usererror", "FailureExitCode", "The task exited with an exit code representing a failure")
+    else:
+        failure = None
+    return ProgramOutcome(exit_code, failure, reason)
 
 
-def _failure(category: str, code: str, message: str) -> dict:
-    return {"category": category, "code": code, "message": message}
-
-
-def _write_text(path: str, text: str) -> None:
+def _append_text(path: str, text: str) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(text)
-
-
-def execution_times(info: dict, outcome: dict) -> dict:
-    """Fold a program outcome into an executionInfo/startTaskInfo dict."""
-    info["endTime"] = wire.now_iso()
-    info.pop("exitCode", None)
-    info.pop("failureInfo", None)
-    if "exitCode" in outcome:
-        info["exitCode"] = outcome["exitCode"]
-    if "failureInfo" in outcome:
-        info["failureInfo"] = outcome["failureInfo"]
-    info["result"] = "failure" if "failureInfo" in outcome else "success"
-    return info

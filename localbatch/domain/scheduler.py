@@ -9,10 +9,11 @@ import asyncio
 import itertools
 from typing import TYPE_CHECKING, Callable, Optional
 
+from .states import SCHEDULABLE_NODE_STATES
+
 if TYPE_CHECKING:
     from .entities import Job, Node, Pool, Task
 
-SCHEDULABLE_NODE_STATES = ("idle", "running")
 LOOKAHEAD = 64
 
 

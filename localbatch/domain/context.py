@@ -1,0 +1,27 @@
+"""What every part of the domain shares: the entities, the node agent, time, background work."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ..node.agent import NodeAgent, NodeIdentity
+from ..store import Store
+from .entities import Node
+from .repository import Repository
+from .runtime import Background, Transitions
+
+
+@dataclass
+class DomainContext:
+    repo: Repository
+    store: Store
+    agent: NodeAgent
+    transitions: Transitions
+    background: Background
+    account_name: str
+    account_url: str = ""  # known once the server is bound
+    # Set once the scheduler exists (it needs the task runner, which needs this context).
+    kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
+
+    def identity(self, node: Node) -> NodeIdentity:
+        return NodeIdentity(self.account_name, self.account_url, node.pool_id, node.id, node.is_dedicated)

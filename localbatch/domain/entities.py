@@ -1,0 +1,283 @@
+"""Pools, nodes, jobs and tasks: in-memory entities that mark themselves changed.
+
+`data` holds the wire form (camelCase, as GET returns it, minus `url`); the other public
+attributes are the emulator's own bookkeeping. Both are persisted: any assignment to a public
+attribute, and any change inside `data` (nested dicts included), tells the entity's tracker,
+which writes the entity at the end of the event-loop turn. Nothing in the domain saves by hand.
+Attributes named in `TRANSIENT` are derived at load time and never written.
+
+Lists inside `data` are replaced, never changed in place (they are what the client sent).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional, Protocol
+
+from .. import wire
+from . import states
+
+
+class Tracker(Protocol):
+    def mark(self, entity: "Entity") -> None: ...
+
+
+class TrackedDict(dict):
+    """A dict that tells its owning entity about every change, and wraps nested dicts alike."""
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: "Entity", values: Optional[dict] = None):
+        super().__init__()
+        self._owner = owner
+        for key, value in (values or {}).items():
+            dict.__setitem__(self, key, _wrap(owner, value))
+
+    def __setitem__(self, key, value) -> None:
+        dict.__setitem__(self, key, _wrap(self._owner, value))
+        self._owner.changed()
+
+    def __delitem__(self, key) -> None:
+        dict.__delitem__(self, key)
+        self._owner.changed()
+
+    def pop(self, key, *default):
+        had = key in self
+        value = dict.pop(self, key, *default)
+        if had:
+            self._owner.changed()
+        return value
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def update(self, *args, **kwargs) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            dict.__setitem__(self, key, _wrap(self._owner, value))
+        self._owner.changed()
+
+    def clear(self) -> None:
+        if self:
+            dict.clear(self)
+            self._owner.changed()
+
+    def popitem(self):
+        item = dict.popitem(self)
+        self._owner.changed()
+        return item
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+
+def _wrap(owner: "Entity", value: Any) -> Any:
+    if isinstance(value, dict) and not (isinstance(value, TrackedDict) and value._owner is owner):
+        return TrackedDict(owner, value)
+    return value
+
+
+class Entity:
+    """Base of every entity: change tracking, id and state."""
+    kind: ClassVar[str]
+    machine: ClassVar[states.StateMachine]
+    TRANSIENT: ClassVar[frozenset[str]] = frozenset()
+    data: TrackedDict
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_") or name in self.TRANSIENT:
+            object.__setattr__(self, name, value)
+            return
+        object.__setattr__(self, name, _wrap(self, value))
+        self.changed()
+
+    def changed(self) -> None:
+        tracker = self.__dict__.get("_tracker")
+        if tracker is not None:
+            tracker.mark(self)
+
+    def attach(self, tracker: Optional[Tracker]) -> None:
+        """Start (a tracker) or stop (None) writing this entity's changes."""
+        object.__setattr__(self, "_tracker", tracker)
+        self.changed()
+
+    @property
+    def attached(self) -> bool:
+        return self.__dict__.get("_tracker") is not None
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    @property
+    def state(self) -> str:
+        return self.data["state"]
+
+    def set_state(self, state: str) -> None:
+        """Move to `state` as the entity's table allows; staying in the same state changes nothing."""
+        if state == self.data["state"]:
+            return
+        self.machine.check(self.data["state"], state)
+        self._record_transition(state)
+
+    def _record_transition(self, state: str) -> None:
+        self.data["state"] = state
+        self.data["stateTransitionTime"] = wire.now_iso()
+
+    def touch(self) -> None:
+        """A change the client can see: new ETag and lastModified."""
+        self.data["eTag"] = wire.new_etag()
+        self.data["lastModified"] = wire.now_iso()
+
+    def record(self) -> dict:
+        """What the store keeps of the entity."""
+        raise NotImplementedError
+
+
+class _TrackedHistoryEntity(Entity):
+    """Jobs and tasks also report their previous state, and every transition is a change (ETag)."""
+
+    def _record_transition(self, state: str) -> None:
+        self.data["previousState"] = self.data["state"]
+        self.data["previousStateTransitionTime"] = self.data["stateTransitionTime"]
+        super()._record_transition(state)
+        self.touch()
+
+
+class Node(Entity):
+    kind = "node"
+    machine = states.NODE
+    TRANSIENT = frozenset({"boot_generation"})
+
+    def __init__(self, pool_id: str, data: dict, index: int, users: Optional[dict] = None,
+                 running: Optional[dict] = None, after_tasks: Optional[str] = None,
+                 start_task_pid: Optional[int] = None):
+        self.pool_id = pool_id
+        self.data = data
+        self.index = index
+        self.users = users or {}        # name -> {isAdmin, expiryTime, sshPublicKey, hasPassword}
+        self.running = running or {}    # "job/task" key -> slots used
+        # "remove", "reboot" or "reimage": what to do once the running tasks finish (taskcompletion).
+        self.after_tasks = after_tasks
+        self.start_task_pid = start_task_pid  # while the start task's program runs
+        self.boot_generation = 0        # bumped when a boot in progress is superseded
+
+    @property
+    def key(self) -> str:
+        return f"{self.pool_id.lower()}/{self.id}"
+
+    @property
+    def is_dedicated(self) -> bool:
+        return self.data.get("isDedicated", True)
+
+    def record_slots(self) -> None:
+        """runningTasksCount and runningTaskSlotsCount from the tasks that hold slots."""
+        self.data["runningTasksCount"] = len(self.running)
+        self.data["runningTaskSlotsCount"] = sum(self.running.values())
+
+    def record(self) -> dict:
+        return {"poolId": self.pool_id, "data": self.data, "index": self.index, "users": self.users,
+                "running": self.running, "afterTasks": self.after_tasks, "startTaskPid": self.start_task_pid}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Node":
+        return cls(record["poolId"], record["data"], record["index"], record["users"], record["running"],
+                   after_tasks=record.get("afterTasks"), start_task_pid=record.get("startTaskPid"))
+
+
+class Pool(Entity):
+    kind = "pool"
+    machine = states.POOL
+    TRANSIENT = frozenset({"nodes"})
+
+    def __init__(self, data: dict, next_node_index: int = 0, auto_pool_job_id: Optional[str] = None):
+        self.data = data
+        self.next_node_index = next_node_index
+        self.auto_pool_job_id = auto_pool_job_id
+        self.nodes: dict[str, Node] = {}
+
+    @property
+    def key(self) -> str:
+        return self.id.lower()
+
+    @property
+    def allocation_state(self) -> str:
+        return self.data["allocationState"]
+
+    def set_allocation_state(self, state: str) -> None:
+        if state == self.data["allocationState"]:
+            return
+        states.POOL_ALLOCATION.check(self.data["allocationState"], state)
+        self.data["allocationState"] = state
+        self.data["allocationStateTransitionTime"] = wire.now_iso()
+
+    def record(self) -> dict:
+        return {"data": self.data, "nextNodeIndex": self.next_node_index, "autoPoolJobId": self.auto_pool_job_id}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Pool":
+        return cls(record["data"], record["nextNodeIndex"], record.get("autoPoolJobId"))
+
+
+class Task(_TrackedHistoryEntity):
+    kind = "task"
+    machine = states.TASK
+
+    def __init__(self, job_id: str, data: dict, node_key: Optional[str] = None, pid: Optional[int] = None,
+                 working_dir: Optional[str] = None):
+        self.job_id = job_id
+        self.data = data
+        self.node_key = node_key        # "pool/node" while it holds a slot
+        self.pid = pid                  # while its program runs, to kill it after a crash
+        self.working_dir = working_dir
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id.lower()}/{self.id.lower()}"
+
+    @property
+    def required_slots(self) -> int:
+        return self.data.get("requiredSlots", 1)
+
+    @property
+    def execution_info(self) -> TrackedDict:
+        return self.data["executionInfo"]
+
+    def record(self) -> dict:
+        return {"jobId": self.job_id, "data": self.data, "nodeKey": self.node_key, "pid": self.pid,
+                "workingDir": self.working_dir}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Task":
+        return cls(record["jobId"], record["data"], record.get("nodeKey"), record.get("pid"), record.get("workingDir"))
+
+
+class Job(_TrackedHistoryEntity):
+    kind = "job"
+    machine = states.JOB
+    TRANSIENT = frozenset({"tasks", "pending", "running_count"})
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.tasks: dict[str, Task] = {}     # lower-cased id -> task
+        # Active tasks in the order they should be scheduled (insertion order).
+        self.pending: dict[str, None] = {}
+        self.running_count = 0               # tasks preparing or running
+
+    @property
+    def key(self) -> str:
+        return self.id.lower()
+
+    @property
+    def pool_id(self) -> Optional[str]:
+        return (self.data.get("executionInfo") or {}).get("poolId")
+
+    def record(self) -> dict:
+        return {"data": self.data}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Job":
+        return cls(record["data"])

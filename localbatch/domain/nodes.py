@@ -1,0 +1,298 @@
+"""Compute nodes: allocation, boot and start task, reboot and reimage, removal, scheduling,
+node users and remote login.
+
+creating -> starting -> (waitingforstarttask) -> idle <-> running; rebooting/reimaging boot
+again; leavingpool ends with the node's removal. A pool is `steady` once none of its nodes is
+still being created or leaving.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Optional
+
+from .. import wire
+from ..errors import BatchServiceError
+from ..node import processes
+from .context import DomainContext
+from .entities import Node, Pool
+from .tasks import Tasks
+from .validation import user_record
+
+logger = logging.getLogger(__name__)
+
+NODE_AGENT_VERSION = "1.12.7"
+BOOTING_STATES = ("creating", "starting", "waitingforstarttask", "rebooting", "reimaging")
+RESTARTABLE_STATES = ("idle", "running", "starttaskfailed", "unusable", "offline")
+NODE_COUNT_NAMES = ("creating", "idle", "offline", "preempted", "rebooting", "reimaging", "running", "starting",
+                    "startTaskFailed", "leavingPool", "unknown", "unusable", "waitingForStartTask",
+                    "deallocated", "deallocating", "upgradingOS", "total")
+
+
+class Nodes:
+    def __init__(self, context: DomainContext, tasks: Tasks):
+        self.context = context
+        self.repo = context.repo
+        self.agent = context.agent
+        self.tasks = tasks
+        tasks.on_node_drained = self._run_deferred_action
+
+    # ---- allocation ------------------------------------------------------------------------------
+    def add_node(self, pool: Pool, dedicated: bool) -> Node:
+        index = pool.next_node_index
+        pool.next_node_index += 1
+        seed = f"{self.repo.store.path}/{pool.id}/{pool.data['creationTime']}/{index}"
+        node_id = f"tvmps_{hashlib.sha256(seed.encode()).hexdigest()}_{'d' if dedicated else 'p'}"
+        now = wire.now_iso()
+        node = Node(pool.id, {
+            "id": node_id, "state": "creating", "schedulingState": "enabled", "stateTransitionTime": now,
+            "allocationTime": now, "ipAddress": f"10.0.{(index + 4) // 256}.{(index + 4) % 256}",
+            "affinityId": f"TVM:{node_id}", "vmSize": pool.data["vmSize"], "totalTasksRun": 0,
+            "totalTasksSucceeded": 0, "runningTasksCount": 0, "runningTaskSlotsCount": 0,
+            "isDedicated": dedicated,
+            "endpointConfiguration": {"inboundEndpoints": []},
+            "virtualMachineInfo": {"imageReference": {
+                **pool.data["virtualMachineConfiguration"]["imageReference"], "exactVersion": "22.04.202411010"}},
+        }, index)
+        self.repo.add_node(pool, node)
+        count_current_nodes(pool)
+        self.context.background.spawn(self._boot(pool, node))
+        return node
+
+    def remove_node(self, pool: Pool, node: Node, deallocation: str) -> None:
+        if node.state == "leavingpool":
+            return
+        if self._defer_until_tasks_end(node, deallocation, "remove"):
+            return
+        self.tasks.evict(node, deallocation)
+        node.boot_generation += 1
+        self.agent.stop(_start_task_key(node), "shutdown")
+        node.set_state("leavingpool")
+        self.context.background.spawn(self._finish_removal(pool, node))
+
+    async def _finish_removal(self, pool: Pool, node: Node) -> None:
+        await self.context.transitions.step("node_leaving")
+        self.repo.remove_node(pool, node)
+        count_current_nodes(pool)
+        self.finish_allocation(pool)
+        await asyncio.get_running_loop().run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
+
+    def finish_allocation(self, pool: Pool) -> None:
+        """resizing -> steady once no node is still being created or leaving the pool."""
+        if not pool.attached or pool.allocation_state != "resizing":
+            return
+        if any(n.state in ("creating", "leavingpool") or n.after_tasks == "remove" for n in pool.nodes.values()):
+            return
+        pool.set_allocation_state("steady")
+        pool.touch()
+
+    async def settle_allocation(self, pool: Pool) -> None:
+        """A resize that changed no node still takes an allocation step before it is steady."""
+        await self.context.transitions.step("node_creating")
+        self.finish_allocation(pool)
+
+    # ---- boot ---------------------------------------------------------------------------------------
+    async def _boot(self, pool: Pool, node: Node, restart: Optional[str] = None) -> None:
+        """creating -> starting -> (waitingforstarttask) -> idle, running the start task on the way.
+
+        `restart` is "reboot" (the disk is kept) or "reimage" (a fresh OS disk: the node's
+        directories are removed first); a node found mid-boot at start-up resumes with "resume".
+        """
+        generation = node.boot_generation
+        transitions = self.context.transitions
+        loop = asyncio.get_running_loop()
+        if restart == "reimage":
+            await loop.run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
+        if node.state == "creating":
+            await transitions.step("node_creating")
+            if generation != node.boot_generation or not node.attached:
+                return
+            node.set_state("starting")
+            self.finish_allocation(pool)  # allocated: steady once no node is still being created
+        await transitions.step("node_rebooting" if node.state in ("rebooting", "reimaging") else "node_starting")
+        if generation != node.boot_generation or not node.attached:
+            return
+        await loop.run_in_executor(None, self.agent.layout.create_node, pool.id, node.id)
+        if generation != node.boot_generation or not node.attached:
+            return
+        node.data["lastBootTime"] = wire.now_iso()
+        node.data["nodeAgentInfo"] = {"version": NODE_AGENT_VERSION, "lastUpdateTime": node.data["lastBootTime"]}
+        start_task = pool.data.get("startTask")
+        if not start_task:
+            self._ready(node)
+            return
+        node.data["startTask"] = start_task
+        if not start_task.get("waitForSuccess", True):
+            self._ready(node)
+            await self._run_start_task(node, start_task, generation)
+            return
+        node.set_state("waitingforstarttask")
+        succeeded = await self._run_start_task(node, start_task, generation)
+        if generation != node.boot_generation or not node.attached:
+            return
+        if succeeded:
+            self._ready(node)
+        else:
+            node.set_state("starttaskfailed")
+
+    def _ready(self, node: Node) -> None:
+        node.set_state("running" if node.running else "idle")
+        self.context.kick(node.pool_id)
+
+    async def _run_start_task(self, node: Node, start_task: dict, generation: int) -> bool:
+        max_retries = start_task.get("maxTaskRetryCount", 0)
+        paths = self.agent.layout.startup(node.pool_id, node.id)
+        env = self.agent.environment(self.context.identity(node), paths, start_task.get("environmentSettings") or [])
+        node.data["startTaskInfo"] = {"state": "running", "startTime": wire.now_iso(), "retryCount": 0}
+        while True:
+            await self.context.store.durable()  # on record as running before it runs
+            outcome = await self.agent.run_program(
+                _start_task_key(node), start_task["commandLine"], start_task.get("resourceFiles") or [], paths, env,
+                None, on_start=lambda pid: setattr(node, "start_task_pid", pid))
+            node.start_task_pid = None
+            if generation != node.boot_generation:
+                return False
+            if outcome.stop_reason == "agent_restart":
+                continue  # the node agent restarted: run it again, as a reboot would
+            info = node.data["startTaskInfo"]
+            outcome.apply_to(info)
+            if outcome.succeeded or (max_retries != -1 and info["retryCount"] >= max_retries):
+                info["state"] = "completed"
+                return outcome.succeeded
+            info["retryCount"] += 1
+            info["lastRetryTime"] = info["startTime"] = wire.now_iso()
+
+    # ---- reboot, reimage, scheduling --------------------------------------------------------------
+    def reboot_node(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        return self._restart(pool_id, node_id, option, "reboot")
+
+    def reimage_node(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        return self._restart(pool_id, node_id, option, "reimage")
+
+    def _restart(self, pool_id: str, node_id: str, option: str, action: str) -> Node:
+        """Reboot (keep the disk) or reimage (a fresh disk); the start task runs again either way."""
+        pool = self.repo.get_pool(pool_id)
+        node = self.repo.get_node(pool_id, node_id)
+        if node.state not in RESTARTABLE_STATES:
+            raise BatchServiceError("NodeNotReady", f"The node is {node.state} and cannot be {action}ed now.")
+        if self._defer_until_tasks_end(node, option, action):
+            return node
+        self.tasks.evict(node, option)
+        node.boot_generation += 1
+        self.agent.stop(_start_task_key(node), "shutdown")
+        node.set_state("rebooting" if action == "reboot" else "reimaging")
+        self.context.background.spawn(self._boot(pool, node, restart=action))
+        return node
+
+    def _defer_until_tasks_end(self, node: Node, option: str, action: str) -> bool:
+        """For taskcompletion/retaineddata: do `action` once the node's tasks end. True when deferred."""
+        if option not in ("taskcompletion", "retaineddata") or not node.running:
+            return False
+        node.after_tasks = action  # the scheduler gives the node nothing new meanwhile
+        return True
+
+    def _run_deferred_action(self, node: Node) -> None:
+        """The node's last task ended: do what was deferred until then."""
+        action = node.after_tasks
+        if not action:
+            return
+        node.after_tasks = None
+        pool = self.repo.pool_of(node)
+        if pool is None:
+            return
+        if action == "remove":
+            self.remove_node(pool, node, "requeue")
+        else:
+            self._restart(pool.id, node.id, "requeue", action)
+
+    def disable_node_scheduling(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        node = self.repo.get_node(pool_id, node_id)
+        if option in ("requeue", "terminate"):
+            self.tasks.evict(node, option)
+        node.data["schedulingState"] = "disabled"
+        return node
+
+    def enable_node_scheduling(self, pool_id: str, node_id: str) -> Node:
+        node = self.repo.get_node(pool_id, node_id)
+        node.data["schedulingState"] = "enabled"
+        self.context.kick(pool_id)
+        return node
+
+    # ---- node users and remote login -------------------------------------------------------------
+    def create_node_user(self, pool_id: str, node_id: str, body: dict) -> None:
+        node = self.repo.get_node(pool_id, node_id)
+        if body["name"] in node.users:
+            raise BatchServiceError("NodeUserExists")
+        node.users[body["name"]] = user_record(body)
+
+    def replace_node_user(self, pool_id: str, node_id: str, name: str, body: dict) -> None:
+        node = self.repo.get_node(pool_id, node_id)
+        if name not in node.users:
+            raise BatchServiceError("NodeUserNotFound")
+        node.users[name] = user_record({**body, "name": name, "isAdmin": node.users[name]["isAdmin"]})
+
+    def delete_node_user(self, pool_id: str, node_id: str, name: str) -> None:
+        node = self.repo.get_node(pool_id, node_id)
+        if node.users.pop(name, None) is None:
+            raise BatchServiceError("NodeUserNotFound")
+
+    def get_node_remote_login_settings(self, pool_id: str, node_id: str) -> dict:
+        """Where the node's SSH endpoint is published (an inbound NAT pool starts at 50000)."""
+        node = self.repo.get_node(pool_id, node_id)
+        return {"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": 50000 + node.index}
+
+    def node_files_root(self, pool_id: str, node_id: str) -> str:
+        node = self.repo.get_node(pool_id, node_id)
+        return self.agent.layout.root(node.pool_id, node.id)
+
+    # ---- start-up --------------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """At start-up: kill a start task the last run left behind; no task runs on a node yet."""
+        for pool in self.repo.pools.values():
+            for node in pool.nodes.values():
+                if node.start_task_pid:  # the emulator stopped without ending it (a crash)
+                    processes.kill_leftover_process_group(
+                        node.start_task_pid, self.agent.layout.startup(pool.id, node.id).working_dir)
+                    node.start_task_pid = None
+                node.running.clear()
+                node.record_slots()
+                if node.state == "running":
+                    node.set_state("idle")
+
+    def resume(self, pool: Pool) -> None:
+        """Once the loop runs: carry on with the boots, removals and deferred actions in flight."""
+        for node in list(pool.nodes.values()):
+            if node.state in BOOTING_STATES:
+                self.context.background.spawn(self._boot(pool, node, restart="resume"))
+            elif node.state == "leavingpool":
+                self.context.background.spawn(self._finish_removal(pool, node))
+            elif node.after_tasks:  # its tasks were requeued when the emulator stopped
+                self._run_deferred_action(node)
+
+
+def count_current_nodes(pool: Pool) -> None:
+    pool.data["currentDedicatedNodes"] = count_nodes(pool, dedicated=True)
+    pool.data["currentLowPriorityNodes"] = count_nodes(pool, dedicated=False)
+
+
+def count_nodes(pool: Pool, dedicated: bool) -> int:
+    return sum(1 for n in pool.nodes.values() if n.is_dedicated == dedicated and n.state != "leavingpool")
+
+
+def node_counts(pools: list[Pool]) -> list[dict]:
+    """Per pool, how many dedicated and low-priority nodes are in each state."""
+    result = []
+    for pool in sorted(pools, key=lambda p: p.id):
+        dedicated = dict.fromkeys(NODE_COUNT_NAMES, 0)
+        low_priority = dict.fromkeys(NODE_COUNT_NAMES, 0)
+        for node in pool.nodes.values():
+            counters = dedicated if node.is_dedicated else low_priority
+            counters[next((n for n in NODE_COUNT_NAMES if n.lower() == node.state), "unknown")] += 1
+            counters["total"] += 1
+        result.append({"poolId": pool.id, "dedicated": dedicated, "lowPriority": low_priority})
+    return result
+
+
+def _start_task_key(node: Node) -> str:
+    return f"start:{node.key}"

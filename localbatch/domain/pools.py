@@ -1,0 +1,187 @@
+"""Pools: create, update, resize, remove nodes, delete.
+
+State active -> deleting (then gone); allocationState steady -> resizing -> steady (stopping on
+the way when a resize is stopped). A new pool reports `resizing` until its nodes are allocated.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+from .. import wire
+from ..errors import BatchServiceError, invalid_property
+from .context import DomainContext
+from .entities import Pool
+from .nodes import Nodes, count_nodes, node_counts
+from .tasks import Tasks
+from .validation import check_id, check_pool_body, without_secrets
+
+UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
+                        "vmSize", "taskSlotsPerNode", "virtualMachineConfiguration", "upgradePolicy",
+                        "enableInterNodeCommunication", "mountConfiguration", "resizeTimeout")
+# Properties that updatepoolproperties (a full replace) clears when the body leaves them out.
+REPLACED_PROPERTIES = ("startTask", "metadata")
+
+
+class Pools:
+    def __init__(self, context: DomainContext, nodes: Nodes, tasks: Tasks):
+        self.context = context
+        self.repo = context.repo
+        self.nodes = nodes
+        self.tasks = tasks
+
+    def create_pool(self, body: dict, auto_pool_job_id: Optional[str] = None) -> Pool:
+        check_id("id", body["id"])
+        existing = self.repo.find_pool(body["id"])
+        if existing is not None:
+            raise BatchServiceError("PoolBeingDeleted" if existing.state == "deleting" else "PoolExists")
+        check_pool_body(body)
+        now = wire.now_iso()
+        data = {
+            "id": body["id"], "creationTime": now, "state": "active", "stateTransitionTime": now,
+            "allocationState": "resizing", "allocationStateTransitionTime": now,
+            "vmSize": body["vmSize"].lower(), "resizeTimeout": body.get("resizeTimeout") or "PT15M",
+            "currentDedicatedNodes": 0, "currentLowPriorityNodes": 0,
+            "targetDedicatedNodes": body.get("targetDedicatedNodes") or 0,
+            "targetLowPriorityNodes": body.get("targetLowPriorityNodes") or 0,
+            "enableAutoScale": bool(body.get("enableAutoScale")),
+            "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
+            "taskSlotsPerNode": body.get("taskSlotsPerNode") or 1,
+            "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "Spread"},
+        }
+        vm_config = dict(body["virtualMachineConfiguration"])
+        vm_config["imageReference"] = {"version": "latest", **vm_config["imageReference"]}
+        data["virtualMachineConfiguration"] = vm_config
+        for optional in ("displayName", "startTask", "metadata", "networkConfiguration", "upgradePolicy",
+                         "mountConfiguration"):
+            if body.get(optional) is not None:
+                data[optional] = body[optional]
+        if body.get("userAccounts") is not None:
+            data["userAccounts"] = without_secrets(body["userAccounts"])
+        pool = Pool(data, auto_pool_job_id=auto_pool_job_id)
+        pool.touch()
+        self.repo.add_pool(pool)
+        self._resize_to_target(pool)
+        return pool
+
+    def update_pool(self, pool_id: str, body: dict) -> Pool:
+        return self._update(pool_id, body, replace=False)
+
+    def replace_pool_properties(self, pool_id: str, body: dict) -> Pool:
+        return self._update(pool_id, body, replace=True)
+
+    def _update(self, pool_id: str, body: dict, replace: bool) -> Pool:
+        pool = self.repo.get_pool(pool_id)
+        if pool.state == "deleting":
+            raise BatchServiceError("PoolBeingDeleted")
+        for name in UPDATABLE_PROPERTIES:
+            if body.get(name) is not None:
+                pool.data[name] = body[name]
+            elif replace and name in REPLACED_PROPERTIES:
+                pool.data.pop(name, None)
+        if body.get("userAccounts") is not None:
+            pool.data["userAccounts"] = without_secrets(body["userAccounts"])
+        pool.touch()
+        return pool
+
+    def resize_pool(self, pool_id: str, body: dict) -> Pool:
+        pool = self._steady_pool(pool_id)
+        if pool.data.get("enableAutoScale"):
+            raise BatchServiceError("OperationInvalidForCurrentState",
+                                    "A pool with auto scale enabled cannot be resized manually.")
+        for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+            if body.get(name) is not None:
+                if body[name] < 0:
+                    raise invalid_property(name, body[name], "The value must be zero or more.")
+                pool.data[name] = body[name]
+        pool.data["resizeTimeout"] = body.get("resizeTimeout") or pool.data["resizeTimeout"]
+        pool.touch()
+        self._resize_to_target(pool, body.get("nodeDeallocationOption") or "requeue")
+        return pool
+
+    def stop_pool_resize(self, pool_id: str) -> Pool:
+        pool = self.repo.get_pool(pool_id)
+        if pool.allocation_state == "resizing":
+            # Nodes are allocated at once here, so stopping keeps what exists as the new target.
+            pool.data["targetDedicatedNodes"] = count_nodes(pool, dedicated=True)
+            pool.data["targetLowPriorityNodes"] = count_nodes(pool, dedicated=False)
+            pool.set_allocation_state("stopping")
+            pool.set_allocation_state("steady")
+            pool.touch()
+        return pool
+
+    def remove_nodes(self, pool_id: str, body: dict) -> Pool:
+        pool = self._steady_pool(pool_id)
+        node_ids = body["nodeList"]
+        missing = [node_id for node_id in node_ids if node_id not in pool.nodes]
+        if missing:
+            raise invalid_property("nodeList", missing[0], "The node does not belong to the pool.")
+        for node_id in node_ids:
+            key = "targetDedicatedNodes" if pool.nodes[node_id].is_dedicated else "targetLowPriorityNodes"
+            pool.data[key] = max(0, pool.data[key] - 1)
+        pool.set_allocation_state("resizing")
+        pool.touch()
+        for node_id in node_ids:
+            self.nodes.remove_node(pool, pool.nodes[node_id], body.get("nodeDeallocationOption") or "requeue")
+        self.context.background.spawn(self.nodes.settle_allocation(pool))
+        return pool
+
+    def _steady_pool(self, pool_id: str) -> Pool:
+        pool = self.repo.get_pool(pool_id)
+        if pool.state == "deleting":
+            raise BatchServiceError("PoolBeingDeleted")
+        if pool.allocation_state != "steady":
+            raise BatchServiceError("PoolNotSteady", "The pool is resizing; wait until its allocationState "
+                                                     "is steady or stop the resize.")
+        return pool
+
+    def delete_pool(self, pool_id: str) -> None:
+        pool = self.repo.get_pool(pool_id)
+        if pool.state == "deleting":
+            return
+        pool.set_state("deleting")
+        pool.touch()
+        self.context.background.spawn(self._finish_delete(pool))
+
+    async def _finish_delete(self, pool: Pool) -> None:
+        await self.context.transitions.step("pool_deleting")
+        for node in list(pool.nodes.values()):
+            self.tasks.evict(node, "requeue")
+            node.boot_generation += 1
+            self.context.agent.stop(f"start:{node.key}", "shutdown")
+        self.repo.remove_pool(pool)
+        await asyncio.get_running_loop().run_in_executor(None, self.context.agent.layout.remove_pool, pool.id)
+
+    def list_pool_node_counts(self) -> list[dict]:
+        return node_counts(list(self.repo.pools.values()))
+
+    def _resize_to_target(self, pool: Pool, deallocation: str = "requeue") -> None:
+        """Add or remove nodes so the pool meets its targets; steady once allocation is done."""
+        pool.set_allocation_state("resizing")
+        for dedicated, target_key in ((True, "targetDedicatedNodes"), (False, "targetLowPriorityNodes")):
+            kind = [n for n in pool.nodes.values() if n.is_dedicated == dedicated and n.state != "leavingpool"]
+            current = [n for n in kind if n.after_tasks != "remove"]
+            # Growing again: keep nodes that were only waiting for their tasks to leave, then add.
+            for node in [n for n in kind if n.after_tasks == "remove"][:max(0, pool.data[target_key] - len(current))]:
+                node.after_tasks = None
+                current.append(node)
+            for _ in range(pool.data[target_key] - len(current)):
+                self.nodes.add_node(pool, dedicated)
+            surplus = len(current) - pool.data[target_key]
+            if surplus > 0:
+                # Idle nodes go first, as on Azure.
+                ordered = sorted(current, key=lambda n: (n.state == "running", -n.index))
+                for node in ordered[:surplus]:
+                    self.nodes.remove_node(pool, node, deallocation)
+        self.context.background.spawn(self.nodes.settle_allocation(pool))
+
+    def resume(self) -> None:
+        """Once the loop runs: finish deletions and allocations that were in flight."""
+        for pool in list(self.repo.pools.values()):
+            if pool.state == "deleting":
+                self.context.background.spawn(self._finish_delete(pool))
+                continue
+            self.nodes.resume(pool)
+            if pool.allocation_state != "steady":
+                self._resize_to_target(pool)
+            self.context.kick(pool.id)

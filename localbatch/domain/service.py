@@ -1,0 +1,82 @@
+"""BatchService: the account's domain put together, as the handlers see it.
+
+Handlers call the operation of the same name on `pools`, `nodes`, `jobs` or `tasks`, with
+already-validated request bodies. Changes are persisted by the store on their own (see
+store.py); this module only composes the parts and runs start-up and shutdown.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+from ..node.agent import NodeAgent
+from ..node.layout import NodeLayout
+from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
+from ..store import Store
+from .context import DomainContext
+from .entities import Job, Pool, Task
+from .jobs import Jobs
+from .nodes import Nodes
+from .pools import Pools
+from .repository import Repository
+from .runtime import Background, Timings, Transitions
+from .scheduler import Scheduler
+from .tasks import Tasks
+
+
+class BatchService:
+    def __init__(self, location: str, account_name: str, timings: Optional[Timings] = None,
+                 auto_storage: Optional[AutoStorage] = None):
+        self.location = os.path.abspath(location)
+        self.account_name = account_name
+        self.store = Store(os.path.join(self.location, "state"))
+        self.repo = Repository(self.store)
+        self.transitions = Transitions(timings or Timings())
+        self.background = Background()
+        agent = NodeAgent(NodeLayout(os.path.join(self.location, "nodes")),
+                          ResourceFileDownloader(auto_storage or AutoStorage()))
+        self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name)
+        self.tasks = Tasks(self.context)
+        self.nodes = Nodes(self.context, self.tasks)
+        self.pools = Pools(self.context, self.nodes, self.tasks)
+        self.jobs = Jobs(self.context, self.pools, self.tasks)
+        self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin)
+        self.context.kick = self.scheduler.kick
+
+    @property
+    def base_url(self) -> str:
+        return self.context.account_url
+
+    @base_url.setter
+    def base_url(self, url: str) -> None:
+        self.context.account_url = url
+
+    # ---- what handlers read ------------------------------------------------------------------
+    def all_pools(self) -> Iterator[Pool]:
+        return iter(list(self.repo.pools.values()))
+
+    def all_jobs(self) -> Iterator[Job]:
+        return iter(list(self.repo.jobs.values()))
+
+    def all_tasks(self) -> Iterator[Task]:
+        return self.repo.all_tasks()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read the saved state and bring what was in flight back to a consistent point."""
+        self.repo.load()
+        self.tasks.recover()
+        self.nodes.recover()
+        self.store.flush()
+
+    def start_background_work(self) -> None:
+        """Resume timers, node boots, deletions and scheduling; called on the loop once the server runs."""
+        self.pools.resume()
+        self.jobs.resume()
+
+    async def close(self) -> None:
+        await self.background.close()  # the scheduler starts nothing more
+        try:
+            await self.context.agent.close()
+        finally:
+            self.store.close()  # whatever happened to the processes, the state is saved

@@ -1,0 +1,264 @@
+"""Tasks: adding, changing and ending them, and running each one on the node the scheduler chose.
+
+active -> (preparing) -> running -> completed; a failure within maxTaskRetryCount, a requeue
+(node reboot, removal, scheduling disabled, a restarted node agent) goes back to active.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+from .. import wire
+from ..errors import BatchServiceError
+from ..node import processes
+from ..node.agent import ProgramOutcome
+from .context import DomainContext
+from .entities import Job, Node, Task
+from .runtime import loop_running
+from .states import RUNNING_TASK_STATES
+from .validation import check_durations, check_id, check_resource_file, job_closed, not_emulated
+
+logger = logging.getLogger(__name__)
+
+NOT_EMULATED_TASK_PROPERTIES = ("dependsOn", "multiInstanceSettings", "exitConditions", "outputFiles",
+                                "applicationPackageReferences", "containerSettings", "authenticationTokenSettings")
+
+
+class Tasks:
+    def __init__(self, context: DomainContext):
+        self.context = context
+        self.repo = context.repo
+        self.agent = context.agent
+        # Wired by the service: a task of the job ended; a node has no running task any more.
+        self.on_task_ended: Callable[[Job], None] = lambda job: None
+        self.on_node_drained: Callable[[Node], None] = lambda node: None
+
+    # ---- operations ----------------------------------------------------------------------------
+    def create_tasks(self, job_id: str, bodies: list[dict]) -> list[tuple[Optional[Task], Optional[BatchServiceError]]]:
+        """Add several tasks; each gets its own result, as in addtaskcollection."""
+        job = self.repo.get_job(job_id)
+        if job.state in ("completed", "terminating", "deleting"):
+            raise job_closed(job)
+        results: list[tuple[Optional[Task], Optional[BatchServiceError]]] = []
+        for body in bodies:
+            try:
+                results.append((self._create_task(job, body), None))
+            except BatchServiceError as exc:
+                results.append((None, exc))
+        self.context.kick(job.pool_id)
+        return results
+
+    def _create_task(self, job: Job, body: dict) -> Task:
+        check_id("id", body["id"])
+        if body["id"].lower() in job.tasks:
+            raise BatchServiceError("TaskExists")
+        for unsupported in NOT_EMULATED_TASK_PROPERTIES:
+            if body.get(unsupported):
+                raise not_emulated(unsupported)
+        for index, resource_file in enumerate(body.get("resourceFiles") or []):
+            check_resource_file(f"resourceFiles[{index}]", resource_file)
+        # The job's maxWallClockTime limits the job as a whole (see Jobs), not each task.
+        constraints = {"maxWallClockTime": wire.MAX_DURATION, "retentionTime": "P7D",
+                       "maxTaskRetryCount": job.data["constraints"].get("maxTaskRetryCount", 0),
+                       **(body.get("constraints") or {})}
+        check_durations("constraints", constraints, ("maxWallClockTime", "retentionTime"))
+        now = wire.now_iso()
+        data = {"id": body["id"], "creationTime": now, "state": "active", "stateTransitionTime": now,
+                "commandLine": body["commandLine"],
+                "userIdentity": body.get("userIdentity") or {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
+                "constraints": constraints, "requiredSlots": body.get("requiredSlots") or 1,
+                "executionInfo": {"retryCount": 0, "requeueCount": 0}}
+        for optional in ("displayName", "resourceFiles", "environmentSettings", "affinityInfo"):
+            if body.get(optional) is not None:
+                data[optional] = body[optional]
+        task = Task(job.id, data)
+        task.touch()
+        self.repo.add_task(job, task)
+        job.pending[task.id.lower()] = None
+        return task
+
+    def replace_task(self, job_id: str, task_id: str, body: dict) -> Task:
+        task = self.repo.get_task(job_id, task_id)
+        if task.state == "completed":
+            raise BatchServiceError("TaskCompleted")
+        if body.get("constraints"):
+            task.data["constraints"].update(body["constraints"])
+        task.touch()
+        return task
+
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        job = self.repo.get_job(job_id)
+        task = self.repo.get_task(job_id, task_id)
+        if task.state != "completed":
+            self.stop(job, task, "terminate")
+
+    def reactivate_task(self, job_id: str, task_id: str) -> None:
+        job = self.repo.get_job(job_id)
+        task = self.repo.get_task(job_id, task_id)
+        if task.state != "completed" or task.execution_info.get("result") != "failure":
+            raise BatchServiceError("OperationInvalidForCurrentState",
+                                    "Only a task that completed with a failure can be reactivated.")
+        if job.state != "active":
+            raise BatchServiceError("JobNotActive")
+        task.data["executionInfo"] = {"retryCount": 0, "requeueCount": task.execution_info.get("requeueCount", 0)}
+        task.data.pop("nodeInfo", None)
+        task.set_state("active")
+        job.pending[task.id.lower()] = None
+        self.context.kick(job.pool_id)
+
+    def delete_task(self, job_id: str, task_id: str) -> None:
+        job = self.repo.get_job(job_id)
+        task = self.repo.get_task(job_id, task_id)
+        if task.state in RUNNING_TASK_STATES:
+            self.stop(job, task, "terminate")
+        self.repo.remove_task(job, task)
+
+    def task_files_root(self, job_id: str, task_id: str) -> str:
+        """The task's directory on the node where it last ran; FileNotFound before it ran."""
+        task = self.repo.get_task(job_id, task_id)
+        node_info = task.data.get("nodeInfo")
+        if not node_info:
+            raise BatchServiceError("FileNotFound", "The task has not been assigned to a compute node yet.")
+        pool = self.repo.find_pool(node_info["poolId"])
+        if pool is None or node_info["nodeId"] not in pool.nodes:
+            raise BatchServiceError("NodeNotFound", "The compute node the task ran on no longer exists.")
+        return self.agent.layout.task(pool.id, node_info["nodeId"], job_id, task.id).directory
+
+    # ---- ending or moving tasks ---------------------------------------------------------------------
+    def stop(self, job: Job, task: Task, option: str) -> None:
+        """End (terminate) or requeue a task, whether it waits, downloads or runs."""
+        if task.state == "active":
+            job.pending.pop(task.id.lower(), None)
+            if option == "terminate":
+                self._complete(job, task, ProgramOutcome.terminated())
+            return
+        if self.agent.stop(task.key, option):
+            return  # the runner finishes the bookkeeping when the process exits
+        node = self.repo.node_of(task)
+        if node is not None:
+            self._release_slot(node, task)
+        if option == "requeue":
+            self._requeue(job, task)
+        else:
+            self._complete(job, task, ProgramOutcome.terminated())
+
+    def evict(self, node: Node, option: str) -> None:
+        """Take running tasks off a node: requeue them, or end them (terminate)."""
+        for task_key in list(node.running):
+            job, task = self.repo.task_by_key(task_key)
+            if job is None or task is None:
+                node.running.pop(task_key, None)
+                continue
+            self.stop(job, task, "terminate" if option == "terminate" else "requeue")
+
+    def recover(self) -> None:
+        """At start-up: tasks that ran when the emulator stopped run again (their processes killed)."""
+        for job in self.repo.jobs.values():
+            for key, task in job.tasks.items():
+                if task.state in RUNNING_TASK_STATES:
+                    if task.pid and task.working_dir:
+                        processes.kill_leftover_process_group(task.pid, task.working_dir)
+                    self._requeue(job, task)
+                elif task.state == "active":
+                    job.pending[key] = None
+
+    # ---- running a task ------------------------------------------------------------------
+    def begin(self, node: Node, job: Job, task: Task) -> None:
+        """Called by the scheduler: claim the slots and start the runner."""
+        if self.context.background.closing:
+            job.pending[task.id.lower()] = None  # still active; the next start schedules it
+            return
+        node.running[task.key] = task.required_slots
+        node.record_slots()
+        node.data["totalTasksRun"] += 1
+        node.set_state("running")
+        paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
+        task.node_key = node.key
+        task.working_dir = paths.working_dir
+        task.data["nodeInfo"] = {
+            "affinityId": node.data["affinityId"], "poolId": node.pool_id, "nodeId": node.id,
+            "taskRootDirectory": self.agent.layout.task_root_relative(job.id, task.id)}
+        info = task.execution_info
+        info["startTime"] = wire.now_iso()
+        for name in ("endTime", "exitCode", "failureInfo", "result"):
+            info.pop(name, None)
+        task.set_state("preparing" if task.data.get("resourceFiles") else "running")
+        job.running_count += 1
+        self.context.background.spawn(self._run(node, job, task))
+
+    async def _run(self, node: Node, job: Job, task: Task) -> None:
+        # The task is on record as started before its program can run: a crash from here on
+        # requeues it (counted), never runs it silently a second time.
+        await self.context.store.durable()
+        if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
+            return  # ended, requeued or deleted meanwhile; bookkeeping already done
+        paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
+        settings = [*(job.data.get("commonEnvironmentSettings") or []), *(task.data.get("environmentSettings") or [])]
+        env = self.agent.environment(self.context.identity(node), paths, settings, job.id, task.id)
+        timeout = wire.parse_duration(task.data["constraints"]["maxWallClockTime"])
+        outcome = await self.agent.run_program(
+            task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
+            on_start=lambda pid: self._process_started(node, task, pid))
+        if task.node_key != node.key or task.state not in RUNNING_TASK_STATES:
+            return  # evicted or ended while it ran; bookkeeping already done
+        self._release_slot(node, task)
+        if not task.attached:
+            return  # deleted (or its job) while it ran: keep nothing
+        if outcome.stop_reason in ("requeue", "agent_restart"):
+            self._requeue(job, task)
+            return
+        if outcome.stop_reason == "shutdown":
+            return  # still running on record: the next start requeues it
+        if outcome.succeeded:
+            node.data["totalTasksSucceeded"] += 1
+        retries = task.data["constraints"].get("maxTaskRetryCount", 0)
+        info = task.execution_info
+        if outcome.retriable and (retries == -1 or info["retryCount"] < retries):
+            info["retryCount"] += 1
+            info["lastRetryTime"] = wire.now_iso()
+            outcome.apply_to(info)
+            task.set_state("active")
+            job.pending[task.id.lower()] = None
+            self.context.kick(job.pool_id)
+            return
+        self._complete(job, task, outcome)
+
+    def _process_started(self, node: Node, task: Task, pid: int) -> None:
+        """The program runs: a task with resource files leaves `preparing`, and the pid is kept so
+        that a start after a crash can kill a process this run left behind."""
+        if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
+            return
+        task.set_state("running")
+        task.pid = pid
+
+    def _release_slot(self, node: Node, task: Task) -> None:
+        if node.running.pop(task.key, None) is not None:
+            job = self.repo.find_job(task.job_id)
+            if job is not None:
+                job.running_count = max(0, job.running_count - 1)
+        node.record_slots()
+        if node.state == "running" and not node.running:
+            node.set_state("idle")
+        task.node_key = None
+        task.pid = None
+        if not node.running:
+            self.on_node_drained(node)
+        self.context.kick(node.pool_id)
+
+    def _requeue(self, job: Job, task: Task) -> None:
+        info = task.execution_info
+        info["requeueCount"] = info.get("requeueCount", 0) + 1
+        info["lastRequeueTime"] = wire.now_iso()
+        task.node_key = None
+        task.pid = None
+        task.set_state("active")
+        job.pending[task.id.lower()] = None
+        if loop_running():  # during recovery at start-up the loop is not running yet
+            self.context.kick(job.pool_id)
+
+    def _complete(self, job: Job, task: Task, outcome: ProgramOutcome) -> None:
+        outcome.apply_to(task.execution_info)
+        task.node_key = None
+        task.pid = None
+        task.set_state("completed")
+        self.on_task_ended(job)

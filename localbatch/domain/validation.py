@@ -1,0 +1,104 @@
+"""Checks of request bodies that the SDK's models cannot express, and what is kept of secrets."""
+from __future__ import annotations
+
+from .. import images, wire
+from ..errors import BatchServiceError, invalid_property
+from ..node.resourcefiles import check_relative_path
+
+_ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def check_id(name: str, value: str) -> None:
+    if not value or len(value) > 64 or not set(value) <= _ID_ALLOWED:
+        raise invalid_property(name, value, "An id may contain up to 64 letters, digits, hyphens and underscores.")
+
+
+def check_durations(prefix: str, values: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        if values.get(name) is not None:
+            try:
+                wire.parse_duration(values[name])
+            except ValueError:
+                raise invalid_property(f"{prefix}.{name}", values[name], "Expected an ISO-8601 duration.") from None
+
+
+def check_resource_file(path: str, resource_file: dict) -> None:
+    sources = [k for k in ("httpUrl", "storageContainerUrl", "autoStorageContainerName") if resource_file.get(k)]
+    if len(sources) != 1:
+        raise invalid_property(path, ",".join(sources) or "none",
+                               "Specify exactly one of httpUrl, storageContainerUrl and autoStorageContainerName.")
+    if sources[0] == "httpUrl" and not resource_file.get("filePath"):
+        raise invalid_property(f"{path}.filePath", "", "filePath is required with httpUrl.")
+    if resource_file.get("blobPrefix") and sources[0] == "httpUrl":
+        raise invalid_property(f"{path}.blobPrefix", resource_file["blobPrefix"],
+                               "blobPrefix applies to container sources only.")
+    reason = check_relative_path(resource_file.get("filePath") or "")
+    if reason:
+        raise invalid_property(f"{path}.filePath", resource_file["filePath"], reason)
+    if resource_file.get("fileMode"):
+        try:
+            int(resource_file["fileMode"], 8)
+        except ValueError:
+            raise invalid_property(f"{path}.fileMode", resource_file["fileMode"], "Expected an octal mode such as 0755.") from None
+
+
+def check_pool_body(body: dict) -> None:
+    vm_config = body.get("virtualMachineConfiguration")
+    if not vm_config:
+        raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": "virtualMachineConfiguration"})
+    images.check_virtual_machine_configuration(vm_config)
+    if vm_config.get("containerConfiguration"):
+        raise not_emulated("virtualMachineConfiguration.containerConfiguration")
+    if body.get("enableAutoScale"):
+        raise not_emulated("enableAutoScale")
+    for name in ("mountConfiguration", "applicationPackageReferences"):
+        if body.get(name):
+            raise not_emulated(name)
+    for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+        if (body.get(name) or 0) < 0:
+            raise invalid_property(name, body[name], "The value must be zero or more.")
+    if (body.get("taskSlotsPerNode") or 1) < 1:
+        raise invalid_property("taskSlotsPerNode", body["taskSlotsPerNode"], "The value must be at least 1.")
+    start_task = body.get("startTask")
+    if start_task:
+        for index, resource_file in enumerate(start_task.get("resourceFiles") or []):
+            check_resource_file(f"startTask.resourceFiles[{index}]", resource_file)
+        if start_task.get("containerSettings"):
+            raise not_emulated("startTask.containerSettings")
+
+
+def without_secrets(user_accounts: list[dict]) -> list[dict]:
+    """User accounts as they are kept and shown: passwords and private keys are never stored or echoed.
+    (Tasks run as the emulator's own user, so nothing needs them.)"""
+    kept = []
+    for account in user_accounts:
+        account = {key: value for key, value in account.items() if key != "password"}
+        if isinstance(account.get("linuxUserConfiguration"), dict):
+            account["linuxUserConfiguration"] = {key: value for key, value in account["linuxUserConfiguration"].items()
+                                                 if key != "sshPrivateKey"}
+        kept.append(account)
+    return kept
+
+
+def pool_info_without_secrets(pool_info: dict) -> dict:
+    pool = ((pool_info or {}).get("autoPoolSpecification") or {}).get("pool") or {}
+    if not pool.get("userAccounts"):
+        return pool_info
+    return {**pool_info, "autoPoolSpecification": {**pool_info["autoPoolSpecification"],
+                                                   "pool": {**pool, "userAccounts": without_secrets(pool["userAccounts"])}}}
+
+
+def not_emulated(feature: str) -> BatchServiceError:
+    return BatchServiceError("FeatureNotEmulated", values={
+        "Feature": feature, "Reason": "localbatch does not emulate this feature; see LIMITATIONS in README.md."})
+
+
+def user_record(body: dict) -> dict:
+    return {"name": body["name"], "isAdmin": bool(body.get("isAdmin")), "expiryTime": body.get("expiryTime"),
+            "sshPublicKey": body.get("sshPublicKey"), "hasPassword": bool(body.get("password"))}
+
+
+def job_closed(job) -> BatchServiceError:
+    """The error for a change to a job that is completed, terminating or being deleted."""
+    return BatchServiceError({"completed": "JobCompleted", "deleting": "JobBeingDeleted"}.get(
+        job.state, "JobBeingTerminated"))
