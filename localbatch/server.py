@@ -6,10 +6,11 @@ It runs its own event loop in a background thread, so tests and tools can embed 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from aiohttp import web
 
@@ -99,6 +100,24 @@ class LocalBatchServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop = self._thread = None
+
+    @contextlib.contextmanager
+    def holding(self, *steps: str) -> Iterator[None]:
+        """For tests: hold these infrastructure steps (names of Timings fields, e.g. "pool_deleting")
+        so the transitional state they leave an entity in lasts until the block ends."""
+        self._on_loop(lambda: [self.service.transitions.hold(step) for step in steps])
+        try:
+            yield
+        finally:
+            self._on_loop(lambda: [self.service.transitions.release(step) for step in steps])
+
+    def _on_loop(self, function: Callable[[], object]) -> None:
+        if self._loop is None or self.service is None:
+            raise RuntimeError("the server is not running")
+
+        async def call() -> None:
+            function()
+        asyncio.run_coroutine_threadsafe(call(), self._loop).result()
 
     def __enter__(self) -> "LocalBatchServer":
         return self.start()

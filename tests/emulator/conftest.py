@@ -4,8 +4,8 @@
   tests of one module (each test uses its own unique pool/job ids).
 - `client`: a BatchClient for it, signed with the well-known account key.
 - `raw`: an HTTP client that sends exactly what it is given.
-- `watchable_client`: a client of a second server whose transitional states (deleting,
-  resizing, rebooting) last long enough to be asserted on.
+- transitional states (deleting, resizing, rebooting) are held for as long as a test needs
+  them with `server.holding("pool_deleting", ...)`, never by slower timings or sleeps.
 - `pool_id`: a module-wide pool with two idle nodes of two slots each.
 - `blob_storage`: Azurite's blob service, reused from tests/conftest.py when that provides a
   fixture named `azurite`, otherwise started here from node_modules (`npm ci` first when it is
@@ -51,21 +51,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBatchServe
 def client(server: LocalBatchServer):
     with batch_client(server.url) as batch:
         yield batch
-
-
-def watchable_timings() -> Timings:
-    """Transitions that last long enough to be seen (deleting, resizing, rebooting) on any machine."""
-    return Timings(node_creating=0.5, node_starting=0.2, pool_deleting=0.5, node_leaving=0.3,
-                   job_terminating=0.5, job_deleting=0.5, node_rebooting=0.5)
-
-
-@pytest.fixture(scope="module")
-def watchable_client(tmp_path_factory: pytest.TempPathFactory):
-    """A client of a server whose transitional states last half a second, for tests that assert on them."""
-    location = tmp_path_factory.mktemp("localbatch-watchable")
-    with LocalBatchServer(str(location), timings=watchable_timings()) as running:
-        with batch_client(running.url) as batch:
-            yield batch
 
 
 @pytest.fixture(scope="module")

@@ -138,17 +138,17 @@ def test_disabled_job_starts_no_tasks(client, pool_id):
     assert wait_for_task(client, job_id, "waits").execution_info.exit_code == 0
 
 
-def test_delete_job_goes_through_deleting_and_removes_its_tasks(watchable_client):
-    client = watchable_client
+def test_delete_job_goes_through_deleting_and_removes_its_tasks(server, client):
     pool_id = unique_id("pool")
     create_pool_and_wait(client, pool_id, nodes=1)
     job_id = create_job(client, pool_id)
     run_task(client, job_id, "/bin/true", task_id="done")
-    poller = client.begin_delete_job(job_id, polling_interval=LRO_POLLING)
-    assert client.get_job(job_id).state == "deleting"
-    with pytest.raises(ResourceExistsError) as caught:
-        create_job(client, pool_id, job_id)
-    assert caught.value.error.code == "JobBeingDeleted"
+    with server.holding("job_deleting"):
+        poller = client.begin_delete_job(job_id, polling_interval=LRO_POLLING)
+        assert client.get_job(job_id).state == "deleting"
+        with pytest.raises(ResourceExistsError) as caught:
+            create_job(client, pool_id, job_id)
+        assert caught.value.error.code == "JobBeingDeleted"
     poller.result()
     with pytest.raises(ResourceNotFoundError):
         client.get_job(job_id)

@@ -68,8 +68,7 @@ def test_new_nodes_go_through_creating_and_starting(client):
 
 
 # ---- reboot -------------------------------------------------------------------------------------
-def test_reboot_requeues_running_tasks_and_they_run_again(watchable_client, tmp_path):
-    client = watchable_client
+def test_reboot_requeues_running_tasks_and_they_run_again(server, client, tmp_path):
     pool = unique_id("reboot")
     [node] = create_pool_and_wait(client, pool, nodes=1)
     job_id = create_job(client, pool)
@@ -80,11 +79,12 @@ def test_reboot_requeues_running_tasks_and_they_run_again(watchable_client, tmp_
         command_line=f"/bin/bash -c 'echo run >> {starts}; while [ ! -e {gate} ]; do sleep 0.02; done'"))
     wait_for(lambda: starts.exists() and starts.read_text(), "the task's program to start")
 
-    poller = client.begin_reboot_node(pool, node.id, reboot_options(), polling_interval=LRO_POLLING)
-    assert client.get_node(pool, node.id).state == "rebooting"
-    task = wait_for_task(client, job_id, "survivor", states=("active",))  # once its process is seen to end
-    assert task.execution_info.requeue_count == 1
-    gate.touch()
+    with server.holding("node_rebooting"):
+        poller = client.begin_reboot_node(pool, node.id, reboot_options(), polling_interval=LRO_POLLING)
+        assert client.get_node(pool, node.id).state == "rebooting"
+        task = wait_for_task(client, job_id, "survivor", states=("active",))  # once its process is seen to end
+        assert task.execution_info.requeue_count == 1
+        gate.touch()
     poller.result()
     rebooted = wait_for_nodes(client, pool, 1, states=("idle", "running"))[0]
     assert rebooted.last_boot_time > node.last_boot_time

@@ -12,12 +12,13 @@ from .support import (LRO_POLLING, create_pool_and_wait, pool_options, ubuntu_co
 
 
 # ---- create / get / exists / list --------------------------------------------------------------
-def test_create_pool_reports_resizing_then_becomes_steady_with_its_nodes(watchable_client):
-    client = watchable_client
+def test_create_pool_reports_resizing_then_becomes_steady_with_its_nodes(server, client):
     pool_id = unique_id("pool")
-    client.create_pool(pool_options(pool_id, nodes=2, display_name="two nodes",
-                                    metadata=[models.BatchMetadataItem(name="owner", value="tests")]))
-    created = client.get_pool(pool_id)
+    with server.holding("node_creating"):
+        client.create_pool(pool_options(pool_id, nodes=2, display_name="two nodes",
+                                        metadata=[models.BatchMetadataItem(name="owner", value="tests")]))
+        created = client.get_pool(pool_id)
+        assert [node.state for node in client.list_nodes(pool_id)] == ["creating", "creating"]
     assert created.state == "active"
     assert created.allocation_state == "resizing"
     assert created.target_dedicated_nodes == 2
@@ -118,18 +119,19 @@ def test_list_pools_with_a_malformed_filter_is_a_clear_400(client):
 
 
 # ---- delete ---------------------------------------------------------------------------------------
-def test_delete_pool_goes_through_deleting_and_the_poller_ends_when_it_is_gone(watchable_client):
-    client = watchable_client
+def test_delete_pool_goes_through_deleting_and_the_poller_ends_when_it_is_gone(server, client):
     pool_id = unique_id("pool")
     create_pool_and_wait(client, pool_id, nodes=1)
-    poller = client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING)
-    assert client.get_pool(pool_id).state == "deleting"
-    with pytest.raises(HttpResponseError) as caught:
-        client.update_pool(pool_id, models.BatchPoolUpdateOptions(display_name="late"))
-    assert caught.value.error.code == "PoolBeingDeleted"
-    with pytest.raises(ResourceExistsError) as caught:
-        client.create_pool(pool_options(pool_id, nodes=0))
-    assert caught.value.error.code == "PoolBeingDeleted"
+    with server.holding("pool_deleting"):
+        poller = client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING)
+        assert client.get_pool(pool_id).state == "deleting"
+        assert not poller.done()
+        with pytest.raises(HttpResponseError) as caught:
+            client.update_pool(pool_id, models.BatchPoolUpdateOptions(display_name="late"))
+        assert caught.value.error.code == "PoolBeingDeleted"
+        with pytest.raises(ResourceExistsError) as caught:
+            client.create_pool(pool_options(pool_id, nodes=0))
+        assert caught.value.error.code == "PoolBeingDeleted"
     poller.result()
     assert poller.done()
     with pytest.raises(ResourceNotFoundError):
@@ -144,13 +146,14 @@ def test_delete_missing_pool_fails_with_pool_not_found(client):
 
 
 # ---- resize / stop resize / remove nodes --------------------------------------------------------
-def test_resize_pool_up_and_down(watchable_client):
-    client = watchable_client
+def test_resize_pool_up_and_down(server, client):
     pool_id = unique_id("pool")
     create_pool_and_wait(client, pool_id, nodes=1)
-    poller = client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=3),
-                                      polling_interval=LRO_POLLING)
-    assert client.get_pool(pool_id).allocation_state == "resizing"
+    with server.holding("node_creating"):
+        poller = client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=3),
+                                          polling_interval=LRO_POLLING)
+        assert client.get_pool(pool_id).allocation_state == "resizing"
+        assert not poller.done()
     poller.result()
     pool = client.get_pool(pool_id)
     assert pool.allocation_state == "steady"
@@ -165,13 +168,13 @@ def test_resize_pool_up_and_down(watchable_client):
     assert len(list(client.list_nodes(pool_id))) == 1
 
 
-def test_resize_while_resizing_is_rejected(watchable_client):
-    client = watchable_client
+def test_resize_while_resizing_is_rejected(server, client):
     pool_id = unique_id("pool")
-    client.create_pool(pool_options(pool_id, nodes=1))  # still resizing right after creation
-    with pytest.raises(ResourceExistsError) as caught:
-        client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=2),
-                                 polling_interval=LRO_POLLING)
+    with server.holding("node_creating"):
+        client.create_pool(pool_options(pool_id, nodes=1))  # resizing until its node is allocated
+        with pytest.raises(ResourceExistsError) as caught:
+            client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=2),
+                                     polling_interval=LRO_POLLING)
     assert caught.value.error.code == "PoolNotSteady"
 
 
@@ -305,8 +308,7 @@ def test_pool_body_errors_name_the_property(client):
     assert details["PropertyName"] == "id"
 
 
-def test_a_pool_is_steady_by_the_time_its_nodes_are_idle(watchable_client):
-    client = watchable_client
+def test_a_pool_is_steady_by_the_time_its_nodes_are_idle(client):
     pool_id = unique_id("pool")
     create_pool_and_wait(client, pool_id, nodes=2)
     assert client.get_pool(pool_id).allocation_state == "steady"
