@@ -1,9 +1,12 @@
 """Persistence: every entity is one JSON row in SQLite, committed before the answers that reveal it.
 
-Entities mark themselves changed (see domain/entities.py); the store collects the marks made
-during one turn of the event loop and commits them in one transaction at the start of the next
-turn. The request pipeline awaits `settled()` before it answers, so any change a client is told
-about (any 2xx, or a state it reads) is on disk first and survives a SIGKILL.
+Entities mark themselves changed (see domain/entities.py); the store collects the marks and
+commits them in one transaction: at the start of the next event-loop turn as soon as anything
+waits for them, otherwise (background changes nobody has seen yet) within
+BACKGROUND_FLUSH_SECONDS. The request pipeline awaits `settled()` before it answers, so any
+change a client is told about (any 2xx, or a state it reads) is on disk first and survives a
+SIGKILL; a program starts only once the record that it runs is durable, so a crash makes its
+re-run a counted requeue.
 
 When a commit fails (the disk is full, the directory became read-only) nothing is dropped: the
 batch stays pending and is retried, `settled()` raises StoreUnavailable so the request is
@@ -21,6 +24,7 @@ from typing import Iterator, Optional, Protocol
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
+BACKGROUND_FLUSH_SECONDS = 0.05
 SCHEMA_VERSION = "1"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
@@ -77,7 +81,8 @@ class Store:
         # (kind, key) -> the entity to write, or None to delete the row.
         self._pending: dict[tuple[str, str], Optional[Persistent]] = {}
         self._prefix_deletes: list[tuple[str, str]] = []
-        self._flush_scheduled = False
+        self._flush: Optional[asyncio.Handle] = None
+        self._flush_is_soon = False
         self._waiters: list[asyncio.Future] = []
         self._retry: Optional[asyncio.TimerHandle] = None
         self.failure: Optional[str] = None  # why the last commit failed, until one succeeds
@@ -112,19 +117,18 @@ class Store:
     def dirty(self) -> bool:
         return bool(self._pending or self._prefix_deletes)
 
-    def _schedule(self) -> None:
-        if self._flush_scheduled or self.failure is not None:
-            return  # a failing store retries on its own timer
+    def _schedule(self, soon: bool = False) -> None:
+        """Commit on the next turn (`soon`: something waits for it) or a little later (background)."""
+        if self.failure is not None or (self._flush is not None and (self._flush_is_soon or not soon)):
+            return  # already planned; a failing store retries on its own timer
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # at start-up, before the loop runs: load() commits at its end
-        self._flush_scheduled = True
-        loop.call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._flush_scheduled = False
-        self.flush()
+        if self._flush is not None:
+            self._flush.cancel()
+        self._flush_is_soon = soon
+        self._flush = loop.call_soon(self.flush) if soon else loop.call_later(BACKGROUND_FLUSH_SECONDS, self.flush)
 
     # ---- committing -----------------------------------------------------------------------------
     def flush(self) -> bool:
@@ -132,6 +136,9 @@ class Store:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         if self.dirty:
             try:
                 self._commit()
@@ -194,7 +201,7 @@ class Store:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._schedule()
+        self._schedule(soon=True)
         await waiter
 
     async def durable(self) -> None:

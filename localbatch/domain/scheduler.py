@@ -20,10 +20,13 @@ LOOKAHEAD = 64
 class Scheduler:
     def __init__(self, find_pool: Callable[[str], Optional["Pool"]],
                  jobs_for_pool: Callable[[str], list["Job"]],
-                 start_task: Callable[["Node", "Job", "Task"], None]):
+                 start_task: Callable[["Node", "Job", "Task"], None], launch: Callable[[], None]):
+        """`start_task` assigns a task to a node; `launch` runs after each pass (once for all the
+        tasks it assigned, so they share one commit of the store before their programs start)."""
         self._find_pool = find_pool
         self._jobs_for_pool = jobs_for_pool
         self._start_task = start_task
+        self._launch = launch
         self._kicked: set[str] = set()
 
     def kick(self, pool_id: Optional[str]) -> None:
@@ -37,6 +40,10 @@ class Scheduler:
 
     def _dispatch(self, pool_key: str) -> None:
         self._kicked.discard(pool_key)
+        self._assign(pool_key)
+        self._launch()
+
+    def _assign(self, pool_key: str) -> None:
         pool = self._find_pool(pool_key)
         if pool is None or pool.data["state"] != "active":
             return

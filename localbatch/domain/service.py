@@ -40,7 +40,8 @@ class BatchService:
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)
         self.jobs = Jobs(self.context, self.pools, self.tasks)
-        self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin)
+        self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin,
+                                   self.tasks.launch)
         self.context.kick = self.scheduler.kick
 
     @property

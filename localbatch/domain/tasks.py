@@ -32,6 +32,7 @@ class Tasks:
         # Wired by the service: a task of the job ended; a node has no running task any more.
         self.on_task_ended: Callable[[Job], None] = lambda job: None
         self.on_node_drained: Callable[[Node], None] = lambda node: None
+        self._assigned: list[tuple[Node, Job, Task]] = []  # by the scheduler's current pass
 
     # ---- operations ----------------------------------------------------------------------------
     def create_tasks(self, job_id: str, bodies: list[dict]) -> list[tuple[Optional[Task], Optional[BatchServiceError]]]:
@@ -164,7 +165,7 @@ class Tasks:
 
     # ---- running a task ------------------------------------------------------------------
     def begin(self, node: Node, job: Job, task: Task) -> None:
-        """Called by the scheduler: claim the slots and start the runner."""
+        """Called by the scheduler: claim the slots; `launch` starts the program after the pass."""
         if self.context.background.closing:
             job.pending[task.id.lower()] = None  # still active; the next start schedules it
             return
@@ -184,14 +185,23 @@ class Tasks:
             info.pop(name, None)
         task.set_state("preparing" if task.data.get("resourceFiles") else "running")
         job.running_count += 1
-        self.context.background.spawn(self._run(node, job, task))
+        self._assigned.append((node, job, task))
 
-    async def _run(self, node: Node, job: Job, task: Task) -> None:
-        # The task is on record as started before its program can run: a crash from here on
-        # requeues it (counted), never runs it silently a second time.
-        await self.context.store.durable()
-        if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
-            return  # ended, requeued or deleted meanwhile; bookkeeping already done
+    def launch(self) -> None:
+        """Start the programs of the tasks just assigned, once the record that they run is durable:
+        a crash from then on requeues them (counted), never runs one silently a second time."""
+        if not self._assigned:
+            return
+        assigned, self._assigned = self._assigned, []
+        durable = self.context.store.flush()  # one commit for the whole pass, in this turn
+        for node, job, task in assigned:
+            self.context.background.spawn(self._run(node, job, task, durable))
+
+    async def _run(self, node: Node, job: Job, task: Task, durable: bool) -> None:
+        if not durable:  # the store could not commit: wait until it can
+            await self.context.store.durable()
+            if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
+                return  # ended, requeued or deleted meanwhile; bookkeeping already done
         paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
         settings = [*(job.data.get("commonEnvironmentSettings") or []), *(task.data.get("environmentSettings") or [])]
         env = self.agent.environment(self.context.identity(node), paths, settings, job.id, task.id)

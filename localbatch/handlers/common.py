@@ -92,22 +92,34 @@ def page_size(call: Call) -> int:
     return size
 
 
-def list_reply(call: Call, views: Iterable[dict], fragment: str, key: Callable[[dict], str] = lambda v: v["id"],
-               filterable: bool = True) -> Reply:
-    """A list operation: filter, sort by id, page with an absolute nextLink, then `$select`."""
+def list_reply(call: Call, items: Iterable[Any], fragment: str, key: Callable[[Any], str] = lambda v: v["id"],
+               filterable: bool = True, fields_of: Callable[[Any], dict] = lambda item: item,
+               view: Callable[[Any], dict] = lambda item: item) -> Reply:
+    """A list operation: filter, sort by key, page with an absolute nextLink, then `$select`.
+
+    `$filter` is tested against `fields_of(item)` and only the items of the page are turned into
+    their wire `view`, so a poll of a long list costs little more than the filter itself.
+    """
     predicate = odata.parse_filter(call.query.get("$filter")) if filterable else None
     fields = odata.parse_select(call.query.get("$select"))
     size = page_size(call)
     after = call.query.get("$skiptoken")
-    items = sorted((v for v in views if predicate is None or predicate(v)), key=key)
+    matching = (item for item in items if predicate is None or predicate(fields_of(item)))
     if after:
-        items = [v for v in items if key(v) > after]
-    page, rest = items[:size], items[size:]
+        matching = (item for item in matching if key(item) > after)
+    ordered = sorted(matching, key=key)
+    page, rest = ordered[:size], ordered[size:]
     body: dict[str, Any] = {"odata.metadata": call.metadata(fragment),
-                            "value": [odata.select(v, fields) for v in page]}
+                            "value": [odata.select(view(item), fields) for item in page]}
     if rest:
         body["odata.nextLink"] = _next_link(call, key(page[-1]), size)
     return Reply(200, body)
+
+
+def entity_list_reply(call: Call, entities: Iterable[Any], view: Callable[[Call, Any], dict], fragment: str) -> Reply:
+    """A list of pools, nodes, jobs or tasks, filtered on their stored wire form (everything but URLs)."""
+    return list_reply(call, entities, fragment, key=lambda entity: entity.id,
+                      fields_of=lambda entity: entity.data, view=lambda entity: view(call, entity))
 
 
 def _next_link(call: Call, last_key: str, size: int) -> str:

@@ -5,7 +5,8 @@ from azure.batch import models
 from azure.batch.models import _models as generated_models
 
 from ..http import Call, Reply
-from .common import accepted, body_of, check_conditions, created, entity_reply, list_reply, optional_body, updated
+from .common import (accepted, body_of, check_conditions, created, entity_list_reply, entity_reply, list_reply,
+                     optional_body, updated)
 from .views import job_url, job_view
 
 
@@ -22,7 +23,7 @@ def create_job(call: Call) -> Reply:
 
 
 def list_jobs(call: Call) -> Reply:
-    return list_reply(call, (job_view(call, j) for j in call.service.all_jobs()), "jobs")
+    return entity_list_reply(call, call.service.all_jobs(), job_view, "jobs")
 
 
 def get_job(call: Call) -> Reply:

@@ -5,7 +5,7 @@ from azure.batch import models
 from azure.batch.models import _models as generated_models
 
 from ..http import Call, Reply
-from .common import body_of, entity_reply, list_reply, optional_body
+from .common import body_of, entity_list_reply, entity_reply, optional_body
 from .views import node_view, pool_url
 
 
@@ -15,7 +15,7 @@ def _node_url(call: Call) -> str:
 
 def list_nodes(call: Call) -> Reply:
     pool = call.service.repo.get_pool(call.params["poolId"])
-    return list_reply(call, (node_view(call, n) for n in pool.nodes.values()), "nodes")
+    return entity_list_reply(call, list(pool.nodes.values()), node_view, "nodes")
 
 
 def get_node(call: Call) -> Reply:

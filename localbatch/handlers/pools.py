@@ -5,7 +5,8 @@ from azure.batch import models
 
 from ..http import Call, Reply
 from ..images import SUPPORTED_IMAGES
-from .common import accepted, body_of, check_conditions, created, entity_reply, list_reply, updated
+from .common import (accepted, body_of, check_conditions, created, entity_list_reply, entity_reply, list_reply,
+                     updated)
 from .views import pool_url, pool_view
 
 
@@ -22,7 +23,7 @@ def create_pool(call: Call) -> Reply:
 
 
 def list_pools(call: Call) -> Reply:
-    return list_reply(call, (pool_view(call, p) for p in call.service.all_pools()), "pools")
+    return entity_list_reply(call, call.service.all_pools(), pool_view, "pools")
 
 
 def get_pool(call: Call) -> Reply:

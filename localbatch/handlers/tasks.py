@@ -8,7 +8,7 @@ from azure.batch import models
 from .. import schema
 from ..errors import BatchServiceError
 from ..http import Call, Reply
-from .common import body_of, check_conditions, created, entity_reply, list_reply, updated
+from .common import body_of, check_conditions, created, entity_list_reply, entity_reply, updated
 from .views import job_url, task_view
 
 MAX_TASKS_PER_COLLECTION = 100
@@ -67,7 +67,7 @@ def _item_error(item: object, error: BatchServiceError) -> dict:
 
 def list_tasks(call: Call) -> Reply:
     job = call.service.repo.get_job(call.params["jobId"])
-    return list_reply(call, (task_view(call, t) for t in job.tasks.values()), "tasks")
+    return entity_list_reply(call, list(job.tasks.values()), task_view, "tasks")
 
 
 def get_task(call: Call) -> Reply:
