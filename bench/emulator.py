@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -16,46 +11,36 @@ from typing import Optional
 from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
+from common import REPOSITORY_ROOT  # noqa: F401 - bench/__main__.py and scenarios.py import it from here
+from common.local import RunningLocalbatch, start_localbatch
 from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
 
-REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 30
+STOP_TIMEOUT_SECONDS = 30  # after 10,000 tasks, writing the last state out takes a moment
 
 
 class EmulatorProcess:
-    """`python -m localbatch --port 0` in a fresh directory; stopped (SIGTERM) on exit."""
+    """`python -m localbatch --port 0` in a fresh directory (started by common.local); stopped on exit."""
 
     def __init__(self, location: Optional[str] = None):
         self._temporary = None if location else tempfile.TemporaryDirectory(prefix="localbatch-bench-")
-        self.location = location or self._temporary.name
+        self.location = location or os.path.join(self._temporary.name, "localbatch")
         self.url = ""
-        self.process: Optional[subprocess.Popen] = None
+        self._running: Optional[RunningLocalbatch] = None
 
     def __enter__(self) -> "EmulatorProcess":
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "localbatch", "--port", "0", "--location", self.location],
-            cwd=REPOSITORY_ROOT, stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            match = re.search(r"listening on (http://\S+)", line)
-            if match:
-                self.url = match.group(1)
-                return self
-            if self.process.poll() is not None:
-                break
-        self.__exit__()
-        raise RuntimeError(f"localbatch did not start (last output: {line.strip()!r})")
+        try:
+            self._running = start_localbatch(Path(self.location), timeout_seconds=STARTUP_TIMEOUT_SECONDS)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.url = self._running.url
+        return self
 
     def __exit__(self, *_exc) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self._running is not None:
+            self._running.stop(timeout_seconds=STOP_TIMEOUT_SECONDS)
+            self._running = None
         if self._temporary:
             self._temporary.cleanup()
 
@@ -68,7 +53,7 @@ class EmulatorProcess:
 
     def peak_rss_mb(self) -> float:
         """The emulator's peak resident set size (VmHWM) so far, in MiB."""
-        with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
+        with open(f"/proc/{self._running.pid}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024

@@ -19,6 +19,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from common import helpers
 from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
+from localbatch.accounts import AZURITE_ACCOUNT_NAME
 
 from .emulator import REPOSITORY_ROOT, EmulatorProcess
 
@@ -165,7 +166,7 @@ def sample_wall_time(sample: str = "sample1_helloworld.py") -> dict:
         environment = {
             **os.environ,
             "BATCHSAMPLES_BATCH_ENDPOINT": f"http://127.0.0.1:{batch_port}",
-            "BATCHSAMPLES_STORAGE_BLOB_ENDPOINT": f"http://127.0.0.1:{blob_port}/devstoreaccount1",
+            "BATCHSAMPLES_STORAGE_BLOB_ENDPOINT": f"http://127.0.0.1:{blob_port}/{AZURITE_ACCOUNT_NAME}",
             "BATCHSAMPLES_LOCAL_DATA_DIRECTORY": directory,
         }
         cold = _time_sample(sample, environment)

@@ -1,9 +1,25 @@
 """Start the local stack (localbatch + Azurite) when the configuration points at it.
 
-``LocalStack`` starts each emulator only if nothing answers on its port yet, waits until it
-answers, and stops exactly the processes it started. The children run in their own process
-group, so a Ctrl-C meant for the sample does not kill them before the sample's cleanup has
-talked to them.
+This module is the one place that starts the emulators as processes and reads their start-up
+lines. Its building blocks are public, for the tests and the benchmarks:
+
+- ``start_azurite(location, host, port)`` starts Azurite's blob service and returns a
+  ``RunningAzurite`` (``blob_endpoint``, ``connection_string``, ``stop()``).
+- ``start_localbatch(location, host, port, extra_args, environment)`` starts localbatch and
+  returns a ``RunningLocalbatch`` (``url``, ``pid``, ``stop()``, ``kill()``).
+
+Both return only once the emulator answers, run it in its own process group (so a Ctrl-C meant
+for the sample does not kill it before the sample's cleanup has talked to it), and write its
+output to a log file next to its location.
+
+``LocalStack`` uses them: it starts each emulator only if nothing answers on its port yet, and
+stops exactly the processes it started.
+
+The well-known account names and keys are defined in ``localbatch.accounts``; this module
+hands them on as ``AZURITE_ACCOUNT_NAME``, ``AZURITE_ACCOUNT_KEY``, ``LOCALBATCH_ACCOUNT_NAME``
+and ``LOCALBATCH_ACCOUNT_KEY``. It imports that module only when they are first used, because
+importing the ``localbatch`` package loads aiohttp, which a sample run against Azure does not
+install (``requirements.txt``).
 """
 
 from __future__ import annotations
@@ -21,7 +37,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from types import ModuleType
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 from common import REPOSITORY_ROOT
@@ -29,15 +46,30 @@ from common.config import SampleSettings, redact_secrets
 
 logger = logging.getLogger(__name__)
 
-AZURITE_ACCOUNT_NAME = "devstoreaccount1"
-AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-"""Azurite's published development key: it protects nothing and is safe to ship."""
-LOCALBATCH_ACCOUNT_NAME = "localbatch"
-LOCALBATCH_ACCOUNT_KEY = "MIFi2kO8kwSSKA1uy/WsjEDhbwVQBX6xm+RZ/uNAvcZk9D1JdqWAcq3KNI28KuZsRxEa2PxFSIIByWiP3Anw1Q=="
-"""localbatch's published well-known key: like Azurite's, it protects nothing."""
 LOCALBATCH_AUTOSTORAGE_VARIABLE = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 60.0
 _PROBE_TIMEOUT_SECONDS = 2.0
 _STOP_TIMEOUT_SECONDS = 10.0
+_WELL_KNOWN_NAMES = {
+    "AZURITE_ACCOUNT_NAME": "AZURITE_ACCOUNT_NAME",
+    "AZURITE_ACCOUNT_KEY": "AZURITE_ACCOUNT_KEY",
+    "LOCALBATCH_ACCOUNT_NAME": "WELL_KNOWN_ACCOUNT_NAME",
+    "LOCALBATCH_ACCOUNT_KEY": "WELL_KNOWN_ACCOUNT_KEY",
+}
+
+
+def _well_known_accounts() -> ModuleType:
+    """``localbatch.accounts``, imported on first use (importing the localbatch package loads aiohttp)."""
+    import localbatch.accounts
+
+    return localbatch.accounts
+
+
+def __getattr__(name: str) -> str:
+    """Hand on the well-known account names and keys from ``localbatch.accounts``."""
+    if name in _WELL_KNOWN_NAMES:
+        return getattr(_well_known_accounts(), _WELL_KNOWN_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LocalStackError(RuntimeError):
@@ -46,10 +78,7 @@ class LocalStackError(RuntimeError):
 
 def azurite_connection_string(blob_endpoint: str) -> str:
     """Return the connection string for Azurite's well-known account at ``blob_endpoint``."""
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT_NAME};"
-        f"AccountKey={AZURITE_ACCOUNT_KEY};BlobEndpoint={blob_endpoint};"
-    )
+    return _well_known_accounts().azurite_connection_string(blob_endpoint)
 
 
 def _probe(url: str) -> Optional[tuple[int, dict[str, str], bytes]]:
@@ -104,10 +133,10 @@ def azurite_answers(blob_endpoint: str) -> bool:
     return True
 
 
-class _StartedProcess:
-    """A child process this module started, with the log file it writes to."""
+class StartedEmulator:
+    """An emulator this module started: a child in its own process group, writing to a log file."""
 
-    def __init__(self, name: str, command: list[str], log_path: Path, environment: dict[str, str]) -> None:
+    def __init__(self, name: str, command: list[str], log_path: Path, environment: Mapping[str, str]) -> None:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,12 +147,24 @@ class _StartedProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=environment,
+                env=dict(environment),
                 start_new_session=True,
             )
         logger.info("Started %s (process %d), log in %s", name, self.process.pid, log_path)
 
+    @property
+    def pid(self) -> int:
+        """The emulator's process id (also the id of its process group)."""
+        return self.process.pid
+
+    def __enter__(self) -> "StartedEmulator":
+        return self
+
+    def __exit__(self, *_exception: object) -> None:
+        self.stop()
+
     def log_text(self) -> str:
+        """Everything the emulator has written so far (stdout and stderr)."""
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -144,20 +185,163 @@ class _StartedProcess:
                 raise TimeoutError(f"timed out waiting for {self.name} to start listening (log: {self.log_path})")
             time.sleep(0.05)
 
-    def stop(self) -> None:
-        """Stop the process group: SIGTERM, then SIGKILL if it has not exited within a few seconds."""
+    def wait_until_it_answers(self, answers: Callable[[], bool], deadline: float) -> None:
+        """Wait until ``answers()`` is true; raise if the process exits or time runs out."""
+        while not answers():
+            if self.process.poll() is not None:
+                raise LocalStackError(
+                    f"{self.name} exited with code {self.process.returncode} before it answered (log: {self.log_path})"
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out waiting for {self.name} to answer (log: {self.log_path})")
+            time.sleep(0.05)
+
+    def stop(self, timeout_seconds: float = _STOP_TIMEOUT_SECONDS) -> None:
+        """Stop the process group: SIGTERM, then SIGKILL if it has not exited within ``timeout_seconds``."""
         if self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+            self.process.wait(timeout=timeout_seconds)
         except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop within %.0f s; killing it", self.name, _STOP_TIMEOUT_SECONDS)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+            logger.warning("%s did not stop within %.0f s; killing it", self.name, timeout_seconds)
+            self.kill()
+            return
         logger.info("Stopped %s", self.name)
+
+    def kill(self) -> None:
+        """Kill the process group at once (SIGKILL), as a crash would, and reap the emulator."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+        logger.info("Killed %s", self.name)
+
+
+class RunningAzurite(StartedEmulator):
+    """Azurite's blob service, started by ``start_azurite`` and answering."""
+
+    host: str = ""
+    port: int = 0
+
+    @property
+    def blob_endpoint(self) -> str:
+        """The blob endpoint of the well-known account, e.g. ``http://127.0.0.1:10000/devstoreaccount1``."""
+        return f"http://{self.host}:{self.port}/{_well_known_accounts().AZURITE_ACCOUNT_NAME}"
+
+    @property
+    def connection_string(self) -> str:
+        """The connection string of the well-known account."""
+        return azurite_connection_string(self.blob_endpoint)
+
+
+class RunningLocalbatch(StartedEmulator):
+    """localbatch, started by ``start_localbatch`` and answering."""
+
+    url: str = ""
+    """Its Batch endpoint, e.g. ``http://127.0.0.1:10100``."""
+
+
+def _log_path_beside(location: Path) -> Path:
+    """``DIR/azurite`` logs to ``DIR/azurite.log``: beside the location, not inside the emulator's own files."""
+    return location.parent / f"{location.name}.log"
+
+
+def start_azurite(
+    location: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_path: Optional[Path] = None,
+    timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+) -> RunningAzurite:
+    """Start Azurite's blob service with its data in ``location``; return it once it answers.
+
+    A ``port`` of 0 picks a free one. Its output goes to ``log_path`` (default: ``location``
+    with ``.log`` added, beside it). Raises ``LocalStackError`` when Node.js or Azurite is
+    missing or Azurite exits while starting, and ``TimeoutError`` when it does not answer in time.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    node = shutil.which("node")
+    if node is None:
+        raise LocalStackError(
+            "Node.js is not installed, and the local stack needs it to run Azurite (the Storage emulator): "
+            "install Node.js 18 or newer (e.g. 'sudo apt-get install nodejs npm'), then run 'npm ci' in "
+            f"{REPOSITORY_ROOT}"
+        )
+    azurite = REPOSITORY_ROOT / "node_modules" / ".bin" / "azurite-blob"
+    if not azurite.exists():
+        raise LocalStackError(
+            f"Azurite is not installed in {REPOSITORY_ROOT / 'node_modules'}: run 'npm ci' in "
+            f"{REPOSITORY_ROOT} (make run and make test do it for you)"
+        )
+    location = Path(location)
+    running = RunningAzurite(
+        "Azurite",
+        [
+            node, str(azurite),
+            "--blobHost", host,
+            "--blobPort", str(port),
+            "--location", str(location),
+            "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry",
+        ],
+        log_path or _log_path_beside(location),
+        os.environ,
+    )
+    try:
+        match = running.wait_for_log_line(r"listens on http://\S+?:(\d+)", deadline)
+        running.host, running.port = host, int(match.group(1))
+        running.wait_until_it_answers(lambda: azurite_answers(running.blob_endpoint), deadline)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def start_localbatch(
+    location: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    extra_args: Sequence[str] = (),
+    environment: Optional[Mapping[str, str]] = None,
+    *,
+    log_path: Optional[Path] = None,
+    timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+) -> RunningLocalbatch:
+    """Start ``python -m localbatch`` with its state in ``location``; return it once it answers.
+
+    A ``port`` of 0 picks a free one. ``extra_args`` go on its command line (e.g.
+    ``["--node-startup-seconds", "600"]``); ``environment`` is its whole environment (default:
+    this process's). Its output goes to ``log_path`` (default: ``location`` with ``.log``
+    added, beside it). Raises ``LocalStackError`` when it exits while starting (with its
+    output), and ``TimeoutError`` when it does not answer in time.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    if not (REPOSITORY_ROOT / "localbatch" / "__main__.py").is_file():
+        raise LocalStackError(f"the localbatch emulator was not found in {REPOSITORY_ROOT / 'localbatch'}")
+    location = Path(location)
+    running = RunningLocalbatch(
+        "localbatch",
+        [
+            sys.executable, "-m", "localbatch",
+            "--host", host,
+            "--port", str(port),
+            "--location", str(location),
+            *extra_args,
+        ],
+        log_path or _log_path_beside(location),
+        os.environ if environment is None else environment,
+    )
+    try:
+        match = running.wait_for_log_line(r"localbatch listening on (http://\S+)", deadline)
+        running.url = match.group(1).rstrip("/")
+        running.wait_until_it_answers(lambda: localbatch_answers(running.url), deadline)
+    except BaseException:
+        running.stop()
+        raise
+    return running
 
 
 class LocalStack:
@@ -172,14 +356,15 @@ class LocalStack:
         self,
         data_directory: Path,
         batch_endpoint: str = "http://127.0.0.1:10100",
-        blob_endpoint: str = f"http://127.0.0.1:10000/{AZURITE_ACCOUNT_NAME}",
-        startup_timeout_seconds: float = 60.0,
+        blob_endpoint: Optional[str] = None,
+        startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
     ) -> None:
+        """``blob_endpoint`` defaults to Azurite's usual one, ``http://127.0.0.1:10000/devstoreaccount1``."""
         self.data_directory = Path(data_directory)
         self._batch_endpoint = batch_endpoint.rstrip("/")
-        self._blob_endpoint = blob_endpoint.rstrip("/")
+        self._blob_endpoint = (blob_endpoint or _well_known_accounts().AZURITE_DEFAULT_BLOB_ENDPOINT).rstrip("/")
         self.startup_timeout_seconds = startup_timeout_seconds
-        self._started: list[_StartedProcess] = []
+        self._started: list[StartedEmulator] = []
 
     @property
     def batch_endpoint(self) -> str:
@@ -223,7 +408,8 @@ class LocalStack:
         while self._started:
             self._started.pop().stop()
 
-    def _port(self, url: str) -> int:
+    @staticmethod
+    def _port(url: str) -> int:
         port = urlsplit(url).port
         return 0 if port is None else port
 
@@ -231,69 +417,31 @@ class LocalStack:
         if self._port(self._blob_endpoint) and azurite_answers(self._blob_endpoint):
             logger.info("Azurite already answers at %s", self._blob_endpoint)
             return
-        node = shutil.which("node")
-        if node is None:
-            raise LocalStackError(
-                "Node.js is not installed, and the local stack needs it to run Azurite (the Storage emulator): "
-                "install Node.js 18 or newer (e.g. 'sudo apt-get install nodejs npm'), then run 'npm ci' in "
-                f"{REPOSITORY_ROOT}"
-            )
-        azurite = REPOSITORY_ROOT / "node_modules" / ".bin" / "azurite-blob"
-        if not azurite.exists():
-            raise LocalStackError(
-                f"Azurite is not installed in {REPOSITORY_ROOT / 'node_modules'}: run 'npm ci' in "
-                f"{REPOSITORY_ROOT} (make run and make test do it for you)"
-            )
         parts = urlsplit(self._blob_endpoint)
-        account = parts.path.strip("/") or AZURITE_ACCOUNT_NAME
-        started = _StartedProcess(
-            "Azurite",
-            [
-                node, str(azurite),
-                "--blobHost", parts.hostname or "127.0.0.1",
-                "--blobPort", str(self._port(self._blob_endpoint)),
-                "--location", str(self.data_directory / "azurite"),
-                "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry",
-            ],
-            self.data_directory / "azurite.log",
-            dict(os.environ),
+        azurite = start_azurite(
+            self.data_directory / "azurite",
+            parts.hostname or "127.0.0.1",
+            self._port(self._blob_endpoint),
+            timeout_seconds=deadline - time.monotonic(),
         )
-        self._started.append(started)
-        match = started.wait_for_log_line(r"listens on (http://\S+?):(\d+)", deadline)
-        self._blob_endpoint = f"{parts.scheme}://{parts.hostname}:{match.group(2)}/{account}"
-        self._wait_until(lambda: azurite_answers(self._blob_endpoint), "Azurite", deadline)
+        self._started.append(azurite)
+        account = parts.path.strip("/") or _well_known_accounts().AZURITE_ACCOUNT_NAME
+        self._blob_endpoint = f"{parts.scheme}://{azurite.host}:{azurite.port}/{account}"
 
     def _start_localbatch(self, deadline: float) -> None:
         if self._port(self._batch_endpoint) and localbatch_answers(self._batch_endpoint):
             logger.info("localbatch already answers at %s", self._batch_endpoint)
             return
-        if not (REPOSITORY_ROOT / "localbatch" / "__main__.py").is_file():
-            raise LocalStackError(f"the localbatch emulator was not found in {REPOSITORY_ROOT / 'localbatch'}")
-        parts = urlsplit(self._batch_endpoint)
-        environment = dict(os.environ)
-        environment[LOCALBATCH_AUTOSTORAGE_VARIABLE] = self.storage_connection_string
-        started = _StartedProcess(
-            "localbatch",
-            [
-                sys.executable, "-m", "localbatch",
-                "--host", parts.hostname or "127.0.0.1",
-                "--port", str(self._port(self._batch_endpoint)),
-                "--location", str(self.data_directory / "localbatch"),
-            ],
-            self.data_directory / "localbatch.log",
-            environment,
+        environment = {**os.environ, LOCALBATCH_AUTOSTORAGE_VARIABLE: self.storage_connection_string}
+        localbatch = start_localbatch(
+            self.data_directory / "localbatch",
+            urlsplit(self._batch_endpoint).hostname or "127.0.0.1",
+            self._port(self._batch_endpoint),
+            environment=environment,
+            timeout_seconds=deadline - time.monotonic(),
         )
-        self._started.append(started)
-        match = started.wait_for_log_line(r"localbatch listening on (http://\S+)", deadline)
-        self._batch_endpoint = match.group(1).rstrip("/")
-        self._wait_until(lambda: localbatch_answers(self._batch_endpoint), "localbatch", deadline)
-
-    @staticmethod
-    def _wait_until(answers: Callable[[], bool], name: str, deadline: float) -> None:
-        while not answers():
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out waiting for {name} to answer")
-            time.sleep(0.05)
+        self._started.append(localbatch)
+        self._batch_endpoint = localbatch.url
 
 
 @contextlib.contextmanager

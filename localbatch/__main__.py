@@ -1,15 +1,52 @@
-"""python -m localbatch: run the emulator in the foreground, Azurite-style."""
+"""python -m localbatch: run the emulator in the foreground, Azurite-style.
+
+Start-up problems end it with one line on stderr and a non-zero exit code, never a traceback:
+
+- exit 2: the accounts in LOCALBATCH_ACCOUNTS cannot be read; ``--location`` cannot be used
+  (it is read-only, full, not a directory, not ours to write...); the state database in it
+  cannot be opened (e.g. it is corrupt);
+- exit 1: it cannot listen on ``--host``:``--port`` (the port is taken, the address is not ours).
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
 import signal
 import sys
 
 from .accounts import AccountConfigError
-from .server import LocalBatchServer
 from .domain.runtime import Timings
+from .domain.service import NODES_DIRECTORY, STATE_DIRECTORY
+from .server import LocalBatchServer
+from .store import StateDatabaseError
+
+LOCATION_SUBDIRECTORIES = (STATE_DIRECTORY, NODES_DIRECTORY)
+_WRITE_CHECK_BYTES = 4096  # one page: enough to need a block even on a file system with delayed allocation
+_LOCATION_PROBLEMS = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "not a directory",
+    errno.EEXIST: "not a directory",  # os.makedirs(exist_ok=True) on a path that is a file
+    errno.ELOOP: "too many levels of symbolic links",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error",
+}
+# Problems of the whole file system: naming the one path that met it first would only distract.
+_WHOLE_FILE_SYSTEM_PROBLEMS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO}
+
+
+class StartupError(Exception):
+    """localbatch cannot start; the message is the one line it prints, `exit_code` what it exits with."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -24,8 +61,77 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(server: LocalBatchServer) -> None:
-    await server.start_async()
+def describe_location_problem(error: OSError, location: str) -> str:
+    """What is wrong with ``location``, in a few words, from the OSError that using it raised."""
+    problem = _LOCATION_PROBLEMS.get(error.errno) or (error.strerror or str(error)).lower()
+    path = None if error.errno in _WHOLE_FILE_SYSTEM_PROBLEMS else error.filename
+    if path is not None and error.errno in (errno.ENOTDIR, errno.EEXIST):
+        path = _file_in_the_way(path)
+    if path is None or os.path.abspath(path) == os.path.abspath(location):
+        return problem
+    return f"{problem} ({path})"
+
+
+def _file_in_the_way(path: str) -> str:
+    """The first of ``path`` and its parents that exists but is not a directory (``path`` if none is)."""
+    candidate = path
+    while True:
+        if os.path.exists(candidate) and not os.path.isdir(candidate):
+            return candidate
+        parent = os.path.dirname(candidate)
+        if parent == candidate:
+            return path
+        candidate = parent
+
+
+def prepare_location(location: str) -> None:
+    """Create ``location`` and its subdirectories, and prove each can be written to.
+
+    Creates and removes a small file in every subdirectory, since a read-only or full file
+    system lets existing directories be opened but refuses the first write. Raises
+    ``StartupError`` (exit code 2) naming the problem.
+    """
+    try:
+        if os.path.exists(location) and not os.path.isdir(location):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), location)
+        for name in LOCATION_SUBDIRECTORIES:
+            directory = os.path.join(location, name)
+            os.makedirs(directory, exist_ok=True)
+            _check_writable(directory)
+    except OSError as exc:
+        raise StartupError(f"cannot use --location {location}: {describe_location_problem(exc, location)}", 2) from exc
+
+
+def _check_writable(directory: str) -> None:
+    probe = os.path.join(directory, f".localbatch-write-check-{os.getpid()}")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * _WRITE_CHECK_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        exc.filename = None  # the problem is the directory's, not the name of our probe's
+        raise
+    finally:
+        if os.path.lexists(probe):
+            os.remove(probe)
+
+
+async def start(server: LocalBatchServer, location: str, host: str, port: int) -> None:
+    """Open the state and bind; turn what can go wrong there into a ``StartupError``."""
+    try:
+        await server.start_async()
+    except StateDatabaseError as exc:
+        raise StartupError(f"{exc} (move it away to start with no state)", 2) from exc
+    except OSError as exc:
+        if exc.filename is not None:  # the file system, not the socket
+            raise StartupError(f"cannot use --location {location}: {describe_location_problem(exc, location)}",
+                               2) from exc
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1) from exc
+
+
+async def serve(server: LocalBatchServer, location: str, host: str, port: int) -> None:
+    await start(server, location, host, port)
     print(f"localbatch listening on {server.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         timings.node_starting = arguments.node_startup_seconds * 2 / 3
     try:
         server = LocalBatchServer(arguments.location, arguments.host, arguments.port, arguments.debug, timings)
-        asyncio.run(serve(server))
+        prepare_location(arguments.location)
+        asyncio.run(serve(server, arguments.location, arguments.host, arguments.port))
     except AccountConfigError as exc:
         print(f"localbatch: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"localbatch: cannot listen on {arguments.host}:{arguments.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+    except StartupError as exc:
+        print(f"localbatch: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -1,4 +1,10 @@
-"""The accounts localbatch accepts: a well-known one, plus any named in LOCALBATCH_ACCOUNTS."""
+"""The accounts localbatch accepts: a well-known one, plus any named in LOCALBATCH_ACCOUNTS.
+
+This module is also the one home of the well-known development accounts of the local stack:
+localbatch's own and Azurite's (the default auto-storage account). Everything else (the
+samples' ``common.local``, the tests, the benchmarks) imports them from here. It imports only
+the standard library.
+"""
 from __future__ import annotations
 
 import base64
@@ -9,6 +15,19 @@ WELL_KNOWN_ACCOUNT_NAME = "localbatch"
 # Published on purpose, like Azurite's devstoreaccount1 key: it protects nothing.
 WELL_KNOWN_ACCOUNT_KEY = "MIFi2kO8kwSSKA1uy/WsjEDhbwVQBX6xm+RZ/uNAvcZk9D1JdqWAcq3KNI28KuZsRxEa2PxFSIIByWiP3Anw1Q=="
 ACCOUNTS_ENV_VAR = "LOCALBATCH_ACCOUNTS"
+
+AZURITE_ACCOUNT_NAME = "devstoreaccount1"
+# Azurite's published development key: it protects nothing and is safe to ship.
+AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_DEFAULT_BLOB_ENDPOINT = f"http://127.0.0.1:10000/{AZURITE_ACCOUNT_NAME}"
+
+
+def azurite_connection_string(blob_endpoint: str = AZURITE_DEFAULT_BLOB_ENDPOINT,
+                              account_name: str = AZURITE_ACCOUNT_NAME,
+                              account_key: str = AZURITE_ACCOUNT_KEY) -> str:
+    """The connection string of an Azurite account (the well-known one by default) at ``blob_endpoint``."""
+    return (f"DefaultEndpointsProtocol=http;AccountName={account_name};AccountKey={account_key};"
+            f"BlobEndpoint={blob_endpoint};")
 
 
 class AccountConfigError(ValueError):

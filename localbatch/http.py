@@ -7,13 +7,15 @@ leaves before the changes it reveals are committed (see store.py).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional
 from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
@@ -34,11 +36,72 @@ LATENCY_WINDOW = 20_000
 
 
 @dataclass
+class FileRange:
+    """`length` bytes of an open regular file from offset `start`, for `_send` to stream.
+
+    The handler opens the file (off the event loop) so that a missing or unreadable file is still
+    an ordinary error reply; from then on `_send` owns the file: it reads one chunk at a time in the
+    default executor, never holding more than a chunk in memory, and closes the file when done.
+    """
+    file: BinaryIO                  # opened for reading, unbuffered (os.pread on its descriptor)
+    start: int
+    length: int
+    path: str = ""                  # for the log only
+    chunk_size: int = 256 * 1024
+
+    def close(self) -> None:
+        self.file.close()
+
+    async def send(self, request: web.Request, status: int, headers: dict[str, str]) -> web.StreamResponse:
+        """Stream the range with Content-Length announced up front.
+
+        A file that shrank under the stream cannot deliver the announced length: the response
+        ends with what there was and the connection is closed, so the client sees a short body
+        at once instead of waiting (no 500 after the headers, no hang). A client that goes away
+        just ends the stream.
+        """
+        loop = asyncio.get_running_loop()
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = self.length
+        reading: Optional[asyncio.Future] = None
+        try:
+            await response.prepare(request)
+            offset, remaining = self.start, self.length
+            while remaining > 0:
+                reading = loop.run_in_executor(None, os.pread, self.file.fileno(),
+                                               min(self.chunk_size, remaining), offset)
+                # Shielded: if the request is cancelled, the read still finishes before the close.
+                chunk = await asyncio.shield(reading)
+                reading = None
+                if not chunk:
+                    break
+                offset += len(chunk)
+                remaining -= len(chunk)
+                await response.write(chunk)  # waits for the client to take it (flow control)
+            if remaining > 0:
+                logger.warning("%s shrank while being sent: %d of %d bytes were not there", self.path,
+                               remaining, self.length)
+                response.force_close()
+        except ConnectionError:  # the client went away (reset, broken pipe, connection lost)
+            response.force_close()
+        except OSError:  # a read failed after the headers went out: all that can be done is to stop
+            logger.exception("streaming %s failed", self.path)
+            response.force_close()
+        finally:
+            if reading is not None and not reading.done():
+                reading.add_done_callback(lambda _: self.close())
+            else:
+                self.close()
+        return response
+
+
+@dataclass
 class Reply:
     status: int = 200
     body: Any = None                # dict -> JSON; bytes -> as is
     headers: dict[str, str] = field(default_factory=dict)
     content_type: Optional[str] = None
+    stream: Optional[FileRange] = None  # a file range to stream as the body (GET of a file)
 
     @classmethod
     def entity(cls, status: int, body: Optional[dict], etag: Optional[str], last_modified: str,
@@ -203,6 +266,12 @@ class Pipeline:
             content_type = reply.content_type
         if content_type:
             headers["Content-Type"] = content_type
+        if reply.stream is not None:
+            if request.method != "HEAD":
+                return await reply.stream.send(request, reply.status, headers)
+            reply.stream.close()
+            headers.setdefault("Content-Length", str(reply.stream.length))
+            return web.Response(status=reply.status, headers=headers)
         if request.method == "HEAD":
             headers.setdefault("Content-Length", str(len(body)))
             return web.Response(status=reply.status, headers=headers)

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 BACKGROUND_FLUSH_SECONDS = 0.05
 SCHEMA_VERSION = "1"
+DATABASE_NAME = "localbatch.sqlite3"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
     kind TEXT NOT NULL,
@@ -63,7 +64,7 @@ class Store:
 
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, "localbatch.sqlite3")
+        self.path = os.path.join(directory, DATABASE_NAME)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

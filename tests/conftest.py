@@ -25,6 +25,7 @@ from common.config import (
     sample_configuration_path,
 )
 from common.local import LocalStack, azurite_connection_string
+from localbatch.accounts import AZURITE_ACCOUNT_NAME
 from tests.samples.support import environment_without_overrides
 
 FAST_POLL_INTERVAL_SECONDS = "0.2"
@@ -47,7 +48,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     stack = LocalStack(
         data_directory=tmp_path_factory.mktemp("local-stack"),
         batch_endpoint="http://127.0.0.1:0",
-        blob_endpoint="http://127.0.0.1:0/devstoreaccount1",
+        blob_endpoint=f"http://127.0.0.1:0/{AZURITE_ACCOUNT_NAME}",
         startup_timeout_seconds=120,
     )
     stack.start()

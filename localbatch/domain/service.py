@@ -23,17 +23,21 @@ from .runtime import Background, Timings, Transitions
 from .scheduler import Scheduler
 from .tasks import Tasks
 
+# Under --location: the state database's directory, and the nodes' directories.
+STATE_DIRECTORY = "state"
+NODES_DIRECTORY = "nodes"
+
 
 class BatchService:
     def __init__(self, location: str, account_name: str, timings: Optional[Timings] = None,
                  auto_storage: Optional[AutoStorage] = None):
         self.location = os.path.abspath(location)
         self.account_name = account_name
-        self.store = Store(os.path.join(self.location, "state"))
+        self.store = Store(os.path.join(self.location, STATE_DIRECTORY))
         self.repo = Repository(self.store)
         self.transitions = Transitions(timings or Timings())
         self.background = Background()
-        agent = NodeAgent(NodeLayout(os.path.join(self.location, "nodes")),
+        agent = NodeAgent(NodeLayout(os.path.join(self.location, NODES_DIRECTORY)),
                           ResourceFileDownloader(auto_storage or AutoStorage()))
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name)
         self.tasks = Tasks(self.context)

@@ -1,22 +1,34 @@
-"""Files of tasks and of compute nodes: list, download (with ocp-range), properties, delete."""
+"""Files of tasks and of compute nodes: list, download (with ocp-range), properties, delete.
+
+Everything that touches the file system (resolving, stat, open, walking, deleting) runs in the
+default executor, never on the event loop; a download is streamed by the pipeline from an open
+file (`FileRange`), a chunk at a time. Only regular files and directories are served: a named
+pipe, socket or device answers FileNotFound (404), as if it were not there, and is never opened
+in a way that could block.
+"""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import errno
 import mimetypes
 import os
 import re
 import shutil
 import stat
-from typing import Iterator
+from typing import BinaryIO, Iterator, Optional
 from urllib.parse import quote
 
 from .. import wire
 from ..errors import BatchServiceError
-from ..http import Call, Reply
+from ..http import Call, FileRange, Reply
 from .common import bool_query, list_reply
 from .views import job_url, pool_url
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Never block on open (a FIFO swapped in after the stat), never follow a symlink swapped in for the
+# resolved last component, never acquire a controlling terminal.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 # ---- resolving a directory and a path inside it ----------------------------------------------
@@ -101,51 +113,72 @@ def _file_headers(base_url: str, relative: str, path: str, info: os.stat_result)
     return headers
 
 
-# ---- operations ----------------------------------------------------------------------------------
-def _list(call: Call, root: str, base_url: str) -> Reply:
-    recursive = bool(bool_query(call, "recursive"))
-    if not os.path.isdir(root):
-        return list_reply(call, [], "files")
-    entries = []
-    for name, path in _walk(root, recursive):
-        try:
-            entries.append(_entry(base_url, name, path, os.stat(path)))
-        except FileNotFoundError:
-            continue  # removed while listing
-    return list_reply(call, entries, "files", key=lambda entry: entry["name"])
+def _not_a_regular_file(relative: str) -> BatchServiceError:
+    return BatchServiceError("FileNotFound", "The path names neither a file nor a directory "
+                             "(a named pipe, socket or device).", values={"FilePath": relative})
 
 
-def _download(call: Call, root: str, base_url: str) -> Reply:
-    relative = call.params["filePath"]
-    path, info = _existing(root, relative)
-    headers = _file_headers(base_url, relative, path, info)
-    if stat.S_ISDIR(info.st_mode):
-        if call.method == "HEAD":
-            headers["Content-Length"] = "0"
-            return Reply(200, None, headers)
-        raise BatchServiceError("FileNotFound", "The path names a directory, not a file.")
-    start, end = 0, info.st_size
-    requested = call.headers.get("ocp-range")
+def _parse_range(requested: Optional[str], size: int) -> tuple[int, int]:
+    """[start, end) of the file to send for an ocp-range header (the whole file without one)."""
+    start, end = 0, size
     if requested:
         match = _RANGE.match(requested.strip())
         if not match or not (match.group(1) or match.group(2)):
             raise BatchServiceError("InvalidHeaderValue", values={"HeaderName": "ocp-range", "HeaderValue": requested})
         if match.group(1):
             start = int(match.group(1))
-            end = min(info.st_size, int(match.group(2)) + 1) if match.group(2) else info.st_size
+            end = min(size, int(match.group(2)) + 1) if match.group(2) else size
         else:
-            start = max(0, info.st_size - int(match.group(2)))
-    if call.method == "HEAD":
-        headers["Content-Length"] = str(info.st_size)
-        return Reply(200, None, headers, content_type=_content_type(path))
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        data = handle.read(max(0, end - start))
-    return Reply(200, data, headers, content_type=_content_type(path))
+            start = max(0, size - int(match.group(2)))
+    return start, end
 
 
-def _delete(call: Call, root: str) -> Reply:
-    relative = call.params["filePath"]
+# ---- blocking work, run in the executor ----------------------------------------------------------
+def _scan(root: str, base_url: str, recursive: bool) -> list[dict]:
+    if not os.path.isdir(root):
+        return []
+    entries = []
+    try:
+        for name, path in _walk(root, recursive):
+            try:
+                entries.append(_entry(base_url, name, path, os.stat(path)))
+            except FileNotFoundError:
+                continue  # removed while listing
+    except FileNotFoundError:
+        pass  # the directory itself went away while listing
+    return entries
+
+
+def _resolve_for_download(root: str, relative: str, reading: bool
+                          ) -> tuple[str, os.stat_result, Optional[BinaryIO]]:
+    """The path, its stat and, when `reading` a regular file, the file opened for reading."""
+    path, info = _existing(root, relative)
+    if stat.S_ISDIR(info.st_mode):
+        return path, info, None
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_a_regular_file(relative)
+    if not reading:
+        return path, info, None
+    try:
+        descriptor = os.open(path, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BatchServiceError("FileNotFound") from None  # removed since the stat
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise BatchServiceError("FileNotFound") from None  # became a symlink since it was resolved
+        raise
+    handle = os.fdopen(descriptor, "rb", buffering=0)
+    try:
+        opened = os.fstat(descriptor)  # what was opened, whatever the path names by now
+        if not stat.S_ISREG(opened.st_mode):
+            raise _not_a_regular_file(relative)
+    except BaseException:
+        handle.close()
+        raise
+    return path, opened, handle
+
+
+def _remove(call: Call, root: str, relative: str) -> None:
     path, info = _existing(root, relative)
     if os.path.realpath(path) == os.path.realpath(root):
         raise BatchServiceError("InvalidUri", "The root directory cannot be deleted.")
@@ -159,28 +192,65 @@ def _delete(call: Call, root: str) -> Reply:
             os.rmdir(path)
     else:
         os.remove(path)
+
+
+# ---- operations ----------------------------------------------------------------------------------
+async def _list(call: Call, root: str, base_url: str) -> Reply:
+    recursive = bool(bool_query(call, "recursive"))
+
+    def listing() -> Reply:  # filtering, sorting and paging thousands of entries is work too
+        return list_reply(call, _scan(root, base_url, recursive), "files", key=lambda entry: entry["name"])
+    return await asyncio.to_thread(listing)
+
+
+async def _download(call: Call, root: str, base_url: str) -> Reply:
+    relative = call.params["filePath"]
+    reading = call.method != "HEAD"
+    path, info, handle = await asyncio.to_thread(_resolve_for_download, root, relative, reading)
+    try:
+        headers = _file_headers(base_url, relative, path, info)
+        if stat.S_ISDIR(info.st_mode):
+            if call.method == "HEAD":
+                headers["Content-Length"] = "0"
+                return Reply(200, None, headers)
+            raise BatchServiceError("FileNotFound", "The path names a directory, not a file.")
+        start, end = _parse_range(call.headers.get("ocp-range"), info.st_size)
+        if call.method == "HEAD":
+            headers["Content-Length"] = str(info.st_size)
+            return Reply(200, None, headers, content_type=_content_type(path))
+        assert handle is not None
+        return Reply(200, None, headers, content_type=_content_type(path),
+                     stream=FileRange(handle, start, max(0, end - start), path))
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        raise
+
+
+async def _delete(call: Call, root: str) -> Reply:
+    await asyncio.to_thread(_remove, call, root, call.params["filePath"])
     return Reply(200)
 
 
-def list_task_files(call: Call) -> Reply:
-    return _list(call, *_task_root(call))
+async def list_task_files(call: Call) -> Reply:
+    return await _list(call, *_task_root(call))
 
 
-def get_task_file(call: Call) -> Reply:
-    return _download(call, *_task_root(call))
+async def get_task_file(call: Call) -> Reply:
+    return await _download(call, *_task_root(call))
 
 
-def delete_task_file(call: Call) -> Reply:
-    return _delete(call, _task_root(call)[0])
+async def delete_task_file(call: Call) -> Reply:
+    return await _delete(call, _task_root(call)[0])
 
 
-def list_node_files(call: Call) -> Reply:
-    return _list(call, *_node_root(call))
+async def list_node_files(call: Call) -> Reply:
+    return await _list(call, *_node_root(call))
 
 
-def get_node_file(call: Call) -> Reply:
-    return _download(call, *_node_root(call))
+async def get_node_file(call: Call) -> Reply:
+    return await _download(call, *_node_root(call))
 
 
-def delete_node_file(call: Call) -> Reply:
-    return _delete(call, _node_root(call)[0])
+async def delete_node_file(call: Call) -> Reply:
+    return await _delete(call, _node_root(call)[0])

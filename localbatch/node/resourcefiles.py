@@ -12,11 +12,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
+from ..accounts import azurite_connection_string
+
 DEFAULT_FILE_MODE = 0o770
-AZURITE_CONNECTION_STRING = (
-    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+AZURITE_CONNECTION_STRING = azurite_connection_string()
 
 
 class ResourceFileError(Exception):

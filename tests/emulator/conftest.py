@@ -13,25 +13,21 @@
 """
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from common.local import RunningAzurite, start_azurite
 from localbatch import LocalBatchServer, Timings
+from localbatch.accounts import AZURITE_ACCOUNT_KEY, AZURITE_ACCOUNT_NAME, azurite_connection_string
 
 from .support import WAIT, RawClient, batch_client, create_pool_and_wait, unique_id
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def fast_timings() -> Timings:
@@ -70,13 +66,12 @@ def pool_id(client) -> str:
 @dataclass
 class Azurite:
     blob_endpoint: str                  # http://127.0.0.1:PORT/devstoreaccount1
-    account_name: str = AZURITE_ACCOUNT
-    account_key: str = AZURITE_KEY
+    account_name: str = AZURITE_ACCOUNT_NAME
+    account_key: str = AZURITE_ACCOUNT_KEY
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={self.account_name};AccountKey={self.account_key};"
-                f"BlobEndpoint={self.blob_endpoint};")
+        return azurite_connection_string(self.blob_endpoint, self.account_name, self.account_key)
 
     def blob_service(self):
         from azure.storage.blob import BlobServiceClient
@@ -91,56 +86,27 @@ def _adapt(provided: Any) -> Azurite:
     text = provided if isinstance(provided, str) else getattr(provided, "connection_string", None)
     if text:
         fields = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
-        return Azurite(fields["BlobEndpoint"].rstrip("/"), fields.get("AccountName", AZURITE_ACCOUNT),
-                       fields.get("AccountKey", AZURITE_KEY))
+        return Azurite(fields["BlobEndpoint"].rstrip("/"), fields.get("AccountName", AZURITE_ACCOUNT_NAME),
+                       fields.get("AccountKey", AZURITE_ACCOUNT_KEY))
     return Azurite(str(getattr(provided, "blob_endpoint")).rstrip("/"))
 
 
-def _start_azurite(location: Path) -> tuple[subprocess.Popen, str]:
-    binary = REPOSITORY_ROOT / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.exists():
-        if shutil.which("npm") is None or shutil.which("node") is None:
-            pytest.skip("Azurite needs Node.js and npm, and neither node_modules nor npm is available")
+def _start_azurite(location: Path) -> RunningAzurite:
+    """Azurite from node_modules (installed with `npm ci` first when it is missing), via common.local."""
+    if shutil.which("node") is None:
+        pytest.skip("Azurite needs Node.js, which is not on PATH")
+    if not (REPOSITORY_ROOT / "node_modules" / ".bin" / "azurite-blob").exists():
+        if shutil.which("npm") is None:
+            pytest.skip("Azurite is not in node_modules and npm is not on PATH to install it")
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=REPOSITORY_ROOT, check=True,
                        stdout=subprocess.DEVNULL, timeout=600)
-    if shutil.which("node") is None:
-        pytest.skip("Azurite is installed but Node.js is not on PATH")
-    process = subprocess.Popen(
-        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", "0", "--location", str(location),
-         "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    found = threading.Event()
-    endpoint: list[str] = []
-
-    def read_output() -> None:
-        for line in process.stdout:  # keeps draining so Azurite never blocks on a full pipe
-            lines.append(line)
-            match = re.search(r"listens on (http://\S+)", line)
-            if match and not endpoint:
-                endpoint.append(match.group(1).rstrip("/"))
-                found.set()
-        found.set()
-
-    threading.Thread(target=read_output, name="azurite-output", daemon=True).start()
-    if not found.wait(WAIT) or not endpoint:
-        process.kill()
-        raise RuntimeError("Azurite did not start:\n" + "".join(lines[-20:]))
-    return process, endpoint[0]
+    return start_azurite(location, timeout_seconds=WAIT)
 
 
 @pytest.fixture(scope="session")
 def _own_azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    process, url = _start_azurite(tmp_path_factory.mktemp("azurite"))
-    try:
-        yield Azurite(f"{url}/{AZURITE_ACCOUNT}")
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(WAIT)
+    with _start_azurite(tmp_path_factory.mktemp("azurite") / "data") as running:
+        yield Azurite(running.blob_endpoint)
 
 
 @pytest.fixture(scope="session")
