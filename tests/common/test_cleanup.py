@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -20,6 +19,7 @@ from common.config import CleanupSettings, SampleSettings
 from common.helpers import create_pool_if_not_exists, pool_exists, select_verified_linux_image, unique_resource_name
 from common.storage import create_container_if_not_exists
 from tests.samples.support import FailRequests, connection_lost
+from tests.waiting import wait_for
 
 DELETE_EVERYTHING = CleanupSettings(delete_job=True, delete_pool=True, delete_container=True)
 WAIT = timedelta(minutes=2)
@@ -146,7 +146,5 @@ def test_ctrl_c_while_sending_the_deletes_is_held_back_until_all_are_sent(
         with pytest.raises(KeyboardInterrupt):
             report.raise_if_incomplete()
         # Every delete request went out despite the interrupt; Batch finishes them on its own.
-        deadline = time.monotonic() + WAIT.total_seconds()
-        while remaining(batch_client, local_blob_service_client, resources):
-            assert time.monotonic() < deadline, remaining(batch_client, local_blob_service_client, resources)
-            time.sleep(0.1)
+        wait_for(lambda: remaining(batch_client, local_blob_service_client, resources), "every resource to be deleted",
+                 WAIT.total_seconds(), poll=0.1, until=lambda left: not left)

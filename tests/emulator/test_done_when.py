@@ -8,7 +8,6 @@ first call with a clear AuthenticationFailed and leaves nothing behind.
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
 from azure.batch import BatchClient, models
@@ -17,23 +16,13 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
 from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME, LocalBatchServer
+from tests.waiting import wait_for
 
 from .conftest import fast_timings
 
 TASK_COUNT = 500
 DEADLINE_SECONDS = 300
 POLL_SECONDS = 0.2
-
-
-def _wait(check, what: str):
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(POLL_SECONDS)
 
 
 def run_script(client: BatchClient, input_sas_url: str, pool_id: str, job_id: str) -> dict:
@@ -48,8 +37,9 @@ def run_script(client: BatchClient, input_sas_url: str, pool_id: str, job_id: st
             command_line="/bin/bash -c 'cp input.txt $AZ_BATCH_NODE_SHARED_DIR/input.txt'",
             resource_files=[models.ResourceFile(http_url=input_sas_url, file_path="input.txt")],
             wait_for_success=True)))
-    nodes = _wait(lambda: (n := list(client.list_nodes(pool_id))) and len(n) == 2
-                  and all(node.state == "idle" for node in n) and n, "two idle nodes")
+    nodes = wait_for(lambda: (n := list(client.list_nodes(pool_id))) and len(n) == 2
+                     and all(node.state == "idle" for node in n) and n, "two idle nodes",
+                     DEADLINE_SECONDS, poll=POLL_SECONDS)
 
     client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id)))
     tasks = [models.BatchTaskCreateOptions(
@@ -58,9 +48,9 @@ def run_script(client: BatchClient, input_sas_url: str, pool_id: str, job_id: st
         for n in range(TASK_COUNT)]
     added = client.create_tasks(job_id, tasks, max_concurrency=4)
 
-    _wait(lambda: not list(client.list_tasks(job_id, filter="state eq 'active' or state eq 'running' "
-                                                           "or state eq 'preparing'", select=["id", "state"])),
-          "every task to complete")
+    wait_for(lambda: not list(client.list_tasks(job_id, filter="state eq 'active' or state eq 'running' "
+                                                              "or state eq 'preparing'", select=["id", "state"])),
+             "every task to complete", DEADLINE_SECONDS, poll=POLL_SECONDS)
     completed = list(client.list_tasks(job_id, filter="state eq 'completed'", select=["id", "executionInfo"]))
     outputs = {task.id: b"".join(client.download_task_file(job_id, task.id, "stdout.txt")).decode()
                for task in completed}

@@ -48,22 +48,19 @@ def test_get_node_and_node_not_found(client, pool_id):
     assert caught.value.error.code == "PoolNotFound"
 
 
-def test_new_nodes_go_through_creating_and_starting(client):
+def test_new_nodes_go_through_creating_and_starting(client, tmp_path):
     pool = unique_id("boot")
+    gate = tmp_path / "gate"
+    # The start task runs until the test releases it, so the node's waitingforstarttask state cannot be missed.
     client.create_pool(models.BatchPoolCreateOptions(
         id=pool, vm_size="standard_d2s_v3", target_dedicated_nodes=1,
         virtual_machine_configuration=ubuntu_configuration(),
-        start_task=models.BatchStartTask(command_line="sleep 0.3")))
-    seen: set[str] = set()
-
-    def observe():
-        for node in client.list_nodes(pool):
-            seen.add(node.state)
-            if node.state == "idle":
-                return node
-        return None
-    node = wait_for(observe, "the node to boot")
-    assert "waitingforstarttask" in seen
+        start_task=models.BatchStartTask(command_line=f"/bin/bash -c 'while [ ! -e {gate} ]; do sleep 0.02; done'")))
+    try:
+        wait_for_nodes(client, pool, 1, states=("waitingforstarttask",))
+    finally:
+        gate.touch()
+    [node] = wait_for_nodes(client, pool, 1, states=("idle",))
     assert node.start_task_info.state == "completed" and node.start_task_info.exit_code == 0
 
 

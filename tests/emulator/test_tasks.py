@@ -289,11 +289,25 @@ def test_max_parallel_tasks_one_runs_tasks_one_after_another(client, pool_id):
         assert later_start >= earlier_end
 
 
-def test_affinity_places_a_task_on_the_named_node(client, job_id, pool_id):
-    nodes = sorted(node.id for node in client.list_nodes(pool_id))
-    target = nodes[-1]
-    task = run_task(client, job_id, "/bin/true", affinity_info=models.BatchAffinityInfo(affinity_id=f"TVM:{target}"))
-    assert task.node_info.node_id == target
+def test_affinity_places_a_task_on_the_named_node(client, job_id, pool_id, tmp_path):
+    # Spread scheduling puts a task on the node with the most free slots. So make one node busier
+    # than the other and name the busier one: only affinity can bring the task there.
+    assert client.get_pool(pool_id).task_scheduling_policy.node_fill_type.lower() == "spread"
+    wait_for(lambda: all(n.state == "idle" for n in client.list_nodes(pool_id)), "the pool's nodes to be idle")
+    gate = tmp_path / "gate"
+    client.create_task(job_id, _task("blocker", f"/bin/bash -c 'while [ ! -e {gate} ]; do sleep 0.02; done'"))
+    try:
+        busy = wait_for_task(client, job_id, "blocker", states=("running",)).node_info.node_id
+        slots_in_use = {n.id: n.running_task_slots_count for n in client.list_nodes(pool_id)}
+        [other] = set(slots_in_use) - {busy}
+        assert (slots_in_use[busy], slots_in_use[other]) == (1, 0)  # 1 free slot against 2: spread picks `other`
+
+        task = run_task(client, job_id, "/bin/true", affinity_info=models.BatchAffinityInfo(affinity_id=f"TVM:{busy}"))
+
+        assert task.node_info.node_id == busy
+    finally:
+        gate.touch()
+    wait_for_task(client, job_id, "blocker")
 
 
 def test_required_slots_fill_a_node(client, pool_id):

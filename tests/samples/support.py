@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,6 +21,7 @@ from common import REPOSITORY_ROOT
 from common.clients import create_batch_client, create_blob_service_client
 from common.config import ENVIRONMENT_PREFIX, SampleSettings, load_settings, sample_configuration_path
 from common.helpers import enum_value
+from tests.waiting import wait_for
 
 SAMPLE1 = "sample1_helloworld.py"
 SAMPLE2 = "sample2_pools_and_resourcefiles.py"
@@ -131,14 +131,11 @@ def take_inventory(backend: Backend) -> Inventory:
 
 def assert_left_behind(backend: Backend, before: Inventory, expected: Inventory = NOTHING) -> None:
     """Assert that, compared with ``before``, exactly ``expected`` is left (waiting, bounded, for deletions to finish)."""
-    deadline = time.monotonic() + backend.inventory_timeout_seconds
-    while True:
-        left = take_inventory(backend).minus(before)
-        if left == expected:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"left behind {left}, expected {expected}")
-        time.sleep(0.2)
+    try:
+        wait_for(lambda: take_inventory(backend).minus(before), f"exactly {expected} to be left behind",
+                 backend.inventory_timeout_seconds, poll=0.2, until=lambda left: left == expected)
+    except TimeoutError as error:  # the last inventory seen is in the message
+        raise AssertionError(str(error)) from None
 
 
 def created_ids(output: str, kind: str) -> list[str]:

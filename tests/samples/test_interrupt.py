@@ -7,9 +7,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -23,6 +22,7 @@ from tests.samples.support import (
     assert_left_behind,
     take_inventory,
 )
+from tests.waiting import wait_for
 
 WAIT_SECONDS = 120
 
@@ -38,11 +38,14 @@ def slow_localbatch(tmp_path: Path) -> Iterator[str]:
             cwd=REPOSITORY_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not (match := re.search(r"listening on (http://\S+)", log_path.read_text())):
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        yield match.group(1)
+        def listening_url() -> Optional[str]:
+            log = log_path.read_text()
+            if match := re.search(r"listening on (http://\S+)", log):
+                return match.group(1)
+            assert process.poll() is None, log  # it died before listening: no use waiting on
+            return None
+
+        yield wait_for(listening_url, "the slow localbatch to listen", WAIT_SECONDS, poll=0.05)
     finally:
         process.terminate()
         process.wait(timeout=30)

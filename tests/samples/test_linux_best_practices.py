@@ -12,7 +12,6 @@ README.md ("Azure Batch on Linux: best practices") explains:
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Optional
@@ -32,6 +31,7 @@ from common.helpers import (
     wait_for_tasks_to_complete,
     wrap_commands_in_shell,
 )
+from tests.waiting import wait_for
 
 WAIT = timedelta(minutes=2)
 POLL_SECONDS = 0.1
@@ -97,22 +97,20 @@ def run_task(batch_client: BatchClient, job_id: str, command_line: str,
 
 
 def wait_for_task_state(batch_client: BatchClient, job_id: str, task_id: str, state: models.BatchTaskState) -> None:
-    deadline = time.monotonic() + WAIT.total_seconds()
-    while enum_value(batch_client.get_task(job_id, task_id, select=["id", "state"]).state) != state.value:
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"task {task_id} did not reach state {state.value}")
-        time.sleep(POLL_SECONDS)
+    wait_for(lambda: enum_value(batch_client.get_task(job_id, task_id, select=["id", "state"]).state),
+             f"task {task_id} to reach state {state.value}", WAIT.total_seconds(), poll=POLL_SECONDS,
+             until=lambda current: current == state.value)
 
 
 def wait_for_output(batch_client: BatchClient, job_id: str, task_id: str, text: str) -> str:
-    deadline = time.monotonic() + WAIT.total_seconds()
-    while True:
-        output = read_task_file_as_text(batch_client, job_id, task_id, "stdout.txt")
-        if text in output:
-            return output
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"task {task_id} never printed {text!r}; stdout so far: {output!r}")
-        time.sleep(POLL_SECONDS)
+    """Wait until the task's stdout.txt holds ``text``; return it.
+
+    Until the task starts on a node there is no stdout.txt: Batch answers 404 (FileNotFound), which
+    wait_for takes as "not yet".
+    """
+    return wait_for(lambda: read_task_file_as_text(batch_client, job_id, task_id, "stdout.txt"),
+                    f"task {task_id} to print {text!r} to stdout.txt", WAIT.total_seconds(), poll=POLL_SECONDS,
+                    until=lambda output: text in output)
 
 
 def exit_code(task: models.BatchTask) -> int:
@@ -163,7 +161,11 @@ def test_set_e_stops_at_the_first_failing_command(local_batch_client: BatchClien
 # ---- 3. wait for background processes ------------------------------------------------------------
 
 def background_command(release_file: Path) -> str:
-    """A background job that can only finish once the test creates ``release_file``."""
+    """A background job that can only finish once the test creates ``release_file``.
+
+    Its polling loop is the task's own background work, which is what these tests are about; every
+    test that starts one creates ``release_file`` in a ``finally``.
+    """
     return f"(while [ ! -e {release_file} ]; do sleep 0.05; done; echo background-finished) &"
 
 
