@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 
 from common import REPOSITORY_ROOT
 from common.config import environment_variable_name
-from common.local import localbatch_answers
+from common.local import localbatch_answers, start_localbatch
 from tests.samples.support import (
     NOTHING,
     SAMPLE2,
@@ -22,7 +22,6 @@ from tests.samples.support import (
     assert_left_behind,
     take_inventory,
 )
-from tests.waiting import wait_for
 
 WAIT_SECONDS = 120
 
@@ -30,25 +29,8 @@ WAIT_SECONDS = 120
 @pytest.fixture
 def slow_localbatch(tmp_path: Path) -> Iterator[str]:
     """A localbatch whose nodes take minutes to start, so a sample is surely still waiting for them."""
-    log_path = tmp_path / "localbatch.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "localbatch", "--port", "0", "--location", str(tmp_path / "state"),
-             "--node-startup-seconds", "600"],
-            cwd=REPOSITORY_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        def listening_url() -> Optional[str]:
-            log = log_path.read_text()
-            if match := re.search(r"listening on (http://\S+)", log):
-                return match.group(1)
-            assert process.poll() is None, log  # it died before listening: no use waiting on
-            return None
-
-        yield wait_for(listening_url, "the slow localbatch to listen", WAIT_SECONDS, poll=0.05)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with start_localbatch(tmp_path / "state", extra_args=["--node-startup-seconds", "600"]) as emulator:
+        yield emulator.url
 
 
 def test_ctrl_c_while_waiting_for_nodes_cleans_up_and_exits_130(
