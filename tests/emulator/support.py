@@ -1,4 +1,5 @@
-"""Helpers for the localbatch contract tests: bounded waits, SDK builders, a raw HTTP client.
+"""Helpers for the localbatch contract tests: bounded waits, SDK builders, a raw HTTP client, and
+`python -m localbatch` as a child process (start, crash with its launchers, read its state store).
 
 The raw client signs requests with its own Shared Key implementation, written from
 BATCH_FACTS.md and azure-batch's BatchSharedKeyAuthPolicy, so the emulator's verifier is
@@ -12,9 +13,17 @@ import hashlib
 import hmac
 import http.client
 import json
-import time
+import os
+import queue
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -22,6 +31,7 @@ from azure.batch import BatchClient, models
 from azure.core.credentials import AzureNamedKeyCredential
 
 from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
+from tests.waiting import wait_for as _wait_for
 
 API_VERSION = "2025-06-01"
 POLL = 0.02            # seconds between polls of the emulator
@@ -35,16 +45,11 @@ def unique_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def wait_for(check: Callable[[], Optional[T]], what: str, timeout: float = WAIT) -> T:
-    """Poll `check` until it returns something truthy; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(POLL)
+def wait_for(check: Callable[[], Optional[T]], what: str, timeout: float = WAIT, *, poll: float = POLL,
+             **options: Any) -> T:
+    """Poll `check` until it returns something truthy: tests/waiting.py's wait_for at this suite's pace
+    (a 404 counts as "not yet"; TimeoutError naming `what` after `timeout` seconds)."""
+    return _wait_for(check, what, timeout, poll=poll, **options)
 
 
 # ---- SDK side ----------------------------------------------------------------------------------
@@ -215,3 +220,147 @@ class RawClient:
 
 def decoded_path(url: str) -> str:
     return unquote(urlsplit(url).path)
+
+
+# ---- `python -m localbatch` as a child process ---------------------------------------------------
+# Shared by the tests that start the emulator the way a user does, crash it, and start it again.
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER_SCRIPT_NAME = b"launcher.py"  # the emulator runs task programs through children running it
+
+
+class RunningEmulator:
+    """`python -m localbatch --port 0 --location LOCATION ...` as a child process.
+
+    Its stdout is read on one thread (the first line is its URL) and its stderr on another, so a
+    chatty emulator never blocks on a full pipe; `stderr` holds what it wrote once it has ended.
+    """
+
+    def __init__(self, location: Path, *arguments: str, env: Optional[dict[str, str]] = None):
+        environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT), **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "localbatch", "--port", "0", "--location", str(location), *arguments],
+            cwd=REPOSITORY_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        self._stderr_lines: list[str] = []
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stdout(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            self._stderr_lines.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr_lines)
+
+    def url(self) -> str:
+        """The URL it prints once it listens (fails if it exits first or stays silent for WAIT seconds)."""
+        try:
+            line = self.lines.get(timeout=WAIT)
+        except queue.Empty:
+            raise TimeoutError(f"localbatch printed no URL within {WAIT:.0f} s; its stderr:\n{self.stderr}") from None
+        match = re.fullmatch(r"localbatch listening on (http://127\.0\.0\.1:(\d+))\n", line)
+        assert match, f"unexpected first line {line!r}; stderr:\n{self.stderr}"
+        assert int(match.group(2)) > 0
+        return match.group(1)
+
+    def finish(self, signum: int) -> int:
+        """Send `signum`, wait for the exit, and return the exit code (stderr is complete then)."""
+        self.process.send_signal(signum)
+        code = self.process.wait(WAIT)
+        self._join_readers()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL it if it still runs (clean-up; its launchers end on their own when it is gone)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(WAIT)
+        self._join_readers()
+
+    def _join_readers(self) -> None:
+        for reader in self._readers:
+            reader.join(WAIT)
+
+
+def process_state(pid: int) -> Optional[str]:
+    """The one-letter state in /proc/PID/stat (R, S, D, T, Z, ...), or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(") ", 1)[1][0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie only waits to be reaped: it no longer runs)."""
+    return process_state(pid) not in (None, "Z", "X")
+
+
+def launcher_pids(emulator_pid: int) -> list[int]:
+    """The emulator's launcher processes: its children running launcher.py."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if parent == emulator_pid and LAUNCHER_SCRIPT_NAME in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop(pids: Iterable[int], what: str) -> None:
+    """SIGSTOP each process and wait until the kernel reports it stopped (or already dead)."""
+    pids = list(pids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: all(process_state(pid) in (None, "T", "t", "Z", "X") for pid in pids), f"{what} to stop")
+
+
+def crash_with_launchers(emulator: RunningEmulator) -> list[int]:
+    """SIGKILL the emulator and its launchers as one event, as an OOM kill or a power cut would:
+    nothing gets to clean up, so task processes outlive them. Returns the launchers' pids.
+
+    Killing them one after the other is not enough: whichever dies first is noticed by the
+    others (a launcher kills its programs when the emulator's pipe closes; the emulator kills a
+    dead launcher's programs), and they may run before the next SIGKILL lands. So the emulator
+    is frozen first (it can then start no new launcher), then its launchers, and only then is
+    every one of them killed.
+    """
+    pid = emulator.process.pid
+    _stop([pid], f"the emulator ({pid})")
+    launchers = launcher_pids(pid)
+    _stop(launchers, f"its launchers {launchers}")
+    for launcher in launchers:
+        try:
+            os.kill(launcher, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.kill(pid, signal.SIGKILL)
+    emulator.process.wait(WAIT)
+    emulator.kill()  # joins the output readers
+    return launchers
+
+
+def persisted(location: Path, kind: str, key_pattern: str) -> Optional[dict]:
+    """An entity as the emulator last wrote it to its state store (read-only), by SQL LIKE on its key."""
+    path = location / "state" / "localbatch.sqlite3"
+    if not path.exists():
+        return None
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT body FROM entities WHERE kind=? AND key LIKE ?", (kind, key_pattern)).fetchone()
+    return json.loads(row[0]) if row else None

@@ -3,67 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import signal
-import sqlite3
 import subprocess
 import sys
-import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
 from azure.batch import models
 
-from .support import (WAIT, batch_client, create_job, create_pool_and_wait, ubuntu_configuration, wait_for,
+from .support import (REPOSITORY_ROOT, WAIT, RunningEmulator, batch_client, crash_with_launchers, create_job,
+                      create_pool_and_wait, persisted, process_alive, ubuntu_configuration, wait_for,
                       wait_for_nodes, wait_for_task)
-
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-
-
-class RunningEmulator:
-    """`python -m localbatch` as a child process, with its output read on a thread."""
-
-    def __init__(self, location: Path, *arguments: str, env: dict[str, str] | None = None):
-        environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT), **(env or {})}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "localbatch", "--port", "0", "--location", str(location), *arguments],
-            cwd=REPOSITORY_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: "queue.Queue[str]" = queue.Queue()
-        self.stderr = ""
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def url(self) -> str:
-        line = self.lines.get(timeout=WAIT)
-        match = re.fullmatch(r"localbatch listening on (http://127\.0\.0\.1:(\d+))\n", line)
-        assert match, line
-        assert int(match.group(2)) > 0
-        return match.group(1)
-
-    def finish(self, signum: int) -> int:
-        self.process.send_signal(signum)
-        code = self.process.wait(WAIT)
-        self.stderr = self.process.stderr.read()
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(WAIT)
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs (a zombie only waits to be reaped: it no longer runs)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -100,7 +50,7 @@ def test_sigterm_ends_running_tasks_and_state_survives(tmp_path):
         assert first.finish(signal.SIGTERM) == 0
     finally:
         first.kill()
-    assert not _alive(int(pid_file.read_text())), "SIGTERM must end the task's process too"
+    assert not process_alive(int(pid_file.read_text())), "SIGTERM must end the task's process too"
 
     second = RunningEmulator(location, "--node-startup-seconds", "0.05")
     try:
@@ -133,32 +83,6 @@ def test_a_malformed_accounts_variable_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def _launcher_pids(emulator_pid: int) -> list[int]:
-    """The emulator's launcher processes (its children running launcher.py)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().split(") ", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if parent == emulator_pid and b"launcher.py" in command:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _crash_with_launchers(emulator: RunningEmulator) -> None:
-    """SIGKILL the emulator and its launchers at once, as an OOM kill or a power cut would:
-    nothing is left to clean up, so task processes outlive them."""
-    launchers = _launcher_pids(emulator.process.pid)
-    assert launchers, "precondition: the emulator runs its programs through a launcher"
-    for pid in [emulator.process.pid, *launchers]:
-        os.kill(pid, signal.SIGKILL)
-    emulator.process.wait(WAIT)
-
-
 def test_when_the_emulator_alone_crashes_its_launcher_ends_the_task_processes(tmp_path):
     pid_file = tmp_path / "pid"
     crashed = RunningEmulator(tmp_path / "state", "--node-startup-seconds", "0.05")
@@ -174,17 +98,7 @@ def test_when_the_emulator_alone_crashes_its_launcher_ends_the_task_processes(tm
     finally:
         crashed.kill()
     pid = int(pid_file.read_text())
-    wait_for(lambda: not _alive(pid), "the launcher to end the orphaned task's process")
-
-
-def _persisted(location: Path, kind: str, key_pattern: str) -> dict | None:
-    """An entity as the emulator last wrote it to its state store (read-only), by SQL LIKE on its key."""
-    path = location / "state" / "localbatch.sqlite3"
-    if not path.exists():
-        return None
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        row = db.execute("SELECT body FROM entities WHERE kind=? AND key LIKE ?", (kind, key_pattern)).fetchone()
-    return json.loads(row[0]) if row else None
+    wait_for(lambda: not process_alive(pid), "the launcher to end the orphaned task's process")
 
 
 def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues(tmp_path):
@@ -201,18 +115,19 @@ def test_after_a_crash_the_next_start_kills_leftover_task_processes_and_requeues
                                             f"echo $$ > {pid_file}; exec sleep 60'"))
             wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the task to start")
             # Wait until the running task, with its process id, is in the state store.
-            wait_for(lambda: (t := _persisted(location, "task", f"{job_id.lower()}/orphaned")) and t.get("pid"),
+            wait_for(lambda: (t := persisted(location, "task", f"{job_id.lower()}/orphaned")) and t.get("pid"),
                      "the running task to be persisted")
-        _crash_with_launchers(crashed)
+        launchers = crash_with_launchers(crashed)
+        assert launchers, "precondition: the emulator runs its programs through a launcher"
     finally:
         crashed.kill()
     pid = int(pid_file.read_text())
-    assert _alive(pid), "precondition: a crash leaves the task's process behind"
+    assert process_alive(pid), "precondition: a crash leaves the task's process behind"
 
     restarted = RunningEmulator(location, "--node-startup-seconds", "0.05")
     try:
         with batch_client(restarted.url()) as client:
-            wait_for(lambda: not _alive(pid), "the leftover process to be killed")
+            wait_for(lambda: not process_alive(pid), "the leftover process to be killed")
             task = wait_for_task(client, "crash-job", "orphaned")
             assert task.execution_info.requeue_count == 1
             assert task.execution_info.exit_code == 0
@@ -233,18 +148,19 @@ def test_after_a_crash_a_leftover_start_task_is_killed_and_run_again(tmp_path):
                 start_task=models.BatchStartTask(command_line=(
                     f"/bin/bash -c 'if [ -e {pid_file} ]; then exit 0; fi; echo $$ > {pid_file}; exec sleep 60'"))))
             wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), "the start task to run")
-            wait_for(lambda: (n := _persisted(location, "node", "crash-start/%")) and n.get("startTaskPid"),
+            wait_for(lambda: (n := persisted(location, "node", "crash-start/%")) and n.get("startTaskPid"),
                      "the start task's process to be persisted")
-        _crash_with_launchers(crashed)
+        launchers = crash_with_launchers(crashed)
+        assert launchers, "precondition: the emulator runs its programs through a launcher"
     finally:
         crashed.kill()
     pid = int(pid_file.read_text())
-    assert _alive(pid), "precondition: a crash leaves the start task's process behind"
+    assert process_alive(pid), "precondition: a crash leaves the start task's process behind"
 
     restarted = RunningEmulator(location, "--node-startup-seconds", "0.05")
     try:
         with batch_client(restarted.url()) as client:
-            wait_for(lambda: not _alive(pid), "the leftover start task to be killed")
+            wait_for(lambda: not process_alive(pid), "the leftover start task to be killed")
             [node] = wait_for_nodes(client, "crash-start", 1, states=("idle",))
             assert node.start_task_info.exit_code == 0
         assert restarted.finish(signal.SIGTERM) == 0
