@@ -39,8 +39,11 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "JobBeingTerminated": (409, "The specified job is being terminated."),
     "JobCompleted": (409, "The specified job is already in a completed state."),
     "JobNotActive": (409, "The specified job is not in an active state."),
-    "PoolNotSteady": (409, "The pool is not in a steady state."),
+    "PoolBeingResized": (409, "A pool operation was attempted which is not permitted when the pool is in the "
+                               "process of being resized."),
     "TaskCompleted": (409, "The specified task is already completed."),
+    "TaskNotCompleted": (409, "The specified task is not completed."),
+    "TaskSucceeded": (409, "The specified task completed successfully and cannot be reactivated."),
     "NodeNotReady": (409, "The node is not in a state that allows this operation."),
     "OperationInvalidForCurrentState": (409, "The operation is not allowed on the resource in its current state."),
     "ConditionNotMet": (412, "The condition specified using HTTP conditional header(s) is not met."),

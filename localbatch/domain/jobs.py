@@ -173,7 +173,7 @@ class Jobs:
     def delete_job(self, job_id: str) -> None:
         job = self.repo.get_job(job_id)
         if job.state == "deleting":
-            return
+            raise BatchServiceError("JobBeingDeleted")
         job.set_state("deleting")
         self.context.background.cancel_timer(f"job-wall-clock:{job.key}")
         self.context.background.spawn(self._finish_delete(job))
@@ -227,7 +227,8 @@ class Jobs:
     def _release_auto_pool(self, job: Job) -> None:
         spec = job.data["poolInfo"].get("autoPoolSpecification") or {}
         pool = self.repo.find_pool(job.pool_id)
-        if spec and not spec.get("keepAlive") and pool is not None and pool.auto_pool_job_id == job.id:
+        if (spec and not spec.get("keepAlive") and pool is not None and pool.auto_pool_job_id == job.id
+                and pool.state != "deleting"):
             self.pools.delete_pool(pool.id)
 
     async def _until_no_task_runs(self, job: Job, while_state: str, limit: Optional[float] = None) -> None:

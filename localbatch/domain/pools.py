@@ -131,14 +131,14 @@ class Pools:
         if pool.state == "deleting":
             raise BatchServiceError("PoolBeingDeleted")
         if pool.allocation_state != "steady":
-            raise BatchServiceError("PoolNotSteady", "The pool is resizing; wait until its allocationState "
-                                                     "is steady or stop the resize.")
+            raise BatchServiceError("PoolBeingResized", "The pool is resizing; wait until its allocationState "
+                                                        "is steady or stop the resize.")
         return pool
 
     def delete_pool(self, pool_id: str) -> None:
         pool = self.repo.get_pool(pool_id)
         if pool.state == "deleting":
-            return
+            raise BatchServiceError("PoolBeingDeleted")
         pool.set_state("deleting")
         pool.touch()
         self.context.background.spawn(self._finish_delete(pool))

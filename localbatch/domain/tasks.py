@@ -90,15 +90,17 @@ class Tasks:
     def terminate_task(self, job_id: str, task_id: str) -> None:
         job = self.repo.get_job(job_id)
         task = self.repo.get_task(job_id, task_id)
-        if task.state != "completed":
-            self.stop(job, task, "terminate")
+        if task.state == "completed":
+            raise BatchServiceError("TaskCompleted")
+        self.stop(job, task, "terminate")
 
     def reactivate_task(self, job_id: str, task_id: str) -> None:
         job = self.repo.get_job(job_id)
         task = self.repo.get_task(job_id, task_id)
-        if task.state != "completed" or task.execution_info.get("result") != "failure":
-            raise BatchServiceError("OperationInvalidForCurrentState",
-                                    "Only a task that completed with a failure can be reactivated.")
+        if task.state != "completed":
+            raise BatchServiceError("TaskNotCompleted", "Only a task that completed with a failure can be reactivated.")
+        if task.execution_info.get("result") != "failure":
+            raise BatchServiceError("TaskSucceeded", "Only a task that completed with a failure can be reactivated.")
         if job.state != "active":
             raise BatchServiceError("JobNotActive")
         task.data["executionInfo"] = {"retryCount": 0, "requeueCount": task.execution_info.get("requeueCount", 0)}

@@ -175,7 +175,7 @@ def test_resize_while_resizing_is_rejected(server, client):
         with pytest.raises(ResourceExistsError) as caught:
             client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=2),
                                      polling_interval=LRO_POLLING)
-    assert caught.value.error.code == "PoolNotSteady"
+    assert caught.value.error.code == "PoolBeingResized"
 
 
 def test_stop_resize_leaves_the_pool_steady(client):
