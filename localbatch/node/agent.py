@@ -196,7 +196,7 @@ class NodeAgent:
             return ProgramOutcome(failure=Failure("usererror", code, message))
         try:
             argv = processes.split_command_line(command_line)
-            return await self._launcher.start(argv, paths.directory, env)
+            return await self._launcher.start(argv, paths, env)
         except processes.CommandLineError as exc:
             return user_error("CommandLineInvalid", str(exc))
         except processes.ProgramNotFound as exc:

@@ -6,7 +6,7 @@ process it runs truly beside the emulator. The launcher uses only the standard l
 runs as a plain script, so it starts in milliseconds.
 
 Protocol: one JSON object per line.
-  in:  {"op": "start", "id": N, "argv": [...], "taskDir": DIR, "env": {...}}
+  in:  {"op": "start", "id": N, "argv": [...], "workingDir": DIR, "stdout": FILE, "stderr": FILE, "env": {...}}
        {"op": "kill", "id": N}            SIGKILL the program's process group, if still running
   out: {"id": N, "pid": P}                 started
        {"id": N, "error": KIND, "errno": E, "message": TEXT}   could not start
@@ -48,14 +48,13 @@ def resolve_program(program: str, search_path: str, working_dir: str) -> str:
     raise ProgramNotFound(program)
 
 
-def start_program(argv: list[str], task_dir: str, env: dict[str, str]) -> int:
+def start_program(argv: list[str], working_dir: str, stdout: str, stderr: str, env: dict[str, str]) -> int:
     """Make the working directory, resolve the program and start it with its output in files.
 
     Returns the pid. posix_spawn (vfork and exec in one call) is several times cheaper than
     subprocess.Popen; the launcher is single-threaded, so it can chdir into the working
     directory for the child to inherit.
     """
-    working_dir = os.path.join(task_dir, "wd")
     try:
         os.makedirs(working_dir, exist_ok=True)
     except OSError as exc:
@@ -66,8 +65,8 @@ def start_program(argv: list[str], task_dir: str, env: dict[str, str]) -> int:
     try:
         return os.posix_spawn(program, argv, env, setsid=True, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, os.path.join(task_dir, "stdout.txt"), output_flags, 0o644),
-            (os.POSIX_SPAWN_OPEN, 2, os.path.join(task_dir, "stderr.txt"), output_flags, 0o644),
+            (os.POSIX_SPAWN_OPEN, 1, stdout, output_flags, 0o644),
+            (os.POSIX_SPAWN_OPEN, 2, stderr, output_flags, 0o644),
         ])
     finally:
         os.chdir("/")
@@ -121,7 +120,8 @@ class Launcher:
                 _kill_group(child[0])
             return
         try:
-            pid = start_program(request["argv"], request["taskDir"], request["env"])
+            pid = start_program(request["argv"], request["workingDir"], request["stdout"], request["stderr"],
+                                request["env"])
         except OSError as exc:
             self._reply({"id": request_id, "error": _error_kind(exc), "errno": exc.errno or 0,
                          "message": exc.strerror or str(exc), "filename": str(exc.filename or "")})

@@ -21,6 +21,7 @@ import sys
 from typing import Mapping, Optional
 
 from .launcher import ProgramNotFound, TaskDirectoryError
+from .layout import TaskPaths
 
 
 class CommandLineError(ValueError):
@@ -59,10 +60,10 @@ class LaunchedProcess:
     Both `started` and `exit_code` fail with LauncherGone if the launcher dies first.
     """
 
-    def __init__(self, launch_id: int, launcher: "_Launcher", loop: asyncio.AbstractEventLoop, task_dir: str):
+    def __init__(self, launch_id: int, launcher: "_Launcher", loop: asyncio.AbstractEventLoop, working_dir: str):
         self.launch_id = launch_id
         self.pid = 0
-        self.task_dir = task_dir
+        self.working_dir = working_dir
         self.started: asyncio.Future[int] = loop.create_future()
         self.exit_code: asyncio.Future[int] = loop.create_future()
         self._launcher = launcher
@@ -84,14 +85,14 @@ class ProcessLauncher:
     def __init__(self, count: int = 0) -> None:
         self._connections = [_LauncherConnection() for _ in range(count or min(4, os.cpu_count() or 1))]
 
-    async def start(self, argv: list[str], task_dir: str, env: Mapping[str, str]) -> LaunchedProcess:
-        """Start argv in task_dir/wd with stdout.txt and stderr.txt in task_dir.
+    async def start(self, argv: list[str], paths: TaskPaths, env: Mapping[str, str]) -> LaunchedProcess:
+        """Start argv in the paths' working directory, its output in their stdout and stderr files.
 
         Raises ProgramNotFound, PermissionError, TaskDirectoryError or OSError as starting it did,
         and LauncherGone if the launcher died before the program was known to have started.
         """
         connection = min(self._connections, key=lambda c: c.running)
-        return await connection.start(argv, task_dir, env)
+        return await connection.start(argv, paths, env)
 
     async def close(self) -> None:
         """Kill every program still running, and stop the launchers once they have reaped them."""
@@ -118,7 +119,7 @@ class _LauncherConnection:
     def running(self) -> int:
         return self._waiting + (self._launcher.running if self._launcher is not None else 0)
 
-    async def start(self, argv: list[str], task_dir: str, env: Mapping[str, str]) -> LaunchedProcess:
+    async def start(self, argv: list[str], paths: TaskPaths, env: Mapping[str, str]) -> LaunchedProcess:
         self._waiting += 1
         try:
             async with self._starting:  # one launcher, however many tasks start at once
@@ -130,7 +131,7 @@ class _LauncherConnection:
                 launcher = self._launcher
         finally:
             self._waiting -= 1
-        return await launcher.start(next(self._ids), argv, task_dir, env)
+        return await launcher.start(next(self._ids), argv, paths, env)
 
     async def close(self) -> None:
         async with self._starting:  # a launcher being spawned is included
@@ -180,9 +181,10 @@ class _Launcher:
             return False
         return True
 
-    async def start(self, launch_id: int, argv: list[str], task_dir: str, env: Mapping[str, str]) -> LaunchedProcess:
-        process = LaunchedProcess(launch_id, self, asyncio.get_running_loop(), task_dir)
-        self.send({"op": "start", "id": launch_id, "argv": argv, "taskDir": task_dir, "env": dict(env)})
+    async def start(self, launch_id: int, argv: list[str], paths: TaskPaths, env: Mapping[str, str]) -> LaunchedProcess:
+        process = LaunchedProcess(launch_id, self, asyncio.get_running_loop(), paths.working_dir)
+        self.send({"op": "start", "id": launch_id, "argv": argv, "workingDir": paths.working_dir,
+                   "stdout": paths.stdout, "stderr": paths.stderr, "env": dict(env)})
         self.live[launch_id] = process  # sent (or maybe sent): from here on its death covers it
         process.pid = await process.started
         return process
@@ -335,7 +337,7 @@ def _kill_programs(programs: list[LaunchedProcess], launcher_pid: int, launcher_
         if program.pid:
             _kill_group(program.pid)
         else:
-            unknown.add(os.path.realpath(os.path.join(program.task_dir, "wd")))
+            unknown.add(os.path.realpath(program.working_dir))
     if unknown:
         _kill_processes_in(unknown, launcher_pid, launcher_start_time)
 

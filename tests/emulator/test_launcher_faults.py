@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Awaitable, Callable, Optional, Union
 
 import pytest
+from azure.batch import models
 
+from localbatch import LocalBatchServer
+from localbatch.node.layout import TaskPaths
 from localbatch.node.processes import LaunchedProcess, LauncherGone, ProcessLauncher
+
+from .conftest import fast_timings
+from .support import batch_client, create_job, create_pool_and_wait, wait_for, wait_for_all_tasks
 
 WAIT = 30.0  # upper bound of any wait; reached only when something is broken
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -111,13 +117,13 @@ async def gone_or_exit(process: LaunchedProcess) -> Union[int, LauncherGone]:
 async def start_or_gone(launcher: ProcessLauncher, task_dir: Path,
                         argv: list[str] = LONG_RUNNING) -> Union[LaunchedProcess, LauncherGone]:
     try:
-        return await bounded(launcher.start(argv, str(task_dir), ENV), f"the start in {task_dir}")
+        return await bounded(launcher.start(argv, TaskPaths(str(task_dir)), ENV), f"the start in {task_dir}")
     except LauncherGone as exc:
         return exc
 
 
 async def run_true(launcher: ProcessLauncher, task_dir: Path) -> int:
-    process = await bounded(launcher.start(["true"], str(task_dir), ENV), "a start")
+    process = await bounded(launcher.start(["true"], TaskPaths(str(task_dir)), ENV), "a start")
     return await bounded(process.exit_code, "the exit of true")
 
 
@@ -126,7 +132,7 @@ def test_a_sigkilled_launcher_takes_its_programs_with_it(tmp_path, caplog):
         launcher = ProcessLauncher(2)
         try:
             started = await bounded(asyncio.gather(*(
-                launcher.start(LONG_RUNNING, str(tmp_path / f"task{i}"), ENV) for i in range(20))), "20 starts")
+                launcher.start(LONG_RUNNING, TaskPaths(str(tmp_path / f"task{i}")), ENV) for i in range(20))), "20 starts")
             killed = launcher_pid(launcher, 0)
             survivor = launcher_pid(launcher, 1)
             assert killed is not None and survivor is not None
@@ -211,7 +217,7 @@ def test_starts_racing_a_launcher_kill_all_end_and_leave_nothing_unsupervised(tm
 def test_close_returns_after_a_launcher_died(tmp_path, wait_for_death):
     async def scenario() -> None:
         launcher = ProcessLauncher(1)
-        processes = [await bounded(launcher.start(LONG_RUNNING, str(tmp_path / f"task{i}"), ENV), "a start")
+        processes = [await bounded(launcher.start(LONG_RUNNING, TaskPaths(str(tmp_path / f"task{i}")), ENV), "a start")
                      for i in range(3)]
         killed = kill_launcher(launcher, 0)
         if wait_for_death:
@@ -257,7 +263,7 @@ def test_a_kill_the_launcher_cannot_take_is_done_directly(tmp_path):
     only the direct kill can end the program)."""
     async def scenario() -> None:
         launcher = ProcessLauncher(1)
-        process = await bounded(launcher.start(LONG_RUNNING, str(tmp_path / "task"), ENV), "a start")
+        process = await bounded(launcher.start(LONG_RUNNING, TaskPaths(str(tmp_path / "task")), ENV), "a start")
         launcher_process = launcher._connections[0]._process
         assert launcher_process is not None
         frozen = launcher_process.pid
@@ -275,3 +281,28 @@ def test_a_kill_the_launcher_cannot_take_is_done_directly(tmp_path):
         assert outcome == -signal.SIGKILL or isinstance(outcome, LauncherGone), outcome
 
     asyncio.run(scenario())
+
+
+# ---- through the service: tasks whose launcher dies run again ------------------------------------
+def test_tasks_whose_launcher_is_killed_under_load_are_requeued_and_all_complete(tmp_path):
+    """As a node agent restart on Azure: the killed programs' tasks go back to active (counted in
+    requeueCount) and run again; no task is left `running` without a process."""
+    with LocalBatchServer(str(tmp_path / "localbatch"), timings=fast_timings()) as server:
+        with batch_client(server.url) as client:
+            create_pool_and_wait(client, "launchers", nodes=2, task_slots_per_node=4)
+            job_id = create_job(client, "launchers")
+            client.create_tasks(job_id, [models.BatchTaskCreateOptions(
+                id=f"t{n:03d}", command_line="/bin/bash -c 'sleep 0.3; echo done'") for n in range(120)])
+            wait_for(lambda: len(list(client.list_tasks(job_id, filter="state eq 'running'"))) >= 4,
+                     "tasks to run")
+            launcher = server.service.context.agent._launcher  # pylint: disable=protected-access
+            for connection in launcher._connections:  # pylint: disable=protected-access
+                if connection._process is not None:  # pylint: disable=protected-access
+                    os.kill(connection._process.pid, signal.SIGKILL)  # pylint: disable=protected-access
+            wait_for_all_tasks(client, job_id, timeout=120)
+            tasks = list(client.list_tasks(job_id))
+            assert len(tasks) == 120
+            assert all(t.execution_info.exit_code == 0 and t.execution_info.result == "success" for t in tasks), \
+                [(t.id, t.execution_info.failure_info) for t in tasks if t.execution_info.result != "success"]
+            assert sum(t.execution_info.requeue_count for t in tasks) >= 1, "the killed tasks were requeued"
+            assert all(node.running_tasks_count == 0 for node in client.list_nodes("launchers"))
