@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Callable, Coroutine
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,3 @@ def loop_running() -> bool:
     except RuntimeError:
         return False
 
-
-def optional_loop() -> Optional[asyncio.AbstractEventLoop]:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
