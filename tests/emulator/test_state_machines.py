@@ -26,8 +26,10 @@ import pytest
 from azure.batch import BatchClient, models
 from azure.core.exceptions import HttpResponseError
 
-from localbatch import LocalBatchServer, Timings
+from localbatch import LocalBatchServer
+from localbatch.domain.runtime import STEPS
 
+from .conftest import fast_timings
 from .support import (LRO_POLLING, batch_client, create_job, pool_options, reboot_options, run_task,
                       terminate_options, ubuntu_configuration, unique_id, wait_for)
 
@@ -45,20 +47,17 @@ DOCUMENTED_CONFLICTS = frozenset({
 
 @pytest.fixture(scope="module")
 def stalled_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchClient]:
-    """A client of a server whose infrastructure steps take a minute, so a pool stays resizing
-    or deleting for the whole test that needs it to."""
-    minute = 60.0
-    timings = Timings(node_creating=minute, node_starting=minute, pool_deleting=minute, node_leaving=minute,
-                      job_terminating=minute, job_deleting=minute, node_rebooting=minute)
-    with LocalBatchServer(str(tmp_path_factory.mktemp("localbatch-stalled")), timings=timings) as running:
-        with batch_client(running.url) as client:
+    """A client of a server whose infrastructure steps are all held, so a pool stays resizing
+    or deleting for as long as the module needs it to."""
+    with LocalBatchServer(str(tmp_path_factory.mktemp("localbatch-stalled")), timings=fast_timings()) as running:
+        with running.holding(*STEPS), batch_client(running.url) as client:
             yield client
 
 
 @dataclass
 class Context:
     client: BatchClient           # fast server: steps finish at once
-    stalled: BatchClient          # slow server: transitional states last a minute
+    stalled: BatchClient          # held server: transitional states last until the module ends
     pool_id: str                  # on `client`: two idle nodes, two slots each
     tmp_path: Path
     cleanups: list[Callable[[], None]] = field(default_factory=list)
@@ -153,7 +152,7 @@ def update_a_completed_task(ctx: Context) -> Attempt:
 def delete_a_pool_twice(ctx: Context) -> Attempt:
     pool = unique_id("doomed")
     ctx.stalled.create_pool(pool_options(pool, nodes=0))
-    ctx.stalled.begin_delete_pool(pool, polling_interval=LRO_POLLING)  # not waited for: it takes a minute
+    ctx.stalled.begin_delete_pool(pool, polling_interval=LRO_POLLING)  # not waited for: the deletion is held
     assert ctx.stalled.get_pool(pool).state == "deleting", "precondition"
     return lambda: ctx.stalled.begin_delete_pool(pool, polling_interval=LRO_POLLING)
 
@@ -165,7 +164,7 @@ def delete_a_pool_twice(ctx: Context) -> Attempt:
 # the emulator's PoolNotSteady.)
 def resize_a_pool_that_is_resizing(ctx: Context) -> Attempt:
     pool = unique_id("growing")
-    ctx.stalled.create_pool(pool_options(pool, nodes=1))  # allocating its node takes a minute
+    ctx.stalled.create_pool(pool_options(pool, nodes=1))  # allocating its node is held
     assert ctx.stalled.get_pool(pool).allocation_state == "resizing", "precondition"
     return lambda: ctx.stalled.begin_resize_pool(
         pool, models.BatchPoolResizeOptions(target_dedicated_nodes=2), polling_interval=LRO_POLLING)
