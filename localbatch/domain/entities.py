@@ -95,10 +95,12 @@ class Entity:
         if tracker is not None:
             tracker.mark(self)
 
-    def attach(self, tracker: Optional[Tracker]) -> None:
-        """Start (a tracker) or stop (None) writing this entity's changes."""
+    def attach(self, tracker: Optional[Tracker], changed: bool = True) -> None:
+        """Start (a tracker) or stop (None) writing this entity's changes; `changed=False` for an
+        entity just read from the store, which has nothing new to write."""
         object.__setattr__(self, "_tracker", tracker)
-        self.changed()
+        if changed:
+            self.changed()
 
     @property
     def attached(self) -> bool:

@@ -26,24 +26,24 @@ class Repository:
         for record in self.store.load("pool"):
             pool = Pool.from_record(record)
             self.pools[pool.key] = pool
-            pool.attach(self.store)
+            pool.attach(self.store, changed=False)
         for record in self.store.load("node"):
             node = Node.from_record(record)
             pool = self.pools.get(node.pool_id.lower())
             if pool is not None:
                 pool.nodes[node.id] = node
-                node.attach(self.store)
+                node.attach(self.store, changed=False)
         for record in self.store.load("job"):
             job = Job.from_record(record)
             self.jobs[job.key] = job
             self._index(job)
-            job.attach(self.store)
+            job.attach(self.store, changed=False)
         for record in self.store.load("task"):
             task = Task.from_record(record)
             job = self.jobs.get(task.job_id.lower())
             if job is not None:
                 job.tasks[task.id.lower()] = task
-                task.attach(self.store)
+                task.attach(self.store, changed=False)
 
     # ---- lookups that answer the service's NotFound errors ---------------------------------
     def get_pool(self, pool_id: str) -> Pool:

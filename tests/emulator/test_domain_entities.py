@@ -5,6 +5,8 @@ import pytest
 
 from localbatch.domain import states
 from localbatch.domain.entities import Job, Node, Task
+from localbatch.domain.repository import Repository
+from localbatch.store import Store
 from localbatch.domain.states import IllegalTransition
 
 
@@ -67,3 +69,21 @@ def test_a_detached_entity_and_transient_attributes_mark_nothing():
     tracker.marked.clear()
     node.running["j/t"] = 1
     assert tracker.marked == []
+
+
+def test_entities_read_at_start_up_are_not_written_again(tmp_path):
+    store = Store(str(tmp_path))
+    job = Job({"id": "J", "state": "active", "stateTransitionTime": "2026-01-01T00:00:00Z"})
+    Repository(store).add_job(job)
+    for n in range(3):
+        Repository(store).add_task(job, Task("J", {"id": f"t{n}", "state": "active",
+                                                   "stateTransitionTime": "2026-01-01T00:00:00Z"}))
+    assert store.dirty and store.flush() and not store.dirty
+    store.close()
+
+    reopened = Store(str(tmp_path))
+    repository = Repository(reopened)
+    repository.load()
+    assert sorted(repository.get_job("j").tasks) == ["t0", "t1", "t2"]
+    assert not reopened.dirty, "reading the state must not queue every row to be written back"
+    reopened.close()
