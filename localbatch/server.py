@@ -17,6 +17,7 @@ from aiohttp import web
 from .accounts import WELL_KNOWN_ACCOUNT_NAME, load_accounts
 from .http import MAX_BODY_BYTES, Pipeline
 from .domain.runtime import Timings
+from .domain.quotas import Quotas
 from .domain.service import BatchService
 from .node.resourcefiles import AutoStorage
 from .routes import build_router
@@ -27,12 +28,14 @@ AUTO_STORAGE_ENV_VAR = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
 
 class LocalBatchServer:
     def __init__(self, location: str, host: str = "127.0.0.1", port: int = 0, debug: bool = False,
-                 timings: Optional[Timings] = None, auto_storage_connection_string: Optional[str] = None):
+                 timings: Optional[Timings] = None, auto_storage_connection_string: Optional[str] = None,
+                 quotas: Optional[Quotas] = None):
         self.location = os.path.abspath(location)
         self.host = host
         self.port = port
         self.debug = debug
         self.timings = timings or Timings()
+        self.quotas = quotas or Quotas()
         connection_string = auto_storage_connection_string or os.environ.get(AUTO_STORAGE_ENV_VAR)
         self.auto_storage = AutoStorage(connection_string) if connection_string else AutoStorage()
         self.accounts = load_accounts()
@@ -49,7 +52,7 @@ class LocalBatchServer:
 
     # ---- inside a running loop -----------------------------------------------------------------
     async def start_async(self) -> None:
-        self.service = BatchService(self.location, self.account_name, self.timings, self.auto_storage)
+        self.service = BatchService(self.location, self.account_name, self.timings, self.auto_storage, self.quotas)
         self.service.load()
         self.pipeline = Pipeline(self.service, build_router(), self.accounts, self.debug)
         app = web.Application(client_max_size=MAX_BODY_BYTES * 8)

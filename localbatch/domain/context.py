@@ -7,6 +7,7 @@ from typing import Callable, Optional
 from ..node.agent import NodeAgent, NodeIdentity
 from ..store import Store
 from .entities import Node
+from .quotas import Quotas
 from .repository import Repository
 from .runtime import Background, Transitions
 
@@ -20,6 +21,7 @@ class DomainContext:
     background: Background
     account_name: str
     account_url: str = ""  # known once the server is bound
+    quotas: Quotas = field(default_factory=Quotas)
     # Set once the scheduler exists (it needs the task runner, which needs this context).
     kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
 

@@ -13,6 +13,7 @@ from ..errors import BatchServiceError, invalid_property
 from .context import DomainContext
 from .entities import Pool
 from .nodes import Nodes, count_nodes, node_counts
+from .quotas import cores_of, quota_error
 from .tasks import Tasks
 from .validation import check_id, check_pool_body, without_secrets
 
@@ -156,8 +157,10 @@ class Pools:
         return node_counts(list(self.repo.pools.values()))
 
     def _resize_to_target(self, pool: Pool, deallocation: str = "requeue") -> None:
-        """Add or remove nodes so the pool meets its targets; steady once allocation is done."""
+        """Add or remove nodes so the pool meets its targets, within the account's core quotas;
+        steady once allocation is done."""
         pool.set_allocation_state("resizing")
+        pool.data.pop("resizeErrors", None)
         for dedicated, target_key in ((True, "targetDedicatedNodes"), (False, "targetLowPriorityNodes")):
             kind = [n for n in pool.nodes.values() if n.is_dedicated == dedicated and n.state != "leavingpool"]
             current = [n for n in kind if n.after_tasks != "remove"]
@@ -165,8 +168,14 @@ class Pools:
             for node in [n for n in kind if n.after_tasks == "remove"][:max(0, pool.data[target_key] - len(current))]:
                 node.after_tasks = None
                 current.append(node)
-            for _ in range(pool.data[target_key] - len(current)):
-                self.nodes.add_node(pool, dedicated)
+            missing = pool.data[target_key] - len(current)
+            if missing > 0:
+                allowed = self._nodes_within_quota(pool, dedicated)
+                for _ in range(min(missing, allowed)):
+                    self.nodes.add_node(pool, dedicated)
+                if allowed < missing:
+                    pool.data["resizeErrors"] = [*pool.data.get("resizeErrors", []),
+                                                 quota_error(dedicated, self.context.quotas.cores(dedicated))]
             surplus = len(current) - pool.data[target_key]
             if surplus > 0:
                 # Idle nodes go first, as on Azure.
@@ -174,6 +183,11 @@ class Pools:
                 for node in ordered[:surplus]:
                     self.nodes.remove_node(pool, node, deallocation)
         self.context.background.spawn(self.nodes.settle_allocation(pool))
+
+    def _nodes_within_quota(self, pool: Pool, dedicated: bool) -> int:
+        """How many more nodes of this pool's size the account's quota leaves room for."""
+        used = sum(count_nodes(other, dedicated) * cores_of(other.data["vmSize"]) for other in self.repo.pools.values())
+        return max(0, self.context.quotas.cores(dedicated) - used) // cores_of(pool.data["vmSize"])
 
     def resume(self) -> None:
         """Once the loop runs: finish deletions and allocations that were in flight."""

@@ -18,6 +18,7 @@ from .entities import Job, Pool, Task
 from .jobs import Jobs
 from .nodes import Nodes
 from .pools import Pools
+from .quotas import Quotas
 from .repository import Repository
 from .runtime import Background, Timings, Transitions
 from .scheduler import Scheduler
@@ -30,7 +31,7 @@ NODES_DIRECTORY = "nodes"
 
 class BatchService:
     def __init__(self, location: str, account_name: str, timings: Optional[Timings] = None,
-                 auto_storage: Optional[AutoStorage] = None):
+                 auto_storage: Optional[AutoStorage] = None, quotas: Optional[Quotas] = None):
         self.location = os.path.abspath(location)
         self.account_name = account_name
         self.store = Store(os.path.join(self.location, STATE_DIRECTORY))
@@ -39,7 +40,8 @@ class BatchService:
         self.background = Background()
         agent = NodeAgent(NodeLayout(os.path.join(self.location, NODES_DIRECTORY)),
                           ResourceFileDownloader(auto_storage or AutoStorage()))
-        self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name)
+        self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
+                                     quotas=quotas or Quotas())
         self.tasks = Tasks(self.context)
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)
