@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import email.utils
 import hashlib
 import hmac
 from typing import Mapping
@@ -9,6 +11,9 @@ from urllib.parse import parse_qs
 
 from .errors import BatchServiceError
 
+# How far a request's ocp-date may be from the server's clock, as on the service: a signed
+# request captured and re-sent later is refused once it is this old.
+MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
 SIGNED_STANDARD_HEADERS = (
     "content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
     "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range",
@@ -71,7 +76,21 @@ def authenticate(method: str, raw_path: str, raw_query: str, headers: Mapping[st
         matched |= hmac.compare_digest(sign(key, expected_text), signature)
     if not matched:
         raise _failed("The MAC signature found in the HTTP request is not the same as any computed signature.")
+    _check_date(headers.get("ocp-date") or headers.get("Date") or "")
     return account
+
+
+def _check_date(text: str) -> None:
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        raise _failed("The request's ocp-date is not a date in RFC 1123 format.") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    skew = abs(dt.datetime.now(dt.timezone.utc) - moment)
+    if skew > MAX_CLOCK_SKEW:
+        raise _failed(f"The request's ocp-date is {int(skew.total_seconds())} s away from the server's clock; "
+                      f"it must be within {int(MAX_CLOCK_SKEW.total_seconds() // 60)} minutes.")
 
 
 def _failed(reason: str) -> BatchServiceError:

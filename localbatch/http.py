@@ -135,6 +135,8 @@ class Call:
                 self._json = json.loads(self.raw_body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BatchServiceError("InvalidRequestBody", values={"Reason": f"The body is not valid JSON: {exc}"}) from None
+            except RecursionError:
+                raise BatchServiceError("InvalidRequestBody", values={"Reason": "The body is nested too deeply."}) from None
         return self._json
 
     def metadata(self, fragment: str) -> str:
@@ -203,6 +205,7 @@ class Pipeline:
             else:
                 query = {name: values[0] for name, values in parse_qs(raw_query, keep_blank_values=True).items()}
                 _check_api_version(query)
+                _check_header_text(request.headers)
                 auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
                 handler, params, operation = self.router.match(request.method, raw_path)
                 if request.method not in ("GET", "HEAD"):
@@ -256,7 +259,7 @@ class Pipeline:
     async def _send(self, request: web.Request, reply: Reply, request_id: str) -> web.StreamResponse:
         headers = {"request-id": request_id, "DataServiceVersion": "3.0", **reply.headers}
         client_request_id = request.headers.get("client-request-id")
-        if client_request_id:
+        if client_request_id and _is_text(client_request_id):
             headers["client-request-id"] = client_request_id
         if isinstance(reply.body, dict):
             body = json.dumps(reply.body, separators=(",", ":")).encode("utf-8")
@@ -282,6 +285,22 @@ def _percentiles(times: deque) -> dict[str, float]:
     ordered = sorted(times)
     return {"count": len(ordered), "p50": round(ordered[len(ordered) // 2] * 1000, 3),
             "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3)}
+
+
+def _is_text(value: str) -> bool:
+    """False for a header value with bytes that are not UTF-8 (kept by aiohttp as surrogates)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _check_header_text(headers: Any) -> None:
+    for name, value in headers.items():
+        if not _is_text(value):
+            raise BatchServiceError("InvalidHeaderValue", values={
+                "HeaderName": name if _is_text(name) else "?", "Reason": "The value is not valid UTF-8."})
 
 
 def _check_api_version(query: dict[str, str]) -> None:

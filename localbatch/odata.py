@@ -138,7 +138,17 @@ def parse_filter(text: Optional[str]) -> Optional[Predicate]:
     """A predicate over wire-form entities, or None when there is no filter."""
     if not text or not text.strip():
         return None
-    return _Parser(text).parse()
+    try:
+        predicate = _Parser(text).parse()
+    except RecursionError:
+        raise _bad_filter(text, "The filter is nested too deeply.") from None
+
+    def checked(entity: dict) -> bool:
+        try:
+            return predicate(entity)
+        except RecursionError:
+            raise _bad_filter(text, "The filter is nested too deeply.") from None
+    return checked
 
 
 def select(entity: dict, fields: Optional[list[str]]) -> dict:
