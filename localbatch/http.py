@@ -205,6 +205,7 @@ class Pipeline:
             else:
                 query = {name: values[0] for name, values in parse_qs(raw_query, keep_blank_values=True).items()}
                 _check_api_version(query)
+                _check_timeout(query)
                 _check_header_text(request.headers)
                 auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
                 handler, params, operation = self.router.match(request.method, raw_path)
@@ -301,6 +302,15 @@ def _check_header_text(headers: Any) -> None:
         if not _is_text(value):
             raise BatchServiceError("InvalidHeaderValue", values={
                 "HeaderName": name if _is_text(name) else "?", "Reason": "The value is not valid UTF-8."})
+
+
+def _check_timeout(query: dict[str, str]) -> None:
+    """`timeOut`, the seconds the server may spend on the request, is a positive whole number."""
+    text = query.get("timeOut")
+    if text is not None and not (text.isdigit() and int(text) > 0):
+        raise BatchServiceError("InvalidQueryParameterValue", values={
+            "QueryParameterName": "timeOut", "QueryParameterValue": text,
+            "Reason": "timeOut is a whole number of seconds, at least 1."})
 
 
 def _check_api_version(query: dict[str, str]) -> None:

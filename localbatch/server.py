@@ -56,7 +56,8 @@ class LocalBatchServer:
         self.service.load()
         self.pipeline = Pipeline(self.service, build_router(), self.accounts, self.debug)
         app = web.Application(client_max_size=MAX_BODY_BYTES * 8)
-        app.router.add_route("*", "/{tail:.*}", self.pipeline.__call__)
+        # Every path, newlines included (an encoded one decodes to one), reaches the pipeline.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.pipeline.__call__)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)

@@ -31,6 +31,8 @@ def check_relative_path(path: str) -> Optional[str]:
     """Why `path` may not be used inside a task directory, or None when it is fine."""
     if not path:
         return None
+    if "\x00" in path:
+        return "The path may not contain a NUL character."
     if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
         return "The path must be relative to the task working directory."
     if ".." in path.replace("\\", "/").split("/"):

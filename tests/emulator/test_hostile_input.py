@@ -1,6 +1,7 @@
 """Careless or hostile requests get the service's 4xx answers, never a 500 or a hang: deeply
-nested bodies and filters, header bytes that are not UTF-8, and stale or unreadable dates
-(a captured signed request cannot be replayed later)."""
+nested bodies and filters, header bytes that are not UTF-8, stale or unreadable dates (a
+captured signed request cannot be replayed later), NUL bytes in paths, bad timeOut values and
+ids with encoded newlines."""
 from __future__ import annotations
 
 import email.utils
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from .support import API_VERSION, RawClient, shared_key_signature
+from .support import API_VERSION, RawClient, create_job, shared_key_signature
 from .test_auth_and_protocol import _assert_batch_error
 
 
@@ -71,3 +72,28 @@ def test_a_signed_request_replayed_after_the_window_is_refused(server):
         raw.key, "DELETE", path, query, captured, raw.account))
     response = raw.request("DELETE", f"{path}?{query}", headers=captured, sign=False, api_version=None)
     _assert_batch_error(response, 403, "AuthenticationFailed")
+
+
+def test_a_resource_file_path_with_a_nul_byte_is_an_invalid_property(raw, client, pool_id):
+    job_id = create_job(client, pool_id)
+    response = raw.request("POST", f"/jobs/{job_id}/tasks", body={
+        "id": "nul", "commandLine": "/bin/true",
+        "resourceFiles": [{"httpUrl": "http://127.0.0.1:9/x", "filePath": "in\u0000put.txt"}]})
+    _assert_batch_error(response, 400, "InvalidPropertyValue")
+    assert "NUL" in response.detail("Reason")
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "1.5"])
+def test_a_timeout_that_is_not_a_positive_whole_number_is_refused(raw, value):
+    response = raw.request("GET", f"/pools?timeOut={value}")
+    _assert_batch_error(response, 400, "InvalidQueryParameterValue")
+    assert response.detail("QueryParameterName") == "timeOut"
+
+
+def test_a_timeout_in_seconds_is_accepted(raw):
+    assert raw.request("GET", "/pools?timeOut=30").status == 200
+
+
+def test_an_id_with_an_encoded_newline_gets_a_batch_error(raw):
+    response = raw.request("GET", "/pools/bad%0Aid")
+    _assert_batch_error(response, 404, "PoolNotFound")
