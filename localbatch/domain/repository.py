@@ -6,7 +6,7 @@ killed, a start task ending) can never bring it back.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 from ..errors import BatchServiceError
 from ..store import Store
@@ -96,10 +96,6 @@ class Repository:
 
     def jobs_on_pool(self, pool_key: str) -> list[Job]:
         return [self.jobs[key] for key in self._jobs_by_pool.get(pool_key.lower(), ()) if key in self.jobs]
-
-    def all_tasks(self) -> Iterator[Task]:
-        for job in self.jobs.values():
-            yield from job.tasks.values()
 
     # ---- membership ----------------------------------------------------------------------------
     def add_pool(self, pool: Pool) -> None:

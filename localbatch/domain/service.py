@@ -14,7 +14,7 @@ from ..node.layout import NodeLayout
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
 from ..store import Store
 from .context import DomainContext
-from .entities import Job, Pool, Task
+from .entities import Job, Pool
 from .jobs import Jobs
 from .nodes import Nodes
 from .pools import Pools
@@ -64,9 +64,6 @@ class BatchService:
 
     def all_jobs(self) -> Iterator[Job]:
         return iter(list(self.repo.jobs.values()))
-
-    def all_tasks(self) -> Iterator[Task]:
-        return self.repo.all_tasks()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
