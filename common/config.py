@@ -404,3 +404,13 @@ def load_settings(
             sas_expiry=_minutes(sample, "sas_expiry_minutes", 60),
         ),
     )
+
+
+def open_configuration_file(path: Path, environ: Optional[Mapping[str, str]] = None) -> _ConfigFile:
+    """Open one ``.cfg`` file to read a sample's own sections the way ``load_settings`` reads the others.
+
+    The result has the same typed accessors (``text``, ``boolean``, ``integer``, ``number``,
+    ``url``, ``fail``), environment overrides and error messages. Raises ``ConfigError`` when the
+    file is missing or malformed.
+    """
+    return _ConfigFile(Path(path).resolve(), os.environ if environ is None else environ)
