@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import docker
 import paramiko
@@ -99,9 +99,9 @@ class SwarmSettings:
     delete_node_user: bool
 
 
-def load_swarm_settings(sample_configuration: Path) -> SwarmSettings:
-    """Read this sample's own sections of its configuration file (environment overrides apply)."""
-    config = open_configuration_file(sample_configuration)
+def load_swarm_settings(sample_configuration: Path, environ: Optional[Mapping[str, str]] = None) -> SwarmSettings:
+    """Read this sample's own sections of its configuration file (``environ`` overrides apply, by default os.environ)."""
+    config = open_configuration_file(sample_configuration, environ)
     return SwarmSettings(
         container_image=config.text("Swarm", "container_image"),
         user_name=config.text("SSH", "user_name"),

@@ -1,0 +1,320 @@
+"""sample4_docker_swarm.py end to end: the swarm through the tunnel, the container task, pinning, leftovers, failures."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+from pathlib import Path
+from typing import Callable, Iterator
+
+import docker
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+import sample4_docker_swarm as sample4
+from common.clients import create_batch_client
+from common.config import environment_variable_name, sample_configuration_path
+from tests.samples.support import (
+    NOTHING,
+    SAMPLE4,
+    Backend,
+    FailRequests,
+    Inventory,
+    assert_left_behind,
+    connection_lost,
+    created_ids,
+    run_sample,
+    take_inventory,
+)
+from tests.waiting import wait_for
+
+NODE_COUNT = 2
+CONTAINER_OUTPUT = "Hello from a container on the swarm manager, through the SSH tunnel"
+
+
+def swarm_settings(backend: Backend, **overrides: str) -> sample4.SwarmSettings:
+    environment = {**backend.environment, **overrides}
+    return sample4.load_swarm_settings(sample_configuration_path(SAMPLE4), environ=environment)
+
+
+def processes_of_pool(pool_id: str) -> list[str]:
+    """This machine's processes that belong to the pool: its id in their command line or working directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            working_directory = os.readlink(entry / "cwd")
+        except OSError:  # gone, or not ours to read
+            continue
+        if pool_id in command_line or pool_id in working_directory:
+            found.append(f"{entry.name}: {command_line.strip()[:200]}")
+    return found
+
+
+def assert_no_process_of_pool(pool_id: str) -> None:
+    """The pool's engines, containers and task processes are all gone (bounded wait: deletion is asynchronous)."""
+    try:
+        wait_for(lambda: processes_of_pool(pool_id), f"no process of pool {pool_id} to be left", 60,
+                 poll=0.2, until=lambda left: not left)
+    except TimeoutError as error:
+        raise AssertionError(str(error)) from None
+
+
+def assert_secrets_never_printed(*texts: str) -> None:
+    for text in texts:
+        assert "SWMTKN-" not in text, "a swarm join token was printed"
+        assert "PRIVATE KEY" not in text, "a private key was printed"
+
+
+def test_builds_the_swarm_drives_it_through_the_tunnel_and_leaves_nothing_behind(
+    backend: Backend, tmp_path: Path
+) -> None:
+    before = take_inventory(backend)
+
+    run = run_sample(SAMPLE4, backend, tmp_path)
+
+    assert run.returncode == 0, run.describe()
+    [pool_id] = created_ids(run.stdout, "pool")
+    [job_id] = created_ids(run.stdout, "job")
+    assert f"swarm active, {NODE_COUNT} node(s), 1 manager(s)" in run.stdout
+    swarm_nodes = re.findall(r"^  (\S+)\s+(manager \(leader\)|worker)\s+ready$", run.stdout, re.MULTILINE)
+    assert sorted(role for _address, role in swarm_nodes) == ["manager (leader)"] + ["worker"] * (NODE_COUNT - 1)
+    assert f"through the tunnel ----\n{CONTAINER_OUTPUT}\n" in run.stdout
+    assert re.search(
+        r"^Hello from task container-task, in a container of image busybox, on node \S+$", run.stdout, re.MULTILINE
+    )
+    assert "task swarm-init: success, exit code 0, ran on node" in run.stdout
+    assert len(re.findall(r"^task swarm-join-\S+: success, exit code 0, ran on node", run.stdout, re.MULTILINE)) \
+        == NODE_COUNT - 1
+    assert "(host key pinned)" in run.stdout
+    assert len(re.findall(r"^Deleted user swarmadmin on node ", run.stdout, re.MULTILINE)) == NODE_COUNT
+    assert f"Deleted job {job_id}" in run.stdout and f"Deleted pool {pool_id}" in run.stdout
+    assert run.stderr == ""
+    assert_secrets_never_printed(run.stdout, run.stderr)
+    assert_left_behind(backend, before, NOTHING)
+    if backend.name == "local":
+        assert_no_process_of_pool(pool_id)
+
+
+def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
+    local_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample never connects to a server whose host key is not the one the node printed."""
+    settings = local_backend.settings(SAMPLE4)
+    read_swarm_init_output = sample4.read_swarm_init_output
+    some_other_key = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+
+    def output_with_another_host_key(batch_client, job_id, task_id):  # type: ignore[no-untyped-def]
+        real = read_swarm_init_output(batch_client, job_id, task_id)
+        address = real.host_key_line.split()[0]
+        return sample4.SwarmInitOutput(real.join_token, f"{address} {some_other_key}")
+
+    monkeypatch.setattr(sample4, "read_swarm_init_output", output_with_another_host_key)
+    before = take_inventory(local_backend)
+
+    with pytest.raises(sample4.HostKeyMismatchError) as raised:
+        sample4.run_docker_swarm(local_backend.batch_client, settings, swarm_settings(local_backend))
+
+    message = str(raised.value)
+    assert re.fullmatch(
+        r"the SSH server at \S+:\d+ presented host key ssh-ed25519 SHA256:\S+, not the pinned ssh-ed25519 "
+        r"SHA256:\S+ that the node printed: refusing to connect", message
+    ), message
+    assert sample4.ssh_fingerprint(some_other_key) in message
+    assert_left_behind(local_backend, before, NOTHING)
+
+
+class FailTheNthRequest(FailRequests):
+    """``FailRequests`` that lets the first ``skip`` matching requests through (e.g. the second task collection)."""
+
+    def __init__(self, *arguments: object, skip: int = 0) -> None:
+        super().__init__(*arguments)  # type: ignore[arg-type]
+        self.skip = skip
+
+    def _matches(self, request) -> bool:  # type: ignore[no-untyped-def]
+        if not super()._matches(request):
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
+
+
+POOL, NODES, JOBS = r"^/pools$", r"^/pools/[^/]+/nodes$", r"^/jobs$"
+TASK_COLLECTION, TASKS = r"^/jobs/[^/]+/addtaskcollection$", r"^/jobs/[^/]+/tasks$"
+USERS, REMOTE_LOGIN = r"^/pools/[^/]+/nodes/[^/]+/users$", r"/remoteloginsettings$"
+
+
+@pytest.mark.parametrize(
+    ("step", "method", "path", "when", "error", "skip"),
+    [
+        ("create the pool (answer lost)", "POST", POOL, "response", connection_lost, 0),
+        ("Ctrl-C while waiting for the nodes", "GET", NODES, "request", KeyboardInterrupt, 0),
+        ("create the job (answer lost)", "POST", JOBS, "response", connection_lost, 0),
+        ("add the swarm-init task", "POST", TASK_COLLECTION, "request", connection_lost, 0),
+        ("read the join token", "GET", r"/tasks/swarm-init/files/stdout\.txt$", "request", connection_lost, 0),
+        ("add the join and container tasks (answer lost)", "POST", TASK_COLLECTION, "response", connection_lost, 1),
+        ("Ctrl-C while waiting for the join tasks", "GET", TASKS, "request", KeyboardInterrupt, 1),
+        ("add the node user to the second node (answer lost)", "POST", USERS, "response", connection_lost, 1),
+        ("read the remote login settings", "GET", REMOTE_LOGIN, "request", connection_lost, 0),
+        ("Ctrl-C while reading the remote login settings", "GET", REMOTE_LOGIN, "request", KeyboardInterrupt, 0),
+    ],
+)
+def test_a_failure_at_any_batch_step_still_cleans_up(
+    local_backend: Backend, step: str, method: str, path: str, when: str, error: Callable[[], BaseException], skip: int
+) -> None:
+    settings = local_backend.settings(SAMPLE4)
+    failure = FailTheNthRequest(method, path, error, when, skip=skip)
+    before = take_inventory(local_backend)
+
+    with create_batch_client(settings.batch, per_call_policies=[failure]) as batch_client:
+        with pytest.raises(BaseException) as raised:
+            sample4.run_docker_swarm(batch_client, settings, swarm_settings(local_backend))
+
+    assert failure.failed >= 1, f"the failure was never injected at step {step!r}"
+    if error is KeyboardInterrupt:
+        assert isinstance(raised.value, KeyboardInterrupt)
+    else:
+        assert "injected failure" in str(raised.value)
+    assert_left_behind(local_backend, before, NOTHING)
+
+
+@pytest.mark.parametrize("step", ["describe_swarm", "run_container_and_read_its_output"])
+def test_ctrl_c_while_the_tunnel_is_open_closes_it_and_cleans_up(
+    local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, step: str
+) -> None:
+    """Ctrl-C right after a real call through the tunnel: the tunnel closes, users, job and pool go."""
+    settings = local_backend.settings(SAMPLE4)
+    real_step = getattr(sample4, step)
+    tunnels: list[sample4.SshTunnel] = []
+    real_tunnel = sample4.SshTunnel
+
+    def recorded_tunnel(*arguments, **keywords):  # type: ignore[no-untyped-def]
+        tunnels.append(real_tunnel(*arguments, **keywords))
+        return tunnels[-1]
+
+    def step_then_ctrl_c(*arguments, **keywords):  # type: ignore[no-untyped-def]
+        real_step(*arguments, **keywords)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample4, "SshTunnel", recorded_tunnel)
+    monkeypatch.setattr(sample4, step, step_then_ctrl_c)
+    before = take_inventory(local_backend)
+
+    with pytest.raises(KeyboardInterrupt):
+        sample4.run_docker_swarm(local_backend.batch_client, settings, swarm_settings(local_backend))
+
+    printed = capsys.readouterr().out
+    [tunnel] = tunnels
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=5).close()
+    assert len(re.findall(r"^Deleted user swarmadmin on node ", printed, re.MULTILINE)) == NODE_COUNT
+    [pool_id] = created_ids(printed, "pool")
+    assert_left_behind(local_backend, before, NOTHING)
+    assert_no_process_of_pool(pool_id)
+
+
+@pytest.fixture
+def kept_pool(local_backend: Backend) -> Iterator[list[str]]:
+    """Pool ids a test kept, deleted at the end whatever happens."""
+    kept: list[str] = []
+    yield kept
+    for pool_id in kept:
+        local_backend.batch_client.begin_delete_pool(pool_id, polling_interval=0.2).result()
+
+
+def test_a_kept_pool_loses_the_node_user_and_keeps_its_swarm(
+    local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, kept_pool: list[str]
+) -> None:
+    """delete_pool = false keeps the pool (and its swarm) but not the node user: its key no longer logs in."""
+    environment = {**local_backend.environment, environment_variable_name("Cleanup", "delete_pool"): "false"}
+    settings = Backend("local", environment).settings(SAMPLE4)
+    generated: list[tuple[object, str]] = []
+    generate_ssh_key_pair = sample4.generate_ssh_key_pair
+    monkeypatch.setattr(sample4, "generate_ssh_key_pair",
+                        lambda: generated.append(generate_ssh_key_pair()) or generated[-1])
+    before = take_inventory(local_backend)
+
+    sample4.run_docker_swarm(local_backend.batch_client, settings, swarm_settings(local_backend))
+
+    printed = capsys.readouterr().out
+    [pool_id] = created_ids(printed, "pool")
+    kept_pool.append(pool_id)
+    assert f"Kept pool {pool_id}" in printed
+    assert_left_behind(local_backend, before, Inventory(frozenset(), frozenset({pool_id}), frozenset()))
+    assert processes_of_pool(pool_id), "the kept pool's nodes should still run their Docker engines"
+    [(private_key, _public_key)] = generated
+    address, port = re.search(r"-> swarmadmin@(\S+):(\d+) ->", printed).groups()
+    with pytest.raises(paramiko.AuthenticationException):
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the test only checks the login
+        try:
+            client.connect(address, port=int(port), username="swarmadmin", pkey=paramiko.RSAKey(key=private_key),
+                           look_for_keys=False, allow_agent=False, timeout=30)
+        finally:
+            client.close()
+
+
+def test_the_tunnel_script_reopens_the_tunnel_with_openssh(
+    local_backend: Backend, tmp_path: Path, kept_pool: list[str]
+) -> None:
+    """write_tunnel_script: the script, the 0600 key and the pinned host key work with OpenSSH's ssh."""
+    overrides = {
+        environment_variable_name("Tunnel", "write_tunnel_script"): "true",
+        environment_variable_name("Tunnel", "script_directory"): str(tmp_path / "tunnel"),
+        environment_variable_name("Cleanup", "delete_pool"): "false",
+        environment_variable_name("Cleanup", "delete_node_user"): "false",
+    }
+
+    run = run_sample(SAMPLE4, local_backend, tmp_path, extra_environment=overrides)
+
+    assert run.returncode == 0, run.describe()
+    [pool_id] = created_ids(run.stdout, "pool")
+    kept_pool.append(pool_id)
+    script = tmp_path / "tunnel" / f"{pool_id}-tunnel.sh"
+    key = tmp_path / "tunnel" / f"{pool_id}-ssh-key"
+    assert f"Wrote {script} " in run.stdout
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert_secrets_never_printed(run.stdout, run.stderr)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    tunnel = subprocess.Popen(
+        [str(script)], env={**os.environ, "LOCAL_PORT": str(local_port)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        engine = docker.DockerClient(base_url=f"tcp://127.0.0.1:{local_port}", timeout=30)
+        info = wait_for(engine.info, "the Docker engine to answer through the script's tunnel", 60, poll=0.2,
+                        tolerate=(docker.errors.DockerException, OSError))
+        assert info["Swarm"]["Nodes"] == NODE_COUNT
+        engine.close()
+    finally:
+        os.killpg(tunnel.pid, signal.SIGTERM)
+        tunnel.wait(timeout=30)
+
+
+def test_a_tunnel_script_with_a_pool_that_would_be_deleted_is_a_configuration_error(
+    local_backend: Backend, tmp_path: Path
+) -> None:
+    variable = environment_variable_name("Tunnel", "write_tunnel_script")
+
+    run = run_sample(SAMPLE4, local_backend, tmp_path, extra_environment={variable: "true"})
+
+    assert run.returncode == 2, run.describe()
+    assert run.stderr == (
+        f"{SAMPLE4}: error: configuration error: {sample_configuration_path(SAMPLE4)}: [Tunnel] write_tunnel_script: "
+        "the tunnel needs the pool and the node user: set [Cleanup] delete_pool = false and delete_node_user = false, "
+        "or run with --keep-resources\n"
+    )
+    assert run.stdout == ""
