@@ -7,7 +7,7 @@ from typing import Callable, Optional
 from ..node.agent import NodeAgent, NodeIdentity
 from ..node.network import NodeNetwork
 from ..store import Store
-from .entities import Node
+from .entities import Node, Pool
 from .quotas import Quotas
 from .repository import Repository
 from .runtime import Background, Transitions
@@ -32,4 +32,13 @@ class DomainContext:
         return {node.data["ipAddress"] for pool in self.repo.pools.values() for node in pool.nodes.values()}
 
     def identity(self, node: Node) -> NodeIdentity:
-        return NodeIdentity(self.account_name, self.account_url, node.pool_id, node.id, node.is_dedicated)
+        pool = self.repo.find_pool(node.pool_id)
+        docker_host = None
+        if pool is not None and container_configuration(pool) is not None:
+            docker_host = self.agent.layout.engine(node.pool_id, node.id).docker_host
+        return NodeIdentity(self.account_name, self.account_url, node.pool_id, node.id, node.is_dedicated, docker_host)
+
+
+def container_configuration(pool: Pool) -> Optional[dict]:
+    """The pool's containerConfiguration: its nodes run a Docker engine each."""
+    return (pool.data.get("virtualMachineConfiguration") or {}).get("containerConfiguration") or None

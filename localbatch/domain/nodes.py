@@ -15,7 +15,9 @@ from typing import Optional
 from .. import wire
 from ..errors import BatchServiceError
 from ..node import processes
-from .context import DomainContext
+from ..node.containerimages import ImageUnavailable
+from ..node.engines import EngineError
+from .context import DomainContext, container_configuration
 from .entities import Node, Pool
 from .tasks import Tasks
 from .validation import user_record
@@ -80,6 +82,7 @@ class Nodes:
 
     async def _finish_removal(self, pool: Pool, node: Node) -> None:
         await self.context.transitions.step("node_leaving")
+        await self.stop_engine(node)
         self.repo.remove_node(pool, node)
         count_current_nodes(pool)
         self.finish_allocation(pool)
@@ -109,6 +112,8 @@ class Nodes:
         generation = node.boot_generation
         transitions = self.context.transitions
         loop = asyncio.get_running_loop()
+        if restart in ("reboot", "reimage"):
+            await self.stop_engine(node)
         if restart == "reimage":
             await loop.run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
         if node.state == "creating":
@@ -123,6 +128,15 @@ class Nodes:
         await loop.run_in_executor(None, self.agent.layout.create_node, pool.id, node.id)
         if generation != node.boot_generation or not node.attached:
             return
+        node.data.pop("errors", None)
+        if container_configuration(pool) is not None:
+            error = await self._start_engine(pool, node)
+            if generation != node.boot_generation or not node.attached:
+                return  # removed or restarted meanwhile: that path stops the engine
+            if error is not None:
+                node.data["errors"] = [error]
+                node.set_state("unusable")
+                return
         node.data["lastBootTime"] = wire.now_iso()
         node.data["nodeAgentInfo"] = {"version": NODE_AGENT_VERSION, "lastUpdateTime": node.data["lastBootTime"]}
         start_task = pool.data.get("startTask")
@@ -142,6 +156,32 @@ class Nodes:
             self._ready(node)
         else:
             node.set_state("starttaskfailed")
+
+    async def _start_engine(self, pool: Pool, node: Node) -> Optional[dict]:
+        """Start the node's Docker engine and load the pool's containerImageNames into it, before
+        the node takes tasks; the node error that makes it unusable when that fails."""
+        engines = self.agent.engines
+        paths = self.agent.layout.engine(pool.id, node.id)
+        address = node.data.get("ipAddress", "")
+        own_address = address if address.startswith("127.") and address != "127.0.0.1" else None
+        try:
+            await engines.start(paths, own_address)
+        except EngineError as exc:
+            logger.error("the Docker engine of node %s did not start: %s", node.id, exc)
+            return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
+                    "errorDetails": [{"name": "Message", "value": str(exc)}]}
+        for image in container_configuration(pool).get("containerImageNames") or []:
+            try:
+                await engines.provide_image(paths, image)
+            except ImageUnavailable as exc:
+                return {"code": "ContainerInvalidImage", "message": "One or more container images specified are invalid",
+                        "errorDetails": [{"name": "ContainerImage", "value": image}, {"name": "Message", "value": str(exc)}]}
+        return None
+
+    async def stop_engine(self, node: Node) -> None:
+        """Stop the node's engine, if it has one; its data stays with the node."""
+        if self.agent.engines is not None:
+            await self.agent.engines.stop(self.agent.layout.engine(node.pool_id, node.id))
 
     def _ready(self, node: Node) -> None:
         node.set_state("running" if node.running else "idle")
@@ -266,6 +306,10 @@ class Nodes:
                 node.record_slots()
                 if node.state == "running":
                     node.set_state("idle")
+                if node.state == "idle" and container_configuration(pool) is not None:
+                    # Its engine stopped with the emulator: the node boots again, engine and all.
+                    node.boot_generation += 1
+                    node.set_state("rebooting")
 
     def resume(self, pool: Pool) -> None:
         """Once the loop runs: carry on with the boots, removals and deferred actions in flight."""

@@ -150,6 +150,7 @@ class Pools:
             self.tasks.evict(node, "requeue")
             node.boot_generation += 1
             self.context.agent.stop(f"start:{node.key}", "shutdown")
+        await asyncio.gather(*(self.nodes.stop_engine(node) for node in list(pool.nodes.values())))
         self.repo.remove_pool(pool)
         await asyncio.get_running_loop().run_in_executor(None, self.context.agent.layout.remove_pool, pool.id)
 

@@ -10,6 +10,8 @@ import os
 from typing import Iterator, Optional
 
 from ..node.agent import NodeAgent
+from ..node.containerimages import ImageCache
+from ..node.engines import DockerEngines
 from ..node.layout import NodeLayout
 from ..node.network import NodeNetwork
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
@@ -25,9 +27,10 @@ from .runtime import Background, Timings, Transitions
 from .scheduler import Scheduler
 from .tasks import Tasks
 
-# Under --location: the state database's directory, and the nodes' directories.
+# Under --location: the state database's directory, the nodes' directories, the container images.
 STATE_DIRECTORY = "state"
 NODES_DIRECTORY = "nodes"
+IMAGES_DIRECTORY = "images"
 
 
 class BatchService:
@@ -41,7 +44,8 @@ class BatchService:
         self.transitions = Transitions(timings or Timings())
         self.background = Background()
         agent = NodeAgent(NodeLayout(os.path.join(self.location, NODES_DIRECTORY)),
-                          ResourceFileDownloader(auto_storage or AutoStorage()))
+                          ResourceFileDownloader(auto_storage or AutoStorage()),
+                          engines=DockerEngines(ImageCache(os.path.join(self.location, IMAGES_DIRECTORY))))
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
                                      quotas=quotas or Quotas(), network=network or NodeNetwork())
         self.tasks = Tasks(self.context)
@@ -84,5 +88,7 @@ class BatchService:
         await self.background.close()  # the scheduler starts nothing more
         try:
             await self.context.agent.close()
+            if self.context.agent.engines is not None:
+                await self.context.agent.engines.close()
         finally:
             self.store.close()  # whatever happened to the processes, the state is saved

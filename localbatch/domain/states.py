@@ -44,15 +44,15 @@ POOL_ALLOCATION = StateMachine("pool allocation", _table(
 _LEAVE = " leavingpool"
 NODE = StateMachine("node", _table(
     creating="starting" + _LEAVE,
-    starting="waitingforstarttask idle running" + _LEAVE,
+    starting="waitingforstarttask idle running unusable" + _LEAVE,
     waitingforstarttask="idle running starttaskfailed" + _LEAVE,
     idle="running rebooting reimaging" + _LEAVE,
     running="idle rebooting reimaging" + _LEAVE,
     starttaskfailed="rebooting reimaging" + _LEAVE,
     unusable="rebooting reimaging" + _LEAVE,
     offline="rebooting reimaging" + _LEAVE,
-    rebooting="waitingforstarttask idle running" + _LEAVE,
-    reimaging="waitingforstarttask idle running" + _LEAVE,
+    rebooting="waitingforstarttask idle running unusable" + _LEAVE,
+    reimaging="waitingforstarttask idle running unusable" + _LEAVE,
     leavingpool="",
 ))
 

@@ -9,10 +9,10 @@ import logging
 from typing import Callable, Optional
 
 from .. import wire
-from ..errors import BatchServiceError
+from ..errors import BatchServiceError, invalid_property
 from ..node import processes
-from ..node.agent import ProgramOutcome
-from .context import DomainContext
+from ..node.agent import ContainerRun, ProgramOutcome
+from .context import DomainContext, container_configuration
 from .entities import Job, Node, Task
 from .runtime import loop_running
 from .states import RUNNING_TASK_STATES
@@ -21,7 +21,7 @@ from .validation import check_durations, check_id, check_resource_file, job_clos
 logger = logging.getLogger(__name__)
 
 NOT_EMULATED_TASK_PROPERTIES = ("dependsOn", "multiInstanceSettings", "exitConditions", "outputFiles",
-                                "applicationPackageReferences", "containerSettings", "authenticationTokenSettings")
+                                "applicationPackageReferences", "authenticationTokenSettings")
 
 
 class Tasks:
@@ -58,6 +58,8 @@ class Tasks:
                 raise not_emulated(unsupported)
         for index, resource_file in enumerate(body.get("resourceFiles") or []):
             check_resource_file(f"resourceFiles[{index}]", resource_file)
+        if body.get("containerSettings"):
+            self._check_container_settings(job, body["containerSettings"])
         # The job's maxWallClockTime limits the job as a whole (see Jobs), not each task.
         constraints = {"maxWallClockTime": wire.MAX_DURATION, "retentionTime": "P7D",
                        "maxTaskRetryCount": job.data["constraints"].get("maxTaskRetryCount", 0),
@@ -69,7 +71,7 @@ class Tasks:
                 "userIdentity": body.get("userIdentity") or {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
                 "constraints": constraints, "requiredSlots": body.get("requiredSlots") or 1,
                 "executionInfo": {"retryCount": 0, "requeueCount": 0}}
-        for optional in ("displayName", "resourceFiles", "environmentSettings", "affinityInfo"):
+        for optional in ("displayName", "resourceFiles", "environmentSettings", "affinityInfo", "containerSettings"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
         task = Task(job.id, data)
@@ -77,6 +79,24 @@ class Tasks:
         self.repo.add_task(job, task)
         job.pending[task.id.lower()] = None
         return task
+
+    def _check_container_settings(self, job: Job, settings: dict) -> None:
+        """containerSettings need a pool with a containerConfiguration (and only Batch's own
+        working-directory values); the registry is not reachable here."""
+        pool = self.repo.find_pool(job.pool_id) if job.pool_id else None
+        if pool is not None:
+            pool_has_containers = container_configuration(pool) is not None
+        else:
+            auto_pool = ((job.data.get("poolInfo") or {}).get("autoPoolSpecification") or {}).get("pool") or {}
+            pool_has_containers = bool((auto_pool.get("virtualMachineConfiguration") or {}).get("containerConfiguration"))
+        if not pool_has_containers:
+            raise invalid_property("containerSettings", settings.get("imageName"),
+                                   "The task has containerSettings but its pool has no "
+                                   "virtualMachineConfiguration.containerConfiguration.")
+        if settings.get("registry"):
+            raise not_emulated("containerSettings.registry")
+        if settings.get("containerHostBatchBindMounts"):
+            raise not_emulated("containerSettings.containerHostBatchBindMounts")
 
     def replace_task(self, job_id: str, task_id: str, body: dict) -> Task:
         task = self.repo.get_task(job_id, task_id)
@@ -208,9 +228,15 @@ class Tasks:
         settings = [*(job.data.get("commonEnvironmentSettings") or []), *(task.data.get("environmentSettings") or [])]
         env = self.agent.environment(self.context.identity(node), paths, settings, job.id, task.id)
         timeout = wire.parse_duration(task.data["constraints"]["maxWallClockTime"])
+        container = None
+        if task.data.get("containerSettings"):
+            settings = task.data["containerSettings"]
+            container = ContainerRun(self.agent.layout.engine(node.pool_id, node.id), settings["imageName"],
+                                     settings.get("containerRunOptions") or "",
+                                     settings.get("workingDirectory") or "taskWorkingDirectory")
         outcome = await self.agent.run_program(
             task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
-            on_start=lambda pid: self._process_started(node, task, pid))
+            on_start=lambda pid: self._process_started(node, task, pid), container=container)
         if task.node_key != node.key or task.state not in RUNNING_TASK_STATES:
             return  # evicted or ended while it ran; bookkeeping already done
         self._release_slot(node, task)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
+from ..node.engines import docker_unavailable_reason
 from ..node.resourcefiles import check_relative_path
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -46,9 +47,9 @@ def check_pool_body(body: dict) -> None:
     vm_config = body.get("virtualMachineConfiguration")
     if not vm_config:
         raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": "virtualMachineConfiguration"})
-    images.check_virtual_machine_configuration(vm_config)
+    image = images.check_virtual_machine_configuration(vm_config)
     if vm_config.get("containerConfiguration"):
-        raise not_emulated("virtualMachineConfiguration.containerConfiguration")
+        check_container_configuration(vm_config["containerConfiguration"], image)
     if body.get("enableAutoScale"):
         raise not_emulated("enableAutoScale")
     for name in ("mountConfiguration", "applicationPackageReferences"):
@@ -65,6 +66,24 @@ def check_pool_body(body: dict) -> None:
             check_resource_file(f"startTask.resourceFiles[{index}]", resource_file)
         if start_task.get("containerSettings"):
             raise not_emulated("startTask.containerSettings")
+
+
+def check_container_configuration(container_config: dict, image: dict) -> None:
+    """A container pool needs a DockerCompatible image, and a machine where dockerd can run."""
+    name = "virtualMachineConfiguration.containerConfiguration"
+    if container_config.get("type") != "dockerCompatible":
+        raise invalid_property(f"{name}.type", container_config.get("type"),
+                               "localbatch runs Docker engines only (type dockerCompatible).")
+    if "DockerCompatible" not in (image.get("capabilities") or []):
+        reference = image["imageReference"]
+        raise invalid_property(f"{name}.type", container_config["type"],
+                               f"The image {reference['publisher']}/{reference['offer']}/{reference['sku']} does not "
+                               "have the DockerCompatible capability (see list_supported_images()).")
+    reason = docker_unavailable_reason()
+    if reason is not None:
+        raise invalid_property(name, container_config["type"], reason)
+    if container_config.get("containerRegistries"):
+        raise not_emulated(f"{name}.containerRegistries")
 
 
 def without_secrets(user_accounts: list[dict]) -> list[dict]:

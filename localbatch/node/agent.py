@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from typing import Callable, MutableMapping, Optional
 
 from .. import wire
 from . import processes
-from .layout import NodeLayout, TaskPaths
+from .containerimages import ImageUnavailable
+from .engines import DockerEngines, EngineError, docker_cli
+from .layout import EnginePaths, NodeLayout, TaskPaths
 from .resourcefiles import ResourceFileDownloader, ResourceFileError
 
 logger = logging.getLogger(__name__)
@@ -30,9 +33,13 @@ class Failure:
     category: str   # usererror | servererror
     code: str
     message: str
+    details: tuple[tuple[str, str], ...] = ()
 
     def wire(self) -> dict:
-        return {"category": self.category, "code": self.code, "message": self.message}
+        failure = {"category": self.category, "code": self.code, "message": self.message}
+        if self.details:
+            failure["details"] = [{"name": name, "value": value} for name, value in self.details]
+        return failure
 
 
 @dataclass(frozen=True)
@@ -84,12 +91,27 @@ class NodeIdentity:
     pool_id: str
     node_id: str
     is_dedicated: bool
+    docker_host: Optional[str] = None   # the node's engine, on a container pool
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    """A program run in a container on the node's engine (a task's containerSettings)."""
+    engine: EnginePaths
+    image: str
+    run_options: str = ""
+    working_directory: str = "taskWorkingDirectory"   # or containerImageDefault
+
+
+# Variables of a task that are not passed into its container: the host's own, and the engine's address.
+_HOST_ONLY_VARIABLES = (*INHERITED_VARIABLES, "DOCKER_HOST")
 
 
 class NodeAgent:
     def __init__(self, layout: NodeLayout, downloader: ResourceFileDownloader,
-                 launcher: Optional[processes.ProcessLauncher] = None):
+                 launcher: Optional[processes.ProcessLauncher] = None, engines: Optional[DockerEngines] = None):
         self.layout = layout
+        self.engines = engines
         self._downloader = downloader
         self._processes: dict[str, processes.LaunchedProcess] = {}  # program key -> process
         self._stop_reasons: dict[str, str] = {}
@@ -122,6 +144,8 @@ class NodeAgent:
             "AZ_BATCH_TASK_USER": "_azbatch",
             "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         })
+        if node.docker_host:
+            env["DOCKER_HOST"] = node.docker_host
         if job_id is not None and task_id is not None:
             preparation = layout.job_preparation(node.pool_id, node.node_id, job_id)
             env["AZ_BATCH_JOB_ID"] = job_id
@@ -135,8 +159,9 @@ class NodeAgent:
     # ---- running one program ----------------------------------------------------------
     async def run_program(self, key: str, command_line: str, resource_files: list[dict], paths: TaskPaths,
                           env: dict[str, str], timeout: Optional[float],
-                          on_start: Optional[Callable[[int], None]] = None) -> ProgramOutcome:
-        """Download inputs, run the command line, and say how it ended.
+                          on_start: Optional[Callable[[int], None]] = None,
+                          container: Optional[ContainerRun] = None) -> ProgramOutcome:
+        """Download inputs, run the command line (in a container, when given one), and say how it ended.
 
         `on_start(pid)` is called once the program runs (after its inputs are downloaded).
         Never raises for anything the program or the node did; an emulator bug is reported as
@@ -144,7 +169,8 @@ class NodeAgent:
         """
         self._starting.add(key)
         try:
-            return await self._run_program(key, command_line, resource_files, paths, env, timeout, on_start)
+            return await self._run_program(key, command_line, resource_files, paths, env, timeout, on_start,
+                                           container)
         except processes.LauncherGone as exc:
             logger.warning("the launcher of %s died (%s); the program runs again", key, exc)
             return ProgramOutcome(stop_reason="agent_restart")
@@ -154,10 +180,13 @@ class NodeAgent:
         finally:
             self._starting.discard(key)
             self._stop_reasons.pop(key, None)
+            if container is not None and self.engines is not None:
+                await self.engines.docker(container.engine, "rm", "--force", container_name(key))
 
     async def _run_program(self, key: str, command_line: str, resource_files: list[dict], paths: TaskPaths,
                            env: dict[str, str], timeout: Optional[float],
-                           on_start: Optional[Callable[[int], None]]) -> ProgramOutcome:
+                           on_start: Optional[Callable[[int], None]],
+                           container: Optional[ContainerRun]) -> ProgramOutcome:
         if resource_files:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, os.makedirs, paths.working_dir, 0o777, True)
@@ -170,7 +199,18 @@ class NodeAgent:
                 return ProgramOutcome(failure=Failure("usererror", exc.code, exc.message))
         if key in self._stop_reasons:  # stopped while its inputs were downloading
             return ProgramOutcome(stop_reason=self._stop_reasons[key])
-        started = await self._start(command_line, paths, env)
+        try:
+            argv = processes.split_command_line(command_line)
+        except processes.CommandLineError as exc:
+            return ProgramOutcome(failure=Failure("usererror", "CommandLineInvalid", str(exc)))
+        if container is not None:
+            created = await self._create_container(key, container, argv, paths, env)
+            if isinstance(created, ProgramOutcome):
+                return created
+            argv, env = created
+            if key in self._stop_reasons:  # stopped while its container was being created
+                return ProgramOutcome(stop_reason=self._stop_reasons[key])
+        started = await self._start(argv, paths, env)
         if isinstance(started, ProgramOutcome):
             return started
         process = started
@@ -190,15 +230,53 @@ class NodeAgent:
             self._processes.pop(key, None)
         return _outcome(128 - exit_code if exit_code < 0 else exit_code, self._stop_reasons.get(key))
 
-    async def _start(self, command_line: str, paths: TaskPaths, env: dict[str, str]):
+    async def _create_container(self, key: str, container: ContainerRun, argv: list[str], paths: TaskPaths,
+                                env: dict[str, str]):
+        """Provide the image and create the task's container, as Batch does before it starts one.
+
+        Returns the docker client command that runs it attached (its exit code is the
+        container's) and that command's environment, or the outcome of a task that cannot start.
+        """
+        if self.engines is None:
+            return ProgramOutcome.agent_fault("The node has no container engine.")
+        engine, name = container.engine, container_name(key)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, os.makedirs, paths.working_dir, 0o777, True)
+            await self.engines.provide_image(engine, container.image)
+        except ImageUnavailable as exc:
+            _append_text(paths.stderr, f"{exc}\n")
+            return ProgramOutcome(failure=Failure(
+                "usererror", "ContainerInvalidImage", "One or more container images specified are invalid",
+                (("ContainerImage", container.image), ("Message", str(exc)))))
+        except (EngineError, OSError) as exc:
+            return ProgramOutcome.agent_fault(f"The node's container engine failed: {exc}")
+        try:
+            run_options = processes.split_command_line(container.run_options) if container.run_options.strip() else []
+        except processes.CommandLineError as exc:
+            return _invalid_settings(container, str(exc))
+        root = env["AZ_BATCH_NODE_ROOT_DIR"]
+        create = ["create", "--name", name, "--volume", f"{root}:{root}"]
+        if not any(option.split("=")[0] in ("--network", "--net") for option in run_options):
+            create += ["--network", "host"]  # engines have no bridge: the node's own network
+        if container.working_directory != "containerImageDefault":
+            create += ["--workdir", paths.working_dir]
+        passed = {variable: value for variable, value in env.items() if variable not in _HOST_ONLY_VARIABLES}
+        for variable in passed:
+            create += ["--env", variable]  # the value comes from the client's environment, never its arguments
+        await self.engines.docker(engine, "rm", "--force", name)  # left by an earlier run of this task
+        code, output = await self.engines.docker(engine, *create, *run_options, container.image, *argv,
+                                                 environment=passed)
+        if code != 0:
+            return _invalid_settings(container, output.strip())
+        return [docker_cli(), "--host", engine.docker_host, "start", "--attach", name], \
+            {"PATH": DEFAULT_PATH, "DOCKER_CONFIG": self.engines.client_config(engine)}
+
+    async def _start(self, argv: list[str], paths: TaskPaths, env: dict[str, str]):
         """The started process, or the outcome of a program that could not start."""
         def user_error(code: str, message: str) -> ProgramOutcome:
             return ProgramOutcome(failure=Failure("usererror", code, message))
         try:
-            argv = processes.split_command_line(command_line)
             return await self._launcher.start(argv, paths, env)
-        except processes.CommandLineError as exc:
-            return user_error("CommandLineInvalid", str(exc))
         except processes.ProgramNotFound as exc:
             return user_error("CommandProgramNotFound", f"The specified command program is not found: {exc}")
         except PermissionError as exc:
@@ -246,6 +324,17 @@ def _outcome(exit_code: int, reason: Optional[str]) -> ProgramOutcome:
     else:
         failure = None
     return ProgramOutcome(exit_code, failure, reason)
+
+
+def container_name(key: str) -> str:
+    """The name of a program's container on its node's engine (one at a time per program)."""
+    return "batch-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _invalid_settings(container: ContainerRun, message: str) -> ProgramOutcome:
+    return ProgramOutcome(failure=Failure(
+        "usererror", "ContainerInvalidSettings", "The container settings are invalid",
+        (("ContainerSettings", container.run_options), ("Message", message[-1000:]))))
 
 
 def _append_text(path: str, text: str) -> None:

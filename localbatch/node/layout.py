@@ -7,9 +7,20 @@ A node is a directory with the layout of a real Linux Batch node:
         workitems/<job>/job-1/<task>/{stdout.txt, stderr.txt, wd/}
 
 Node file names in the API are relative to the node root; task file names to the task directory.
+
+A node of a container pool also has a Docker engine. Its data (images, containers, swarm
+state) lives beside the node, outside what the node files API shows, as /var/lib/docker is
+outside /mnt/batch/tasks on a real node:
+
+    <nodes dir>/<pool>/.engines/<node id>/{data/, dockerd.pid, dockerd.log}
+
+and its runtime state (exec root, socket) under /run, where unix socket paths stay short:
+
+    /run/localbatch-docker/<16 hex of the node root>/{exec/, docker.sock}
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -37,6 +48,41 @@ class TaskPaths:
     @property
     def stderr(self) -> str:
         return os.path.join(self.directory, STDERR)
+
+
+ENGINE_RUN_DIRECTORY = "/run/localbatch-docker"
+
+
+@dataclass(frozen=True)
+class EnginePaths:
+    """Where one node's Docker engine keeps its data, runtime state, socket, pid and log."""
+    directory: str   # persistent: kept as long as the node exists
+    run_dir: str     # runtime: gone once the engine stops
+
+    @property
+    def data_root(self) -> str:
+        return os.path.join(self.directory, "data")
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.directory, "dockerd.pid")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.directory, "dockerd.log")
+
+    @property
+    def exec_root(self) -> str:
+        return os.path.join(self.run_dir, "exec")
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.run_dir, "docker.sock")
+
+    @property
+    def docker_host(self) -> str:
+        """The engine's address as DOCKER_HOST gives it."""
+        return f"unix://{self.socket}"
 
 
 class NodeLayout:
@@ -69,6 +115,11 @@ class NodeLayout:
     def job_preparation(self, pool_id: str, node_id: str, job_id: str) -> TaskPaths:
         return self.task(pool_id, node_id, job_id, JOB_PREPARATION)
 
+    def engine(self, pool_id: str, node_id: str) -> EnginePaths:
+        root_hash = hashlib.sha256(self.root(pool_id, node_id).encode()).hexdigest()[:16]
+        return EnginePaths(os.path.join(self.pool_dir(pool_id), ".engines", node_id),
+                           os.path.join(ENGINE_RUN_DIRECTORY, root_hash))
+
     @staticmethod
     def task_root_relative(job_id: str, task_id: str) -> str:
         """A task's directory relative to the node root, as nodeInfo.taskRootDirectory gives it."""
@@ -82,6 +133,7 @@ class NodeLayout:
 
     def remove_node(self, pool_id: str, node_id: str) -> None:
         shutil.rmtree(self.root(pool_id, node_id), ignore_errors=True)
+        shutil.rmtree(self.engine(pool_id, node_id).directory, ignore_errors=True)
 
     def remove_pool(self, pool_id: str) -> None:
         shutil.rmtree(self.pool_dir(pool_id), ignore_errors=True)
