@@ -238,8 +238,8 @@ def add_swarm_init_task(batch_client: BatchClient, job_id: str, manager: models.
         f'if [ "$state" != active ]; then docker swarm init --advertise-addr {address} '
         f"--listen-addr {address}:{SWARM_PORT} > /dev/null; fi",
         'token="$(docker swarm join-token --quiet worker)"',
-        f'host_key="$(ssh-keyscan -t ed25519 {address} 2> /dev/null)"',
-        '[ -n "$host_key" ] || { echo "ssh-keyscan found no ed25519 host key" >&2; exit 1; }',
+        f'host_key="$(ssh-keyscan -t ed25519 {address} 2> /dev/null || true)"',
+        f'[ -n "$host_key" ] || {{ echo "ssh-keyscan got no ed25519 host key from {address}:22" >&2; exit 1; }}',
         f'echo "{JOIN_TOKEN_LABEL}$token"',
         f'echo "{HOST_KEY_LABEL}$host_key"',
     ]
@@ -677,9 +677,9 @@ def run_docker_swarm(
             print(f"Added {len(join_task_ids)} swarm join task(s) and the container task {CONTAINER_TASK_ID}")
             tasks = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_seconds)
             wanted_nodes = {swarm_join_task_id(worker): worker.id for worker in workers}
-            wanted_nodes[init_task_id] = manager.id
             for task in sorted(tasks, key=lambda task: task.id):
-                print(describe_where_task_ran(task, wanted_nodes.get(task.id)))
+                if task.id != init_task_id:
+                    print(describe_where_task_ran(task, wanted_nodes.get(task.id)))
             print_task_output(batch_client, job_id, CONTAINER_TASK_ID)
             failed = [task for task in tasks if task.execution_info.result != models.BatchTaskExecutionResult.SUCCESS]
             if failed:

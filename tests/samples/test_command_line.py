@@ -1,4 +1,4 @@
-"""Both samples from the command line: --help, and configuration errors as one line and exit code 2."""
+"""Every sample from the command line: --help, and configuration errors as one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from common.config import environment_variable_name
-from tests.samples.support import SAMPLE1, SAMPLE2, Backend, environment_without_overrides, run_sample
+from tests.samples.support import SAMPLE1, SAMPLE2, SAMPLE4, Backend, environment_without_overrides, run_sample
 
-SAMPLES = [SAMPLE1, SAMPLE2]
+SAMPLES = [SAMPLE1, SAMPLE2, SAMPLE4]
 
 
 @pytest.fixture
