@@ -151,7 +151,7 @@ class FailTheNthRequest(FailRequests):
 
 
 POOL, NODES, JOBS = r"^/pools$", r"^/pools/[^/]+/nodes$", r"^/jobs$"
-TASK_COLLECTION, TASKS = r"^/jobs/[^/]+/addtaskcollection$", r"^/jobs/[^/]+/tasks$"
+TASK_COLLECTION = r"^/jobs/[^/]+/addtaskcollection$"
 USERS, REMOTE_LOGIN = r"^/pools/[^/]+/nodes/[^/]+/users$", r"/remoteloginsettings$"
 
 
@@ -164,7 +164,8 @@ USERS, REMOTE_LOGIN = r"^/pools/[^/]+/nodes/[^/]+/users$", r"/remoteloginsetting
         ("add the swarm-init task", "POST", TASK_COLLECTION, "request", connection_lost, 0),
         ("read the join token", "GET", r"/tasks/swarm-init/files/stdout\.txt$", "request", connection_lost, 0),
         ("add the join and container tasks (answer lost)", "POST", TASK_COLLECTION, "response", connection_lost, 1),
-        ("Ctrl-C while waiting for the join tasks", "GET", TASKS, "request", KeyboardInterrupt, 1),
+        ("Ctrl-C while reading the container task's output", "GET", r"/tasks/container-task/files/stdout\.txt$",
+         "request", KeyboardInterrupt, 0),
         ("add the node user to the second node (answer lost)", "POST", USERS, "response", connection_lost, 1),
         ("read the remote login settings", "GET", REMOTE_LOGIN, "request", connection_lost, 0),
         ("Ctrl-C while reading the remote login settings", "GET", REMOTE_LOGIN, "request", KeyboardInterrupt, 0),
