@@ -6,12 +6,14 @@ store.py); this module only composes the parts and runs start-up and shutdown.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator, Optional
 
 from ..node.agent import NodeAgent
 from ..node.layout import NodeLayout
 from ..node.network import NodeNetwork
+from ..node.services import NodeServices
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
 from ..store import Store
 from .context import DomainContext
@@ -24,6 +26,8 @@ from .repository import Repository
 from .runtime import Background, Timings, Transitions
 from .scheduler import Scheduler
 from .tasks import Tasks
+
+logger = logging.getLogger(__name__)
 
 # Under --location: the state database's directory, and the nodes' directories.
 STATE_DIRECTORY = "state"
@@ -44,6 +48,7 @@ class BatchService:
                           ResourceFileDownloader(auto_storage or AutoStorage()))
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
                                      quotas=quotas or Quotas(), network=network or NodeNetwork())
+        self.context.services = NodeServices(self.context.network)
         self.tasks = Tasks(self.context)
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)
@@ -82,6 +87,10 @@ class BatchService:
 
     async def close(self) -> None:
         await self.background.close()  # the scheduler starts nothing more
+        try:
+            await self.context.services.close()  # nothing is left listening
+        except Exception:  # pylint: disable=broad-except
+            logger.exception("stopping the nodes' SSH servers and NAT frontends failed")
         try:
             await self.context.agent.close()
         finally:
