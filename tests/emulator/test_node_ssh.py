@@ -275,6 +275,9 @@ def test_direct_tcpip_to_localhost_reaches_a_server_bound_on_the_node_address(cl
                                     connect_timeout=WAIT) as connection:
             with pytest.raises(asyncssh.ChannelOpenError):  # outside the node network
                 await connection.open_connection("192.0.2.1", port)
+            other_reader, other_writer = await connection.open_connection(nodes[0].ip_address, 22)
+            assert (await asyncio.wait_for(other_reader.readline(), WAIT)).startswith(b"SSH-2.0-")  # another node
+            other_writer.close()
             reader, writer = await connection.open_connection("localhost", port)
             writer.write(b"hello")
             data = await asyncio.wait_for(reader.read(), WAIT)
@@ -394,3 +397,21 @@ def test_a_pool_that_publishes_ssh_is_refused_where_port_22_cannot_be_bound(ssh_
     assert caught.value.status_code == 400
     assert details["PropertyName"].endswith("inboundNATPools[0].backendPort")
     assert reason in details["Reason"]
+
+
+def test_an_interactive_shell_gets_a_terminal(client, pool, admin_key, tmp_path):
+    pool_id, nodes = pool
+    host, port = login_address(client, pool_id, nodes[0])
+    with paramiko.SSHClient() as ssh:
+        ssh.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        ssh.connect(host, port, username="alice", password=ADMIN_PASSWORD, look_for_keys=False, allow_agent=False,
+                    timeout=WAIT)
+        channel = ssh.invoke_shell(term="xterm", width=100, height=30)
+        channel.settimeout(WAIT)
+        channel.sendall(b"echo term=$TERM; tty -s && echo has-tty; stty size; exit 7\n")
+        output = b""
+        while chunk := channel.recv(4096):
+            output += chunk
+        assert channel.recv_exit_status() == 7
+    text = output.decode(errors="replace")
+    assert "term=xterm" in text and "has-tty" in text and "30 100" in text
