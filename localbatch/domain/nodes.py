@@ -18,6 +18,11 @@ from ..node import processes
 from ..node.containerimages import ImageUnavailable
 from ..node.engines import EngineError
 from .context import DomainContext, container_configuration
+from ..node.credentials import new_host_key
+from ..node.services import Frontend
+from ..node.ssh import NodeSshSettings
+from .context import DomainContext
+from .endpoints import assign_inbound_endpoints, nat_pools, remote_login_settings
 from .entities import Node, Pool
 from .tasks import Tasks
 from .validation import user_record
@@ -59,8 +64,9 @@ class Nodes:
             "endpointConfiguration": {"inboundEndpoints": []},
             "virtualMachineInfo": {"imageReference": {
                 **pool.data["virtualMachineConfiguration"]["imageReference"], "exactVersion": "22.04.202411010"}},
-        }, index)
+        }, index, host_key=new_host_key())
         self.repo.add_node(pool, node)
+        assign_inbound_endpoints(pool, node, self.context.network.public_address)
         count_current_nodes(pool)
         self.context.background.spawn(self._boot(pool, node))
         return node
@@ -82,6 +88,7 @@ class Nodes:
 
     async def _finish_removal(self, pool: Pool, node: Node) -> None:
         await self.context.transitions.step("node_leaving")
+        await self.stop_services(node)
         await self.stop_engine(node)
         self.repo.remove_node(pool, node)
         count_current_nodes(pool)
@@ -113,6 +120,7 @@ class Nodes:
         transitions = self.context.transitions
         loop = asyncio.get_running_loop()
         if restart in ("reboot", "reimage"):
+            await self.stop_services(node)
             await self.stop_engine(node)
         if restart == "reimage":
             await loop.run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
@@ -137,6 +145,10 @@ class Nodes:
                 node.data["errors"] = [error]
                 node.set_state("unusable")
                 return
+        await self.start_services(pool, node)  # sshd is up before the agent runs the start task
+        if generation != node.boot_generation or not node.attached:
+            await self.stop_services(node)
+            return
         node.data["lastBootTime"] = wire.now_iso()
         node.data["nodeAgentInfo"] = {"version": NODE_AGENT_VERSION, "lastUpdateTime": node.data["lastBootTime"]}
         start_task = pool.data.get("startTask")
@@ -182,6 +194,27 @@ class Nodes:
         """Stop the node's engine, if it has one; its data stays with the node."""
         if self.agent.engines is not None:
             await self.agent.engines.stop(self.agent.layout.engine(node.pool_id, node.id))
+    # ---- what a booted node serves: SSH and its NAT frontends --------------------------------------
+    async def start_services(self, pool: Pool, node: Node) -> None:
+        if node.host_key is None:  # a node from a state written before nodes had host keys
+            node.host_key = new_host_key()
+        rules = {nat["name"]: tuple(nat.get("networkSecurityGroupRules") or []) for nat in nat_pools(pool.data)}
+        frontends = [Frontend(endpoint["frontendPort"], endpoint["backendPort"],
+                              rules.get(endpoint["name"].rsplit(".", 1)[0], ()))
+                     for endpoint in node.data["endpointConfiguration"]["inboundEndpoints"]]
+        await self.context.services.start(node.key, self.ssh_settings(node), frontends)
+
+    def ssh_settings(self, node: Node) -> NodeSshSettings:
+        layout = self.agent.layout
+        return NodeSshSettings(
+            address=node.data["ipAddress"], host_key=node.host_key,
+            find_user=lambda name: node.users.get(name) if node.attached else None,
+            environment=lambda: self.agent.node_environment(self.context.identity(node)),
+            home_dir=lambda name: layout.create_home(node.pool_id, node.id, name),
+            network=self.context.network)
+
+    async def stop_services(self, node: Node) -> None:
+        await self.context.services.stop(node.key)
 
     def _ready(self, node: Node) -> None:
         node.set_state("running" if node.running else "idle")
@@ -285,9 +318,8 @@ class Nodes:
             raise BatchServiceError("NodeUserNotFound")
 
     def get_node_remote_login_settings(self, pool_id: str, node_id: str) -> dict:
-        """Where the node's SSH endpoint is published (an inbound NAT pool starts at 50000)."""
-        node = self.repo.get_node(pool_id, node_id)
-        return {"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": 50000 + node.index}
+        """Where SSH to the node lands (see endpoints.remote_login_settings)."""
+        return remote_login_settings(self.repo.get_node(pool_id, node_id))
 
     def node_files_root(self, pool_id: str, node_id: str) -> str:
         node = self.repo.get_node(pool_id, node_id)
@@ -316,7 +348,10 @@ class Nodes:
         for node in list(pool.nodes.values()):
             if node.state in BOOTING_STATES:
                 self.context.background.spawn(self._boot(pool, node, restart="resume"))
-            elif node.state == "leavingpool":
+                continue
+            if node.state != "leavingpool":  # a node that was up is up again: its services too
+                self.context.background.spawn(self.start_services(pool, node))
+            if node.state == "leavingpool":
                 self.context.background.spawn(self._finish_removal(pool, node))
             elif node.after_tasks:  # its tasks were requeued when the emulator stopped
                 self._run_deferred_action(node)
