@@ -661,7 +661,7 @@ def run_docker_swarm(
                 batch_client, models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
             )
             init_task_id = add_swarm_init_task(batch_client, job_id, manager)
-            print(f"Created job {job_id}; task {init_task_id} makes node {manager.id} the swarm manager")
+            print(f"Created job {job_id} with task {init_task_id}, which makes node {manager.id} the swarm manager")
             [init_task] = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_seconds)
             print(describe_where_task_ran(init_task, manager.id))
             if init_task.execution_info.result != models.BatchTaskExecutionResult.SUCCESS:

@@ -295,14 +295,22 @@ def test_the_tunnel_script_reopens_the_tunnel_with_openssh(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
-        engine = docker.DockerClient(base_url=f"tcp://127.0.0.1:{local_port}", timeout=30)
-        info = wait_for(engine.info, "the Docker engine to answer through the script's tunnel", 60, poll=0.2,
+        info = wait_for(lambda: engine_info(f"tcp://127.0.0.1:{local_port}"),
+                        "the Docker engine to answer through the script's tunnel", 60, poll=0.2,
                         tolerate=(docker.errors.DockerException, OSError))
         assert info["Swarm"]["Nodes"] == NODE_COUNT
-        engine.close()
     finally:
         os.killpg(tunnel.pid, signal.SIGTERM)
         tunnel.wait(timeout=30)
+
+
+def engine_info(base_url: str) -> dict:
+    """``docker info`` of the engine at ``base_url`` (the client asks for its API version as it is made)."""
+    engine = docker.DockerClient(base_url=base_url, timeout=30)
+    try:
+        return engine.info()
+    finally:
+        engine.close()
 
 
 def test_a_tunnel_script_with_a_pool_that_would_be_deleted_is_a_configuration_error(
