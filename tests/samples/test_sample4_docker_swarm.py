@@ -9,7 +9,7 @@ import socket
 import stat
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import docker
 import paramiko
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 import sample4_docker_swarm as sample4
 from common.clients import create_batch_client
 from common.config import environment_variable_name, sample_configuration_path
+from common.helpers import unique_resource_name
 from tests.samples.support import (
     NOTHING,
     SAMPLE4,
@@ -32,6 +33,7 @@ from tests.samples.support import (
     run_sample,
     take_inventory,
 )
+from localbatch.node.layout import NodeLayout
 from tests.waiting import wait_for
 
 NODE_COUNT = 2
@@ -43,8 +45,22 @@ def swarm_settings(backend: Backend, **overrides: str) -> sample4.SwarmSettings:
     return sample4.load_swarm_settings(sample_configuration_path(SAMPLE4), environ=environment)
 
 
-def processes_of_pool(pool_id: str) -> list[str]:
-    """This machine's processes that belong to the pool: its id in their command line or working directory."""
+def pool_markers(backend: Backend, printed: str, pool_ids: Sequence[str] = ()) -> list[str]:
+    """What the command line or working directory of a process of the sample's pool contains.
+
+    The pool's id (its node directories, its engines' data roots) and each printed node's engine
+    runtime directory (its containerd and container shims, which name no pool). The pools are
+    ``pool_ids`` and those the sample printed.
+    """
+    nodes = NodeLayout(str(Path(backend.environment[environment_variable_name("Local", "data_directory")])
+                           / "localbatch" / "nodes"))
+    pool_ids = sorted(set(pool_ids) | set(created_ids(printed, "pool")))
+    node_ids = set(re.findall(r"\btvmps_[0-9a-f]+_d\b", printed))
+    return pool_ids + [nodes.engine(pool_id, node_id).run_dir for pool_id in pool_ids for node_id in node_ids]
+
+
+def processes_marked(markers: list[str]) -> list[str]:
+    """This machine's processes whose command line or working directory contains one of ``markers``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -54,15 +70,17 @@ def processes_of_pool(pool_id: str) -> list[str]:
             working_directory = os.readlink(entry / "cwd")
         except OSError:  # gone, or not ours to read
             continue
-        if pool_id in command_line or pool_id in working_directory:
+        if any(marker in command_line or marker in working_directory for marker in markers):
             found.append(f"{entry.name}: {command_line.strip()[:200]}")
     return found
 
 
-def assert_no_process_of_pool(pool_id: str) -> None:
+def assert_no_process_left(backend: Backend, printed: str, pool_ids: Sequence[str] = ()) -> None:
     """The pool's engines, containers and task processes are all gone (bounded wait: deletion is asynchronous)."""
+    markers = pool_markers(backend, printed, pool_ids)
+    assert markers, "the sample printed no pool"
     try:
-        wait_for(lambda: processes_of_pool(pool_id), f"no process of pool {pool_id} to be left", 60,
+        wait_for(lambda: processes_marked(markers), "no process of the sample's pool to be left", 60,
                  poll=0.2, until=lambda left: not left)
     except TimeoutError as error:
         raise AssertionError(str(error)) from None
@@ -101,11 +119,11 @@ def test_builds_the_swarm_drives_it_through_the_tunnel_and_leaves_nothing_behind
     assert_secrets_never_printed(run.stdout, run.stderr)
     assert_left_behind(backend, before, NOTHING)
     if backend.name == "local":
-        assert_no_process_of_pool(pool_id)
+        assert_no_process_left(backend, run.stdout)
 
 
 def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
-    local_backend: Backend, monkeypatch: pytest.MonkeyPatch
+    local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """The sample never connects to a server whose host key is not the one the node printed."""
     settings = local_backend.settings(SAMPLE4)
@@ -124,6 +142,7 @@ def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
 
     with pytest.raises(sample4.HostKeyMismatchError) as raised:
         sample4.run_docker_swarm(local_backend.batch_client, settings, swarm_settings(local_backend))
+    printed = capsys.readouterr().out
 
     message = str(raised.value)
     assert re.fullmatch(
@@ -131,7 +150,9 @@ def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
         r"SHA256:\S+ that the node printed: refusing to connect", message
     ), message
     assert sample4.ssh_fingerprint(some_other_key) in message
+    assert "SSH tunnel" not in printed
     assert_left_behind(local_backend, before, NOTHING)
+    assert_no_process_left(local_backend, printed)
 
 
 class FailTheNthRequest(FailRequests):
@@ -172,9 +193,12 @@ USERS, REMOTE_LOGIN = r"^/pools/[^/]+/nodes/[^/]+/users$", r"/remoteloginsetting
     ],
 )
 def test_a_failure_at_any_batch_step_still_cleans_up(
-    local_backend: Backend, step: str, method: str, path: str, when: str, error: Callable[[], BaseException], skip: int
+    local_backend: Backend, capsys: pytest.CaptureFixture, step: str, method: str, path: str, when: str,
+    error: Callable[[], BaseException], skip: int,
 ) -> None:
-    settings = local_backend.settings(SAMPLE4)
+    pool_id = unique_resource_name("sample4-failure")  # known even when the pool's creation is not printed
+    settings = Backend("local", {**local_backend.environment, environment_variable_name("Pool", "pool_id"): pool_id}
+                       ).settings(SAMPLE4)
     failure = FailTheNthRequest(method, path, error, when, skip=skip)
     before = take_inventory(local_backend)
 
@@ -188,6 +212,7 @@ def test_a_failure_at_any_batch_step_still_cleans_up(
     else:
         assert "injected failure" in str(raised.value)
     assert_left_behind(local_backend, before, NOTHING)
+    assert_no_process_left(local_backend, capsys.readouterr().out, [pool_id])
 
 
 @pytest.mark.parametrize("step", ["describe_swarm", "run_container_and_read_its_output"])
@@ -220,9 +245,8 @@ def test_ctrl_c_while_the_tunnel_is_open_closes_it_and_cleans_up(
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=5).close()
     assert len(re.findall(r"^Deleted user swarmadmin on node ", printed, re.MULTILINE)) == NODE_COUNT
-    [pool_id] = created_ids(printed, "pool")
     assert_left_behind(local_backend, before, NOTHING)
-    assert_no_process_of_pool(pool_id)
+    assert_no_process_left(local_backend, printed)
 
 
 @pytest.fixture
@@ -253,7 +277,17 @@ def test_a_kept_pool_loses_the_node_user_and_keeps_its_swarm(
     kept_pool.append(pool_id)
     assert f"Kept pool {pool_id}" in printed
     assert_left_behind(local_backend, before, Inventory(frozenset(), frozenset({pool_id}), frozenset()))
-    assert processes_of_pool(pool_id), "the kept pool's nodes should still run their Docker engines"
+    assert len(processes_marked(pool_markers(local_backend, printed))) >= 2 * NODE_COUNT, \
+        "each node of the kept pool should still run its dockerd and containerd"
+    node_addresses = re.findall(r"^  (\d+\.\d+\.\d+\.\d+)\s+tvmps_", printed, re.MULTILINE)
+    assert len(node_addresses) == NODE_COUNT
+    for address in node_addresses:  # the engines listen on the node addresses, as the tunnel reaches them
+        engine = docker.DockerClient(base_url=f"tcp://{address}:2375", timeout=30)
+        try:
+            assert engine.info()["Swarm"]["LocalNodeState"] == "active"
+            assert engine.containers.list(all=True) == [], f"containers left on the engine of {address}"
+        finally:
+            engine.close()
     [(private_key, _public_key)] = generated
     address, port = re.search(r"-> swarmadmin@(\S+):(\d+) ->", printed).groups()
     with pytest.raises(paramiko.AuthenticationException):
