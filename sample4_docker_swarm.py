@@ -28,7 +28,7 @@ import shlex
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -257,11 +257,8 @@ def add_swarm_init_task(batch_client: BatchClient, job_id: str, manager: models.
 class SwarmInitOutput:
     """What the swarm-init task printed. The join token is a secret: never print or log it."""
 
-    join_token: str
+    join_token: str = field(repr=False)
     host_key_line: str  # "<address> ssh-ed25519 <base64>", as ssh-keyscan prints it
-
-    def __repr__(self) -> str:
-        return f"SwarmInitOutput(join_token=<redacted>, host_key_line={self.host_key_line!r})"
 
 
 def read_swarm_init_output(batch_client: BatchClient, job_id: str, task_id: str) -> SwarmInitOutput:
@@ -696,6 +693,7 @@ def run_docker_swarm(
             ssh_client = connect_with_pinned_host_key(
                 address, port, swarm.user_name, private_key, init_output.host_key_line, swarm.connect_timeout_seconds
             )
+            connections.callback(ssh_client.close)
             tunnel = connections.enter_context(
                 SshTunnel(ssh_client, "localhost", DOCKER_ENGINE_PORT, swarm.tunnel_local_port)
             )

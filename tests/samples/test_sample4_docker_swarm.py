@@ -117,6 +117,7 @@ def test_builds_the_swarm_drives_it_through_the_tunnel_and_leaves_nothing_behind
     assert f"Deleted job {job_id}" in run.stdout and f"Deleted pool {pool_id}" in run.stdout
     assert run.stderr == ""
     assert_secrets_never_printed(run.stdout, run.stderr)
+    assert not any(tmp_path.iterdir()), "the sample wrote files (a key?) without being asked to"
     assert_left_behind(backend, before, NOTHING)
     if backend.name == "local":
         assert_no_process_left(backend, run.stdout)
@@ -311,11 +312,12 @@ def test_the_tunnel_script_reopens_the_tunnel_with_openssh(
         environment_variable_name("Cleanup", "delete_node_user"): "false",
     }
 
-    run = run_sample(SAMPLE4, local_backend, tmp_path, extra_environment=overrides)
+    run = run_sample(SAMPLE4, local_backend, tmp_path, "-v", extra_environment=overrides)
 
     assert run.returncode == 0, run.describe()
     [pool_id] = created_ids(run.stdout, "pool")
     kept_pool.append(pool_id)
+    assert "INFO __main__: Added user swarmadmin to node" in run.stderr  # the verbose log is there, with no secret
     script = tmp_path / "tunnel" / f"{pool_id}-tunnel.sh"
     key = tmp_path / "tunnel" / f"{pool_id}-ssh-key"
     assert f"Wrote {script} " in run.stdout
