@@ -79,11 +79,11 @@ def check_container_configuration(container_config: dict, image: dict) -> None:
         raise invalid_property(f"{name}.type", container_config["type"],
                                f"The image {reference['publisher']}/{reference['offer']}/{reference['sku']} does not "
                                "have the DockerCompatible capability (see list_supported_images()).")
+    if container_config.get("containerRegistries"):
+        raise not_emulated(f"{name}.containerRegistries")
     reason = docker_unavailable_reason()
     if reason is not None:
         raise invalid_property(name, container_config["type"], reason)
-    if container_config.get("containerRegistries"):
-        raise not_emulated(f"{name}.containerRegistries")
 
 
 def without_secrets(user_accounts: list[dict]) -> list[dict]:
