@@ -15,6 +15,7 @@ from typing import Optional
 from .. import wire
 from ..errors import BatchServiceError
 from ..node import processes
+from ..node.agent import ContainerRun
 from ..node.containerimages import ImageUnavailable
 from ..node.engines import EngineError
 from .context import DomainContext, container_configuration
@@ -184,12 +185,16 @@ class Nodes:
         max_retries = start_task.get("maxTaskRetryCount", 0)
         paths = self.agent.layout.startup(node.pool_id, node.id)
         env = self.agent.environment(self.context.identity(node), paths, start_task.get("environmentSettings") or [])
+        container = None
+        if start_task.get("containerSettings"):
+            container = ContainerRun.from_settings(self.agent.layout.engine(node.pool_id, node.id),
+                                                   start_task["containerSettings"])
         node.data["startTaskInfo"] = {"state": "running", "startTime": wire.now_iso(), "retryCount": 0}
         while True:
             await self.context.store.durable()  # on record as running before it runs
             outcome = await self.agent.run_program(
                 _start_task_key(node), start_task["commandLine"], start_task.get("resourceFiles") or [], paths, env,
-                None, on_start=lambda pid: setattr(node, "start_task_pid", pid))
+                None, on_start=lambda pid: setattr(node, "start_task_pid", pid), container=container)
             node.start_task_pid = None
             if generation != node.boot_generation:
                 return False

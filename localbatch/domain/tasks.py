@@ -230,10 +230,8 @@ class Tasks:
         timeout = wire.parse_duration(task.data["constraints"]["maxWallClockTime"])
         container = None
         if task.data.get("containerSettings"):
-            settings = task.data["containerSettings"]
-            container = ContainerRun(self.agent.layout.engine(node.pool_id, node.id), settings["imageName"],
-                                     settings.get("containerRunOptions") or "",
-                                     settings.get("workingDirectory") or "taskWorkingDirectory")
+            container = ContainerRun.from_settings(self.agent.layout.engine(node.pool_id, node.id),
+                                                   task.data["containerSettings"])
         outcome = await self.agent.run_program(
             task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
             on_start=lambda pid: self._process_started(node, task, pid), container=container)

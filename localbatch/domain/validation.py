@@ -65,7 +65,13 @@ def check_pool_body(body: dict) -> None:
         for index, resource_file in enumerate(start_task.get("resourceFiles") or []):
             check_resource_file(f"startTask.resourceFiles[{index}]", resource_file)
         if start_task.get("containerSettings"):
-            raise not_emulated("startTask.containerSettings")
+            if not vm_config.get("containerConfiguration"):
+                raise invalid_property("startTask.containerSettings", start_task["containerSettings"].get("imageName"),
+                                       "The start task has containerSettings but the pool has no "
+                                       "virtualMachineConfiguration.containerConfiguration.")
+            for unsupported in ("registry", "containerHostBatchBindMounts"):
+                if start_task["containerSettings"].get(unsupported):
+                    raise not_emulated(f"startTask.containerSettings.{unsupported}")
 
 
 def check_container_configuration(container_config: dict, image: dict) -> None:

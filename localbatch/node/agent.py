@@ -102,6 +102,12 @@ class ContainerRun:
     run_options: str = ""
     working_directory: str = "taskWorkingDirectory"   # or containerImageDefault
 
+    @classmethod
+    def from_settings(cls, engine: EnginePaths, settings: dict) -> "ContainerRun":
+        """From a task's (or start task's) containerSettings, in their wire form."""
+        return cls(engine, settings["imageName"], settings.get("containerRunOptions") or "",
+                   settings.get("workingDirectory") or "taskWorkingDirectory")
+
 
 # Variables of a task that are not passed into its container: the host's own, and the engine's address.
 _HOST_ONLY_VARIABLES = (*INHERITED_VARIABLES, "DOCKER_HOST")

@@ -300,3 +300,15 @@ def _all_command_lines() -> list[str]:
             except OSError:
                 pass
     return lines
+
+
+def test_a_start_task_with_container_settings_runs_in_a_container_before_the_node_is_idle(client):
+    pool_id = unique_id("containers")
+    client.create_pool(container_pool_options(pool_id, 1, BUSYBOX, start_task=models.BatchStartTask(
+        command_line="/bin/sh -c 'readlink /bin/sh; echo \"$AZ_BATCH_POOL_ID\"'", wait_for_success=True,
+        container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX))))
+    node = wait_for_nodes(client, pool_id, 1)[0]
+    assert node.start_task_info.exit_code == 0
+    output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
+    assert output.split() == ["/bin/busybox", pool_id]
+    delete_pool_and_wait(client, pool_id)
