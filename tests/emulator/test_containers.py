@@ -20,7 +20,7 @@ from localbatch.node.engines import docker_cli, docker_unavailable_reason
 from localbatch.node.layout import EnginePaths, NodeLayout
 
 from .conftest import fast_timings
-from .support import (LRO_POLLING, batch_client, create_job, pool_options, read_task_file, reboot_options, run_task,
+from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, pool_options, read_task_file, reboot_options, run_task,
                       unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(docker_unavailable_reason() is not None,
@@ -312,3 +312,34 @@ def test_a_start_task_with_container_settings_runs_in_a_container_before_the_nod
     output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
     assert output.split() == ["/bin/busybox", pool_id]
     delete_pool_and_wait(client, pool_id)
+
+
+def test_engines_die_with_a_killed_emulator_and_the_next_start_cleans_up_after_them(tmp_path):
+    location = tmp_path / "localbatch"
+    pool_id = unique_id("containers")
+    emulator = RunningEmulator(location)
+    try:
+        with batch_client(emulator.url()) as client:
+            node = create_container_pool(client, pool_id, 1, BUSYBOX)[0]
+            job_id = create_job(client, pool_id)
+            client.create_task(job_id, models.BatchTaskCreateOptions(
+                id="long", command_line="sleep 600",
+                container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX)))
+            wait_for_task(client, job_id, "long", states=("running",))
+        engine = NodeLayout(str(location / "nodes")).engine(pool_id, node.id)
+        emulator.process.kill()
+        emulator.process.wait()
+        wait_for(lambda: processes_of(engine) == [], "the engine of the killed emulator to stop")
+    finally:
+        emulator.kill()
+    restarted = RunningEmulator(location)
+    try:
+        with batch_client(restarted.url()) as client:
+            wait_for_task(client, job_id, "long", states=("running",))  # requeued, and running again
+            assert client.get_task(job_id, "long").execution_info.requeue_count == 1
+            delete_pool_and_wait(client, pool_id)
+        wait_for(lambda: processes_of(engine) == [], "the engine to stop with its pool")
+        assert mounts_of(engine) == []
+        assert "sleep 600" not in [command.strip() for command in _all_command_lines()]
+    finally:
+        restarted.kill()
