@@ -2,7 +2,8 @@
 
 Start-up problems end it with one line on stderr and a non-zero exit code, never a traceback:
 
-- exit 2: the accounts in LOCALBATCH_ACCOUNTS cannot be read; ``--location`` cannot be used
+- exit 2: the accounts in LOCALBATCH_ACCOUNTS cannot be read; ``--node-subnet`` is not a
+  loopback network; ``--location`` cannot be used
   (it is read-only, full, not a directory, not ours to write...); the state database in it
   cannot be opened (e.g. it is corrupt);
 - exit 1: it cannot listen on ``--host``:``--port`` (the port is taken, the address is not ours).
@@ -20,6 +21,7 @@ import sys
 from .accounts import AccountConfigError
 from .domain.runtime import Timings
 from .domain.service import NODES_DIRECTORY, STATE_DIRECTORY
+from .node.network import DEFAULT_NODE_SUBNET, NODE_SUBNET_ENV_VAR, NodeSubnetError
 from .server import LocalBatchServer
 from .store import StateDatabaseError
 
@@ -58,6 +60,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="log every request (never credentials or bodies)")
     parser.add_argument("--node-startup-seconds", type=float, default=None,
                         help="how long a new node takes from creating to idle (default 0.3)")
+    parser.add_argument("--node-subnet", default=None,
+                        help="loopback subnet of the nodes' addresses: nodes get .2, .3, ...; NAT frontends listen "
+                             f"on .1 (default: ${NODE_SUBNET_ENV_VAR}, else {DEFAULT_NODE_SUBNET})")
     return parser.parse_args(argv)
 
 
@@ -150,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         timings.node_creating = arguments.node_startup_seconds / 3
         timings.node_starting = arguments.node_startup_seconds * 2 / 3
     try:
-        server = LocalBatchServer(arguments.location, arguments.host, arguments.port, arguments.debug, timings)
+        server = LocalBatchServer(arguments.location, arguments.host, arguments.port, arguments.debug, timings,
+                                  node_subnet=arguments.node_subnet)
         prepare_location(arguments.location)
         asyncio.run(serve(server, arguments.location, arguments.host, arguments.port))
-    except AccountConfigError as exc:
+    except (AccountConfigError, NodeSubnetError) as exc:
         print(f"localbatch: {exc}", file=sys.stderr)
         return 2
     except StartupError as exc:

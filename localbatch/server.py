@@ -19,6 +19,7 @@ from .http import MAX_BODY_BYTES, Pipeline
 from .domain.runtime import Timings
 from .domain.quotas import Quotas
 from .domain.service import BatchService
+from .node.network import NodeNetwork, node_subnet_from_environment
 from .node.resourcefiles import AutoStorage
 from .routes import build_router
 
@@ -29,7 +30,7 @@ AUTO_STORAGE_ENV_VAR = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
 class LocalBatchServer:
     def __init__(self, location: str, host: str = "127.0.0.1", port: int = 0, debug: bool = False,
                  timings: Optional[Timings] = None, auto_storage_connection_string: Optional[str] = None,
-                 quotas: Optional[Quotas] = None):
+                 quotas: Optional[Quotas] = None, node_subnet: Optional[str] = None):
         self.location = os.path.abspath(location)
         self.host = host
         self.port = port
@@ -38,6 +39,8 @@ class LocalBatchServer:
         self.quotas = quotas or Quotas()
         connection_string = auto_storage_connection_string or os.environ.get(AUTO_STORAGE_ENV_VAR)
         self.auto_storage = AutoStorage(connection_string) if connection_string else AutoStorage()
+        # Each node's address, and the public address of NAT frontends (.1); see node/network.py.
+        self.network = NodeNetwork(node_subnet or node_subnet_from_environment())
         self.accounts = load_accounts()
         self.account_name = WELL_KNOWN_ACCOUNT_NAME
         self.service: Optional[BatchService] = None
@@ -52,7 +55,8 @@ class LocalBatchServer:
 
     # ---- inside a running loop -----------------------------------------------------------------
     async def start_async(self) -> None:
-        self.service = BatchService(self.location, self.account_name, self.timings, self.auto_storage, self.quotas)
+        self.service = BatchService(self.location, self.account_name, self.timings, self.auto_storage, self.quotas,
+                                    self.network)
         self.service.load()
         self.pipeline = Pipeline(self.service, build_router(), self.accounts, self.debug)
         app = web.Application(client_max_size=MAX_BODY_BYTES * 8)

@@ -6,11 +6,16 @@
 - ``local_sample_environment``: environment variables that point a sample (run as a
   subprocess) at that stack instead of the addresses in configuration.cfg.
 - ``local_batch_client`` / ``local_blob_service_client``: SDK clients for the stack.
+- every localbatch this run starts (in process or as a program) puts its nodes in a random
+  127.A.B.0/24 node subnet, never the default one, so it shares no node address with an emulator
+  running beside it (another test run, or a stack you started); fixtures that build servers
+  give each its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Iterator
 
 import pytest
@@ -26,6 +31,7 @@ from common.config import (
 )
 from common.local import LocalStack, azurite_connection_string
 from localbatch.accounts import AZURITE_ACCOUNT_NAME
+from localbatch.node.network import NODE_SUBNET_ENV_VAR, random_node_subnet
 from tests.samples.support import environment_without_overrides
 
 FAST_POLL_INTERVAL_SECONDS = "0.2"
@@ -40,6 +46,18 @@ class AzuriteEndpoint:
     @property
     def connection_string(self) -> str:
         return azurite_connection_string(self.blob_endpoint)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_subnet_of_this_run() -> Iterator[str]:
+    """A random node subnet for the emulators of this run that are not given one."""
+    previous = os.environ.get(NODE_SUBNET_ENV_VAR)
+    os.environ[NODE_SUBNET_ENV_VAR] = subnet = random_node_subnet()
+    yield subnet
+    if previous is None:
+        os.environ.pop(NODE_SUBNET_ENV_VAR, None)
+    else:
+        os.environ[NODE_SUBNET_ENV_VAR] = previous
 
 
 @pytest.fixture(scope="session")

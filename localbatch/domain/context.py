@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ..node.agent import NodeAgent, NodeIdentity
+from ..node.network import NodeNetwork
 from ..store import Store
 from .entities import Node, Pool
 from .quotas import Quotas
@@ -22,8 +23,13 @@ class DomainContext:
     account_name: str
     account_url: str = ""  # known once the server is bound
     quotas: Quotas = field(default_factory=Quotas)
+    network: NodeNetwork = field(default_factory=NodeNetwork)
     # Set once the scheduler exists (it needs the task runner, which needs this context).
     kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
+
+    def node_addresses(self) -> set[str]:
+        """The addresses of every node the account has (none is given out twice)."""
+        return {node.data["ipAddress"] for pool in self.repo.pools.values() for node in pool.nodes.values()}
 
     def identity(self, node: Node) -> NodeIdentity:
         pool = self.repo.find_pool(node.pool_id)

@@ -48,9 +48,12 @@ class Nodes:
         seed = f"{self.repo.store.path}/{pool.id}/{pool.data['creationTime']}/{index}"
         node_id = f"tvmps_{hashlib.sha256(seed.encode()).hexdigest()}_{'d' if dedicated else 'p'}"
         now = wire.now_iso()
+        address = self.context.network.allocate(self.context.node_addresses())
+        if address is None:  # the caller checks free_addresses() first
+            raise RuntimeError("the node subnet has no free address")
         node = Node(pool.id, {
             "id": node_id, "state": "creating", "schedulingState": "enabled", "stateTransitionTime": now,
-            "allocationTime": now, "ipAddress": f"10.0.{(index + 4) // 256}.{(index + 4) % 256}",
+            "allocationTime": now, "ipAddress": address,
             "affinityId": f"TVM:{node_id}", "vmSize": pool.data["vmSize"], "totalTasksRun": 0,
             "totalTasksSucceeded": 0, "runningTasksCount": 0, "runningTaskSlotsCount": 0,
             "isDedicated": dedicated,
@@ -62,6 +65,10 @@ class Nodes:
         count_current_nodes(pool)
         self.context.background.spawn(self._boot(pool, node))
         return node
+
+    def free_addresses(self) -> int:
+        """How many more nodes the node subnet has addresses for."""
+        return self.context.network.free_count(self.context.node_addresses())
 
     def remove_node(self, pool: Pool, node: Node, deallocation: str) -> None:
         if node.state == "leavingpool":

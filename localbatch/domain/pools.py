@@ -172,11 +172,15 @@ class Pools:
             missing = pool.data[target_key] - len(current)
             if missing > 0:
                 allowed = self._nodes_within_quota(pool, dedicated)
-                for _ in range(min(missing, allowed)):
+                addresses = self.nodes.free_addresses()
+                for _ in range(min(missing, allowed, addresses)):
                     self.nodes.add_node(pool, dedicated)
                 if allowed < missing:
                     pool.data["resizeErrors"] = [*pool.data.get("resizeErrors", []),
                                                  quota_error(dedicated, self.context.quotas.cores(dedicated))]
+                elif addresses < missing:
+                    pool.data["resizeErrors"] = [*pool.data.get("resizeErrors", []),
+                                                 subnet_full_error(str(self.context.network.subnet))]
             surplus = len(current) - pool.data[target_key]
             if surplus > 0:
                 # Idle nodes go first, as on Azure.
@@ -200,3 +204,9 @@ class Pools:
             if pool.allocation_state != "steady":
                 self._resize_to_target(pool)
             self.context.kick(pool.id)
+
+
+def subnet_full_error(subnet: str) -> dict:
+    """The resize error of a pool whose allocation stopped because the node subnet is full."""
+    return {"code": "AllocationFailed", "message": "Desired number of nodes could not be allocated",
+            "values": [{"name": "Reason", "value": f"The node subnet {subnet} has no free address left."}]}

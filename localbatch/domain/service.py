@@ -13,6 +13,7 @@ from ..node.agent import NodeAgent
 from ..node.containerimages import ImageCache
 from ..node.engines import DockerEngines
 from ..node.layout import NodeLayout
+from ..node.network import NodeNetwork
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
 from ..store import Store
 from .context import DomainContext
@@ -34,7 +35,8 @@ IMAGES_DIRECTORY = "images"
 
 class BatchService:
     def __init__(self, location: str, account_name: str, timings: Optional[Timings] = None,
-                 auto_storage: Optional[AutoStorage] = None, quotas: Optional[Quotas] = None):
+                 auto_storage: Optional[AutoStorage] = None, quotas: Optional[Quotas] = None,
+                 network: Optional[NodeNetwork] = None):
         self.location = os.path.abspath(location)
         self.account_name = account_name
         self.store = Store(os.path.join(self.location, STATE_DIRECTORY))
@@ -45,7 +47,7 @@ class BatchService:
                           ResourceFileDownloader(auto_storage or AutoStorage()),
                           engines=DockerEngines(ImageCache(os.path.join(self.location, IMAGES_DIRECTORY))))
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
-                                     quotas=quotas or Quotas())
+                                     quotas=quotas or Quotas(), network=network or NodeNetwork())
         self.tasks = Tasks(self.context)
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)

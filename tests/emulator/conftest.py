@@ -1,7 +1,8 @@
 """Fixtures for the localbatch contract tests.
 
-- `server`: an in-process LocalBatchServer on port 0 with a temporary location, shared by the
-  tests of one module (each test uses its own unique pool/job ids).
+- `server`: an in-process LocalBatchServer on port 0 with a temporary location and its own random
+  node subnet (127.A.B.0/24), shared by the tests of one module (each test uses its own unique
+  pool/job ids).
 - `client`: a BatchClient for it, signed with the well-known account key.
 - `raw`: an HTTP client that sends exactly what it is given.
 - transitional states (deleting, resizing, rebooting) are held for as long as a test needs
@@ -24,6 +25,7 @@ import pytest
 from common.local import RunningAzurite, start_azurite
 from localbatch import LocalBatchServer, Timings
 from localbatch.accounts import AZURITE_ACCOUNT_KEY, AZURITE_ACCOUNT_NAME, azurite_connection_string
+from localbatch.node.network import random_node_subnet
 
 from .support import WAIT, RawClient, batch_client, create_pool_and_wait, unique_id
 
@@ -39,7 +41,7 @@ def fast_timings() -> Timings:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBatchServer]:
     location = tmp_path_factory.mktemp("localbatch")
-    with LocalBatchServer(str(location), timings=fast_timings()) as running:
+    with LocalBatchServer(str(location), timings=fast_timings(), node_subnet=random_node_subnet()) as running:
         yield running
 
 
@@ -125,7 +127,7 @@ def blob_storage(request: pytest.FixtureRequest) -> Azurite:
 def storage_server(tmp_path_factory: pytest.TempPathFactory, blob_storage: Azurite) -> Iterator[LocalBatchServer]:
     """A server whose auto-storage account is the Azurite instance."""
     location = tmp_path_factory.mktemp("localbatch-storage")
-    with LocalBatchServer(str(location), timings=fast_timings(),
+    with LocalBatchServer(str(location), timings=fast_timings(), node_subnet=random_node_subnet(),
                           auto_storage_connection_string=blob_storage.connection_string) as running:
         yield running
 
