@@ -343,3 +343,30 @@ def test_engines_die_with_a_killed_emulator_and_the_next_start_cleans_up_after_t
         assert "sleep 600" not in [command.strip() for command in _all_command_lines()]
     finally:
         restarted.kill()
+
+
+def test_engines_listen_on_their_node_address_and_two_nodes_form_a_swarm(client, server):
+    pool_id = unique_id("containers")
+    manager, worker = sorted(create_container_pool(client, pool_id, 2, BUSYBOX),
+                             key=lambda node: tuple(int(part) for part in node.ip_address.split(".")))
+    engines = {node.ip_address: f"tcp://{node.ip_address}:2375" for node in (manager, worker)}
+    for address, url in engines.items():
+        assert docker_at(url, "version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
+    initialised = docker_at(engines[manager.ip_address], "swarm", "init", "--advertise-addr", manager.ip_address,
+                            "--listen-addr", f"{manager.ip_address}:2377")
+    assert initialised.returncode == 0, initialised.stderr
+    token = docker_at(engines[manager.ip_address], "swarm", "join-token", "--quiet", "worker").stdout.strip()
+    joined = docker_at(engines[worker.ip_address], "swarm", "join", "--token", token, "--advertise-addr",
+                       worker.ip_address, "--listen-addr", f"{worker.ip_address}:2377", f"{manager.ip_address}:2377")
+    assert joined.returncode == 0, joined.stderr
+    listed = docker_at(engines[manager.ip_address], "node", "ls", "--format", "{{.Status}}")
+    assert listed.stdout.split() == ["Ready", "Ready"]
+    engine_paths = [engine_of(server, pool_id, node.id) for node in (manager, worker)]
+    delete_pool_and_wait(client, pool_id)
+    for engine in engine_paths:
+        assert processes_of(engine) == [] and mounts_of(engine) == []
+
+
+def docker_at(url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([docker_cli(), "--host", url, *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
