@@ -175,8 +175,10 @@ class Nodes:
             try:
                 await engines.provide_image(paths, image)
             except ImageUnavailable as exc:
-                return {"code": "ContainerInvalidImage", "message": "One or more container images specified are invalid",
-                        "errorDetails": [{"name": "ContainerImage", "value": image}, {"name": "Message", "value": str(exc)}]}
+                return {"code": "ContainerInvalidImage",
+                        "message": "One or more container images specified are invalid",
+                        "errorDetails": [{"name": "ContainerImage", "value": image},
+                                         {"name": "Message", "value": str(exc)}]}
         return None
 
     async def stop_engine(self, node: Node) -> None:

@@ -88,7 +88,8 @@ class Tasks:
             pool_has_containers = container_configuration(pool) is not None
         else:
             auto_pool = ((job.data.get("poolInfo") or {}).get("autoPoolSpecification") or {}).get("pool") or {}
-            pool_has_containers = bool((auto_pool.get("virtualMachineConfiguration") or {}).get("containerConfiguration"))
+            vm_config = auto_pool.get("virtualMachineConfiguration") or {}
+            pool_has_containers = bool(vm_config.get("containerConfiguration"))
         if not pool_has_containers:
             raise invalid_property("containerSettings", settings.get("imageName"),
                                    "The task has containerSettings but its pool has no "

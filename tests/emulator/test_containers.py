@@ -20,8 +20,8 @@ from localbatch.node.engines import docker_cli, docker_unavailable_reason
 from localbatch.node.layout import EnginePaths, NodeLayout
 
 from .conftest import fast_timings
-from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, pool_options, read_task_file, reboot_options, run_task,
-                      unique_id, wait_for, wait_for_nodes, wait_for_task)
+from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, pool_options, read_task_file,
+                      reboot_options, run_task, unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(docker_unavailable_reason() is not None,
                                 reason=str(docker_unavailable_reason()))
