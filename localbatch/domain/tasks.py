@@ -16,7 +16,8 @@ from .context import DomainContext, container_configuration
 from .entities import Job, Node, Task
 from .runtime import loop_running
 from .states import RUNNING_TASK_STATES
-from .validation import check_durations, check_id, check_resource_file, job_closed, not_emulated
+from .validation import (check_container_settings, check_durations, check_id, check_resource_file, job_closed,
+                         not_emulated)
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +95,7 @@ class Tasks:
             raise invalid_property("containerSettings", settings.get("imageName"),
                                    "The task has containerSettings but its pool has no "
                                    "virtualMachineConfiguration.containerConfiguration.")
-        if settings.get("registry"):
-            raise not_emulated("containerSettings.registry")
-        if settings.get("containerHostBatchBindMounts"):
-            raise not_emulated("containerSettings.containerHostBatchBindMounts")
+        check_container_settings("containerSettings", settings)
 
     def replace_task(self, job_id: str, task_id: str, body: dict) -> Task:
         task = self.repo.get_task(job_id, task_id)

@@ -1,12 +1,16 @@
 """Checks of request bodies that the SDK's models cannot express, and what is kept of secrets."""
 from __future__ import annotations
 
+import re
+
 from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
 from ..node.engines import docker_unavailable_reason
 from ..node.resourcefiles import check_relative_path
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+# An image reference as `docker pull` takes it: [registry/]repository[:tag][@digest].
+_IMAGE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
 
 
 def check_id(name: str, value: str) -> None:
@@ -69,9 +73,7 @@ def check_pool_body(body: dict) -> None:
                 raise invalid_property("startTask.containerSettings", start_task["containerSettings"].get("imageName"),
                                        "The start task has containerSettings but the pool has no "
                                        "virtualMachineConfiguration.containerConfiguration.")
-            for unsupported in ("registry", "containerHostBatchBindMounts"):
-                if start_task["containerSettings"].get(unsupported):
-                    raise not_emulated(f"startTask.containerSettings.{unsupported}")
+            check_container_settings("startTask.containerSettings", start_task["containerSettings"])
 
 
 def check_container_configuration(container_config: dict, image: dict) -> None:
@@ -85,11 +87,27 @@ def check_container_configuration(container_config: dict, image: dict) -> None:
         raise invalid_property(f"{name}.type", container_config["type"],
                                f"The image {reference['publisher']}/{reference['offer']}/{reference['sku']} does not "
                                "have the DockerCompatible capability (see list_supported_images()).")
+    for index, image_name in enumerate(container_config.get("containerImageNames") or []):
+        check_image_name(f"{name}.containerImageNames[{index}]", image_name)
     if container_config.get("containerRegistries"):
         raise not_emulated(f"{name}.containerRegistries")
     reason = docker_unavailable_reason()
     if reason is not None:
         raise invalid_property(name, container_config["type"], reason)
+
+
+def check_image_name(name: str, value: str) -> None:
+    if not isinstance(value, str) or not _IMAGE_REFERENCE.fullmatch(value):
+        raise invalid_property(name, value, "Expected an image reference as docker pull takes it, such as "
+                                            "busybox:latest or myregistry.azurecr.io/app:1.0.")
+
+
+def check_container_settings(name: str, settings: dict) -> None:
+    """What a (start) task's containerSettings may say here; the image is checked as a reference."""
+    check_image_name(f"{name}.imageName", settings.get("imageName"))
+    for unsupported in ("registry", "containerHostBatchBindMounts"):
+        if settings.get(unsupported):
+            raise not_emulated(f"{name}.{unsupported}")
 
 
 def without_secrets(user_accounts: list[dict]) -> list[dict]:

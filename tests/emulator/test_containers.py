@@ -370,3 +370,14 @@ def test_engines_listen_on_their_node_address_and_two_nodes_form_a_swarm(client,
 def docker_at(url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([docker_cli(), "--host", url, *args], capture_output=True, text=True, timeout=60,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+
+
+@pytest.mark.parametrize("image", ["--privileged", "busy box", ""], ids=["option", "space", "empty"])
+def test_an_image_name_that_is_not_a_reference_is_refused(client, container_pool, image):
+    job_id = create_job(client, container_pool)
+    with pytest.raises(HttpResponseError) as caught:
+        client.create_task(job_id, models.BatchTaskCreateOptions(
+            id="t", command_line="/bin/true", container_settings=models.BatchTaskContainerSettings(image_name=image)))
+    assert caught.value.status_code == 400
+    details = {detail.code: detail.message for detail in caught.value.error.details}
+    assert details["PropertyName"] == "containerSettings.imageName"
