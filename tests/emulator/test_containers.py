@@ -16,7 +16,7 @@ from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from localbatch import LocalBatchServer
-from localbatch.node.engines import docker_cli, docker_unavailable_reason
+from localbatch.node.engines import cgroup_parent, docker_cli, docker_unavailable_reason
 from localbatch.node.layout import EnginePaths, NodeLayout
 
 from .conftest import fast_timings
@@ -146,13 +146,14 @@ def test_deleting_a_pool_stops_its_engines_and_leaves_no_process_mount_or_contai
         id="sleeper", command_line="sleep 600",
         container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX)))
     wait_for_task(client, job_id, "sleeper", states=("running",))
+    wait_for(lambda: any(container_processes(engine) for engine in engines), "the task's container to run")
     delete_pool_and_wait(client, pool_id)
     for engine in engines:
         assert processes_of(engine) == []
         assert mounts_of(engine) == []
         assert not os.path.exists(engine.run_dir)
         wait_for(lambda: not os.path.exists(engine.directory), "the engine's data to be removed with its node")
-    assert "sleep 600" not in [command.strip() for command in _all_command_lines()]
+    assert all(container_processes(engine) == [] for engine in engines)
 
 
 def test_an_image_that_cannot_be_provided_makes_the_node_unusable_as_a_failed_pull_does(client, server):
@@ -291,15 +292,13 @@ def test_a_rebooted_node_restarts_its_engine_keeping_its_data(client, server, co
     assert after.returncode == 0, after.stderr  # its data stayed
 
 
-def _all_command_lines() -> list[str]:
-    lines = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                lines.append(Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except OSError:
-                pass
-    return lines
+def container_processes(engine: EnginePaths) -> list[str]:
+    """Processes still in the cgroups of the engine's containers (every hierarchy)."""
+    found = []
+    for root in ["/sys/fs/cgroup", *(str(path) for path in Path("/sys/fs/cgroup").iterdir() if path.is_dir())]:
+        for procs in Path(root, cgroup_parent(engine)).glob("**/cgroup.procs"):
+            found += procs.read_text().split()
+    return found
 
 
 def test_a_start_task_with_container_settings_runs_in_a_container_before_the_node_is_idle(client):
@@ -340,7 +339,7 @@ def test_engines_die_with_a_killed_emulator_and_the_next_start_cleans_up_after_t
             delete_pool_and_wait(client, pool_id)
         wait_for(lambda: processes_of(engine) == [], "the engine to stop with its pool")
         assert mounts_of(engine) == []
-        assert "sleep 600" not in [command.strip() for command in _all_command_lines()]
+        assert container_processes(engine) == []
     finally:
         restarted.kill()
 
