@@ -82,15 +82,17 @@ class Tasks:
         return task
 
     def _check_container_settings(self, job: Job, settings: dict) -> None:
-        """containerSettings need a pool with a containerConfiguration (and only Batch's own
-        working-directory values); the registry is not reachable here."""
+        """containerSettings need a pool with a containerConfiguration (checked here when the pool
+        or the auto-pool specification is known; a node without an engine fails the task)."""
         pool = self.repo.find_pool(job.pool_id) if job.pool_id else None
+        auto_pool = ((job.data.get("poolInfo") or {}).get("autoPoolSpecification") or {}).get("pool")
         if pool is not None:
             pool_has_containers = container_configuration(pool) is not None
-        else:
-            auto_pool = ((job.data.get("poolInfo") or {}).get("autoPoolSpecification") or {}).get("pool") or {}
+        elif auto_pool is not None:
             vm_config = auto_pool.get("virtualMachineConfiguration") or {}
             pool_has_containers = bool(vm_config.get("containerConfiguration"))
+        else:
+            pool_has_containers = True  # a pool not created yet: its nodes decide
         if not pool_has_containers:
             raise invalid_property("containerSettings", settings.get("imageName"),
                                    "The task has containerSettings but its pool has no "

@@ -243,9 +243,10 @@ class NodeAgent:
         Returns the docker client command that runs it attached (its exit code is the
         container's) and that command's environment, or the outcome of a task that cannot start.
         """
-        if self.engines is None:
-            return ProgramOutcome.agent_fault("The node has no container engine.")
         engine, name = container.engine, container_name(key)
+        if self.engines is None or not self.engines.running(engine):
+            return _invalid_settings(container, "The node has no container engine: its pool has no "
+                                                "virtualMachineConfiguration.containerConfiguration.")
         try:
             await asyncio.get_running_loop().run_in_executor(None, os.makedirs, paths.working_dir, 0o777, True)
             await self.engines.provide_image(engine, container.image)
