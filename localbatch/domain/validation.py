@@ -6,6 +6,7 @@ import re
 from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
 from ..node.engines import docker_unavailable_reason
+from ..node.layout import CONTAINER_DATA_PATH_SOURCES
 from ..node.resourcefiles import check_relative_path
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -105,9 +106,12 @@ def check_image_name(name: str, value: str) -> None:
 def check_container_settings(name: str, settings: dict) -> None:
     """What a (start) task's containerSettings may say here; the image is checked as a reference."""
     check_image_name(f"{name}.imageName", settings.get("imageName"))
-    for unsupported in ("registry", "containerHostBatchBindMounts"):
-        if settings.get(unsupported):
-            raise not_emulated(f"{name}.{unsupported}")
+    if settings.get("registry"):
+        raise not_emulated(f"{name}.registry")
+    for index, mount in enumerate(settings.get("containerHostBatchBindMounts") or []):
+        if mount.get("source") not in CONTAINER_DATA_PATH_SOURCES:
+            raise invalid_property(f"{name}.containerHostBatchBindMounts[{index}].source", mount.get("source"),
+                                   f"Expected one of {', '.join(CONTAINER_DATA_PATH_SOURCES)}.")
 
 
 def without_secrets(user_accounts: list[dict]) -> list[dict]:

@@ -101,12 +101,16 @@ class ContainerRun:
     image: str
     run_options: str = ""
     working_directory: str = "taskWorkingDirectory"   # or containerImageDefault
+    # containerHostBatchBindMounts: (source, read only); empty: the whole node root, read-write.
+    bind_mounts: tuple[tuple[str, bool], ...] = ()
 
     @classmethod
     def from_settings(cls, engine: EnginePaths, settings: dict) -> "ContainerRun":
         """From a task's (or start task's) containerSettings, in their wire form."""
+        mounts = tuple((mount["source"], bool(mount.get("isReadOnly")))
+                       for mount in settings.get("containerHostBatchBindMounts") or [])
         return cls(engine, settings["imageName"], settings.get("containerRunOptions") or "",
-                   settings.get("workingDirectory") or "taskWorkingDirectory")
+                   settings.get("workingDirectory") or "taskWorkingDirectory", mounts)
 
 
 # Variables of a task that are not passed into its container: the host's own, and the engine's address.
@@ -261,8 +265,7 @@ class NodeAgent:
             run_options = processes.split_command_line(container.run_options) if container.run_options.strip() else []
         except processes.CommandLineError as exc:
             return _invalid_settings(container, str(exc))
-        root = env["AZ_BATCH_NODE_ROOT_DIR"]
-        create = ["create", "--name", name, "--volume", f"{root}:{root}"]
+        create = ["create", "--name", name, *self._container_volumes(container, paths, env)]
         if not any(option.split("=")[0] in ("--network", "--net") for option in run_options):
             create += ["--network", "host"]  # engines have no bridge: the node's own network
         if container.working_directory != "containerImageDefault":
@@ -277,6 +280,20 @@ class NodeAgent:
             return _invalid_settings(container, output.strip())
         return [docker_cli(), "--host", engine.docker_host, "start", "--attach", name], \
             {"PATH": DEFAULT_PATH, "DOCKER_CONFIG": self.engines.client_config(engine)}
+
+    def _container_volumes(self, container: ContainerRun, paths: TaskPaths, env: dict[str, str]) -> list[str]:
+        """The node root at the same path, read-write, as on a Linux node; or only the Batch data
+        paths the task's containerHostBatchBindMounts name."""
+        if not container.bind_mounts:
+            root = env["AZ_BATCH_NODE_ROOT_DIR"]
+            return ["--volume", f"{root}:{root}"]
+        volumes = []
+        for source, read_only in container.bind_mounts:
+            path = self.layout.container_data_path(env["AZ_BATCH_POOL_ID"], env["AZ_BATCH_NODE_ID"], source, paths,
+                                                   env.get("AZ_BATCH_JOB_ID"))
+            if path is not None:  # docker creates a source that does not exist yet
+                volumes += ["--volume", f"{path}:{path}{':ro' if read_only else ''}"]
+        return volumes
 
     async def _start(self, argv: list[str], paths: TaskPaths, env: dict[str, str]):
         """The started process, or the outcome of a program that could not start."""

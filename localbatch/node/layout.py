@@ -24,12 +24,17 @@ import hashlib
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Optional
 
 NODE_SUBDIRECTORIES = ("shared", "startup", "workitems", "applications", "fsmounts", "volatile")
 STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
 WORKING_DIRECTORY = "wd"
 JOB_PREPARATION = "jobpreparation"
+# containerHostBatchBindMounts sources that are fixed directories of the node root.
+CONTAINER_NODE_DATA_PATHS = {"Shared": "shared", "Startup": "startup", "VfsMounts": "fsmounts",
+                             "Applications": "applications"}
+CONTAINER_DATA_PATH_SOURCES = (*CONTAINER_NODE_DATA_PATHS, "Task", "JobPrep")
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,17 @@ class NodeLayout:
         root_hash = hashlib.sha256(self.root(pool_id, node_id).encode()).hexdigest()[:16]
         return EnginePaths(os.path.join(self.pool_dir(pool_id), ".engines", node_id),
                            os.path.join(ENGINE_RUN_DIRECTORY, root_hash))
+
+    def container_data_path(self, pool_id: str, node_id: str, source: str, task: TaskPaths,
+                            job_id: Optional[str]) -> Optional[str]:
+        """The directory a containerHostBatchBindMounts source names, for this program; None when
+        it has none (JobPrep for a start task)."""
+        if source == "Task":
+            return task.directory
+        if source == "JobPrep":
+            return self.job_preparation(pool_id, node_id, job_id).directory if job_id else None
+        name = CONTAINER_NODE_DATA_PATHS.get(source)
+        return os.path.join(self.root(pool_id, node_id), name) if name else None
 
     @staticmethod
     def task_root_relative(job_id: str, task_id: str) -> str:

@@ -380,3 +380,17 @@ def test_an_image_name_that_is_not_a_reference_is_refused(client, container_pool
     assert caught.value.status_code == 400
     details = {detail.code: detail.message for detail in caught.value.error.details}
     assert details["PropertyName"] == "containerSettings.imageName"
+
+
+def test_host_batch_bind_mounts_mount_only_the_data_paths_named(client, container_pool):
+    job_id = create_job(client, container_pool)
+    task = run_task(client, job_id, "/bin/sh -c 'ls \"$AZ_BATCH_NODE_ROOT_DIR\"; echo out > result.txt; "
+                                    "touch \"$AZ_BATCH_NODE_SHARED_DIR/x\" || echo shared is read-only'",
+                    container_settings=models.BatchTaskContainerSettings(
+                        image_name=BUSYBOX, container_host_batch_bind_mounts=[
+                            models.ContainerHostBatchBindMountEntry(source="Task"),
+                            models.ContainerHostBatchBindMountEntry(source="Shared", is_read_only=True)]))
+    assert task.execution_info.exit_code == 0, read_task_file(client, job_id, task.id, "stderr.txt")
+    lines = read_task_file(client, job_id, task.id).splitlines()
+    assert lines == ["shared", "workitems", "shared is read-only"]  # nothing else of the node root
+    assert read_task_file(client, job_id, task.id, "wd/result.txt") == "out\n"
