@@ -68,6 +68,8 @@ class LocalBatchServer:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
         self.service.base_url = self.url
+        if self.service.context.services.ssh_unavailable:
+            logger.warning("nodes have no SSH server: %s", self.service.context.services.ssh_unavailable)
         self.service.start_background_work()
 
     async def stop_async(self) -> None:

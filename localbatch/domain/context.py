@@ -6,6 +6,7 @@ from typing import Callable, Optional
 
 from ..node.agent import NodeAgent, NodeIdentity
 from ..node.network import NodeNetwork
+from ..node.services import NodeServices
 from ..store import Store
 from .entities import Node, Pool
 from .quotas import Quotas
@@ -24,6 +25,7 @@ class DomainContext:
     account_url: str = ""  # known once the server is bound
     quotas: Quotas = field(default_factory=Quotas)
     network: NodeNetwork = field(default_factory=NodeNetwork)
+    services: Optional[NodeServices] = None  # the nodes' SSH servers and NAT frontends
     # Set once the scheduler exists (it needs the task runner, which needs this context).
     kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
 

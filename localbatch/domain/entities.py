@@ -156,15 +156,17 @@ class Node(Entity):
 
     def __init__(self, pool_id: str, data: dict, index: int, users: Optional[dict] = None,
                  running: Optional[dict] = None, after_tasks: Optional[str] = None,
-                 start_task_pid: Optional[int] = None):
+                 start_task_pid: Optional[int] = None, host_key: Optional[str] = None):
         self.pool_id = pool_id
         self.data = data
         self.index = index
-        self.users = users or {}        # name -> {isAdmin, expiryTime, sshPublicKey, hasPassword}
+        # name -> {name, isAdmin, expiryTime, sshPublicKey, passwordHash}: never shown on the wire.
+        self.users = users or {}
         self.running = running or {}    # "job/task" key -> slots used
         # "remove", "reboot" or "reimage": what to do once the running tasks finish (taskcompletion).
         self.after_tasks = after_tasks
         self.start_task_pid = start_task_pid  # while the start task's program runs
+        self.host_key = host_key        # the SSH host key (OpenSSH private key), kept for the node's life
         self.boot_generation = 0        # bumped when a boot in progress is superseded
 
     @property
@@ -182,12 +184,14 @@ class Node(Entity):
 
     def record(self) -> dict:
         return {"poolId": self.pool_id, "data": self.data, "index": self.index, "users": self.users,
-                "running": self.running, "afterTasks": self.after_tasks, "startTaskPid": self.start_task_pid}
+                "running": self.running, "afterTasks": self.after_tasks, "startTaskPid": self.start_task_pid,
+                "hostKey": self.host_key}
 
     @classmethod
     def from_record(cls, record: dict) -> "Node":
         return cls(record["poolId"], record["data"], record["index"], record["users"], record["running"],
-                   after_tasks=record.get("afterTasks"), start_task_pid=record.get("startTaskPid"))
+                   after_tasks=record.get("afterTasks"), start_task_pid=record.get("startTaskPid"),
+                   host_key=record.get("hostKey"))
 
 
 class Pool(Entity):

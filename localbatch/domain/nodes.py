@@ -17,8 +17,12 @@ from ..errors import BatchServiceError
 from ..node import processes
 from ..node.agent import ContainerRun
 from ..node.containerimages import ImageUnavailable
+from ..node.credentials import new_host_key
 from ..node.engines import EngineError
+from ..node.services import Frontend
+from ..node.ssh import NodeSshSettings
 from .context import DomainContext, container_configuration
+from .endpoints import assign_inbound_endpoints, nat_pools, remote_login_settings
 from .entities import Node, Pool
 from .tasks import Tasks
 from .validation import user_record
@@ -60,8 +64,9 @@ class Nodes:
             "endpointConfiguration": {"inboundEndpoints": []},
             "virtualMachineInfo": {"imageReference": {
                 **pool.data["virtualMachineConfiguration"]["imageReference"], "exactVersion": "22.04.202411010"}},
-        }, index)
+        }, index, host_key=new_host_key())
         self.repo.add_node(pool, node)
+        assign_inbound_endpoints(pool, node, self.context.network.public_address)
         count_current_nodes(pool)
         self.context.background.spawn(self._boot(pool, node))
         return node
@@ -83,6 +88,7 @@ class Nodes:
 
     async def _finish_removal(self, pool: Pool, node: Node) -> None:
         await self.context.transitions.step("node_leaving")
+        await self.stop_services(node)
         await self.stop_engine(node)
         self.repo.remove_node(pool, node)
         count_current_nodes(pool)
@@ -114,6 +120,7 @@ class Nodes:
         transitions = self.context.transitions
         loop = asyncio.get_running_loop()
         if restart in ("reboot", "reimage"):
+            await self.stop_services(node)
             await self.stop_engine(node)
         if restart == "reimage":
             await loop.run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
@@ -129,11 +136,15 @@ class Nodes:
         await loop.run_in_executor(None, self.agent.layout.create_node, pool.id, node.id)
         if generation != node.boot_generation or not node.attached:
             return
+        await self.start_services(pool, node)  # sshd is up before the agent runs the start task
+        if generation != node.boot_generation or not node.attached:
+            await self.stop_services(node)
+            return
         node.data.pop("errors", None)
         if container_configuration(pool) is not None:
             error = await self._start_engine(pool, node)
             if generation != node.boot_generation or not node.attached:
-                return  # removed or restarted meanwhile: that path stops the engine
+                return  # removed or restarted meanwhile: that path stops the engine and the services
             if error is not None:
                 node.data["errors"] = [error]
                 node.set_state("unusable")
@@ -157,6 +168,28 @@ class Nodes:
             self._ready(node)
         else:
             node.set_state("starttaskfailed")
+
+    # ---- what a booted node serves: SSH and its NAT frontends --------------------------------------
+    async def start_services(self, pool: Pool, node: Node) -> None:
+        if node.host_key is None:  # a node from a state written before nodes had host keys
+            node.host_key = new_host_key()
+        rules = {nat["name"]: tuple(nat.get("networkSecurityGroupRules") or []) for nat in nat_pools(pool.data)}
+        frontends = [Frontend(endpoint["frontendPort"], endpoint["backendPort"],
+                              rules.get(endpoint["name"].rsplit(".", 1)[0], ()))
+                     for endpoint in node.data["endpointConfiguration"]["inboundEndpoints"]]
+        await self.context.services.start(node.key, self.ssh_settings(node), frontends)
+
+    def ssh_settings(self, node: Node) -> NodeSshSettings:
+        layout = self.agent.layout
+        return NodeSshSettings(
+            address=node.data["ipAddress"], host_key=node.host_key,
+            find_user=lambda name: node.users.get(name) if node.attached else None,
+            environment=lambda: self.agent.node_environment(self.context.identity(node)),
+            home_dir=lambda name: layout.create_home(node.pool_id, node.id, name),
+            network=self.context.network)
+
+    async def stop_services(self, node: Node) -> None:
+        await self.context.services.stop(node.key)
 
     async def _start_engine(self, pool: Pool, node: Node) -> Optional[dict]:
         """Start the node's Docker engine and load the pool's containerImageNames into it, before
@@ -292,9 +325,8 @@ class Nodes:
             raise BatchServiceError("NodeUserNotFound")
 
     def get_node_remote_login_settings(self, pool_id: str, node_id: str) -> dict:
-        """Where the node's SSH endpoint is published (an inbound NAT pool starts at 50000)."""
-        node = self.repo.get_node(pool_id, node_id)
-        return {"remoteLoginIPAddress": "127.0.0.1", "remoteLoginPort": 50000 + node.index}
+        """Where SSH to the node lands (see endpoints.remote_login_settings)."""
+        return remote_login_settings(self.repo.get_node(pool_id, node_id))
 
     def node_files_root(self, pool_id: str, node_id: str) -> str:
         node = self.repo.get_node(pool_id, node_id)
@@ -323,7 +355,10 @@ class Nodes:
         for node in list(pool.nodes.values()):
             if node.state in BOOTING_STATES:
                 self.context.background.spawn(self._boot(pool, node, restart="resume"))
-            elif node.state == "leavingpool":
+                continue
+            if node.state != "leavingpool":  # a node that was up is up again: its services too
+                self.context.background.spawn(self.start_services(pool, node))
+            if node.state == "leavingpool":
                 self.context.background.spawn(self._finish_removal(pool, node))
             elif node.after_tasks:  # its tasks were requeued when the emulator stopped
                 self._run_deferred_action(node)

@@ -11,6 +11,7 @@ from typing import Optional
 from .. import wire
 from ..errors import BatchServiceError, invalid_property
 from .context import DomainContext
+from .endpoints import check_endpoint_configuration, nat_pools, ssh_nat_pool
 from .entities import Pool
 from .nodes import Nodes, count_nodes, node_counts
 from .quotas import cores_of, quota_error
@@ -37,6 +38,7 @@ class Pools:
         if existing is not None:
             raise BatchServiceError("PoolBeingDeleted" if existing.state == "deleting" else "PoolExists")
         check_pool_body(body)
+        self._check_ssh_possible(body)
         now = wire.now_iso()
         data = {
             "id": body["id"], "creationTime": now, "state": "active", "stateTransitionTime": now,
@@ -65,6 +67,17 @@ class Pools:
         self._resize_to_target(pool)
         return pool
 
+    def _check_ssh_possible(self, body: dict) -> None:
+        """A pool that publishes SSH (an inbound NAT pool with backend port 22) needs node SSH
+        servers, which need port 22: refused, saying why, where the emulator cannot bind it."""
+        nat = ssh_nat_pool(body)
+        reason = self.context.services.ssh_unavailable
+        if nat is not None and reason is not None:
+            index = nat_pools(body).index(nat)
+            raise invalid_property(
+                f"networkConfiguration.endpointConfiguration.inboundNATPools[{index}].backendPort", 22,
+                f"localbatch cannot publish SSH here: {reason}.")
+
     def update_pool(self, pool_id: str, body: dict) -> Pool:
         return self._update(pool_id, body, replace=False)
 
@@ -75,6 +88,8 @@ class Pools:
         pool = self.repo.get_pool(pool_id)
         if pool.state == "deleting":
             raise BatchServiceError("PoolBeingDeleted")
+        check_endpoint_configuration(body.get("networkConfiguration"))
+        self._check_ssh_possible(body)
         for name in UPDATABLE_PROPERTIES:
             if body.get(name) is not None:
                 pool.data[name] = body[name]
@@ -150,6 +165,7 @@ class Pools:
             self.tasks.evict(node, "requeue")
             node.boot_generation += 1
             self.context.agent.stop(f"start:{node.key}", "shutdown")
+            await self.nodes.stop_services(node)
         await asyncio.gather(*(self.nodes.stop_engine(node) for node in list(pool.nodes.values())))
         self.repo.remove_pool(pool)
         await asyncio.get_running_loop().run_in_executor(None, self.context.agent.layout.remove_pool, pool.id)

@@ -6,6 +6,7 @@ store.py); this module only composes the parts and runs start-up and shutdown.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator, Optional
 
@@ -14,6 +15,7 @@ from ..node.containerimages import ImageCache
 from ..node.engines import DockerEngines
 from ..node.layout import NodeLayout
 from ..node.network import NodeNetwork
+from ..node.services import NodeServices
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
 from ..store import Store
 from .context import DomainContext
@@ -26,6 +28,8 @@ from .repository import Repository
 from .runtime import Background, Timings, Transitions
 from .scheduler import Scheduler
 from .tasks import Tasks
+
+logger = logging.getLogger(__name__)
 
 # Under --location: the state database's directory, the nodes' directories, the container images.
 STATE_DIRECTORY = "state"
@@ -48,6 +52,7 @@ class BatchService:
                           engines=DockerEngines(ImageCache(os.path.join(self.location, IMAGES_DIRECTORY))))
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
                                      quotas=quotas or Quotas(), network=network or NodeNetwork())
+        self.context.services = NodeServices(self.context.network)
         self.tasks = Tasks(self.context)
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)
@@ -86,6 +91,10 @@ class BatchService:
 
     async def close(self) -> None:
         await self.background.close()  # the scheduler starts nothing more
+        try:
+            await self.context.services.close()  # nothing is left listening
+        except Exception:  # pylint: disable=broad-except
+            logger.exception("stopping the nodes' SSH servers and NAT frontends failed")
         try:
             await self.context.agent.close()
             if self.context.agent.engines is not None:

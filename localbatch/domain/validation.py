@@ -1,12 +1,15 @@
 """Checks of request bodies that the SDK's models cannot express, and what is kept of secrets."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
+from ..node.credentials import hash_password
 from ..node.engines import docker_unavailable_reason
 from ..node.layout import CONTAINER_DATA_PATH_SOURCES
+from .endpoints import check_endpoint_configuration
 from ..node.resourcefiles import check_relative_path
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -65,6 +68,7 @@ def check_pool_body(body: dict) -> None:
             raise invalid_property(name, body[name], "The value must be zero or more.")
     if (body.get("taskSlotsPerNode") or 1) < 1:
         raise invalid_property("taskSlotsPerNode", body["taskSlotsPerNode"], "The value must be at least 1.")
+    check_endpoint_configuration(body.get("networkConfiguration"))
     start_task = body.get("startTask")
     if start_task:
         for index, resource_file in enumerate(start_task.get("resourceFiles") or []):
@@ -141,8 +145,12 @@ def not_emulated(feature: str) -> BatchServiceError:
 
 
 def user_record(body: dict) -> dict:
-    return {"name": body["name"], "isAdmin": bool(body.get("isAdmin")), "expiryTime": body.get("expiryTime"),
-            "sshPublicKey": body.get("sshPublicKey"), "hasPassword": bool(body.get("password"))}
+    """What a node keeps of a node user: the password only as a hash; the expiry defaults to a day
+    from now, as on Azure. (A public key that is not a valid OpenSSH key is kept, and never matches.)"""
+    expiry = body.get("expiryTime") or wire.iso(wire.utcnow() + dt.timedelta(days=1))
+    return {"name": body["name"], "isAdmin": bool(body.get("isAdmin")), "expiryTime": expiry,
+            "sshPublicKey": body.get("sshPublicKey"),
+            "passwordHash": hash_password(body["password"]) if body.get("password") else None}
 
 
 def job_closed(job) -> BatchServiceError:

@@ -131,8 +131,9 @@ class NodeAgent:
         self._launcher = launcher or processes.ProcessLauncher()
 
     # ---- environment --------------------------------------------------------------------
-    def environment(self, node: NodeIdentity, paths: TaskPaths, settings: list[dict],
-                    job_id: Optional[str] = None, task_id: Optional[str] = None) -> dict[str, str]:
+    def node_environment(self, node: NodeIdentity) -> dict[str, str]:
+        """What every program on the node sees (tasks, start tasks, SSH sessions): the one place
+        that says what the node provides to its programs."""
         layout = self.layout
         root = layout.root(node.pool_id, node.node_id)
         startup = layout.startup(node.pool_id, node.node_id)
@@ -149,13 +150,22 @@ class NodeAgent:
             "AZ_BATCH_NODE_STARTUP_DIR": startup.directory,
             "AZ_BATCH_NODE_STARTUP_WORKING_DIR": startup.working_dir,
             "AZ_BATCH_NODE_MOUNTS_DIR": layout.mounts_dir(node.pool_id, node.node_id),
+        })
+        if node.docker_host:
+            env["DOCKER_HOST"] = node.docker_host
+        return env
+
+    def environment(self, node: NodeIdentity, paths: TaskPaths, settings: list[dict],
+                    job_id: Optional[str] = None, task_id: Optional[str] = None) -> dict[str, str]:
+        """A task's (or start task's) environment: the node's, its directories, its settings."""
+        layout = self.layout
+        env = self.node_environment(node)
+        env.update({
             "AZ_BATCH_TASK_DIR": paths.directory,
             "AZ_BATCH_TASK_WORKING_DIR": paths.working_dir,
             "AZ_BATCH_TASK_USER": "_azbatch",
             "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         })
-        if node.docker_host:
-            env["DOCKER_HOST"] = node.docker_host
         if job_id is not None and task_id is not None:
             preparation = layout.job_preparation(node.pool_id, node.node_id, job_id)
             env["AZ_BATCH_JOB_ID"] = job_id

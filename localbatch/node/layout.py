@@ -5,6 +5,7 @@ A node is a directory with the layout of a real Linux Batch node:
     <nodes dir>/<pool>/<node id>/          AZ_BATCH_NODE_ROOT_DIR
         shared/  startup/{stdout.txt, stderr.txt, wd/}  applications/  fsmounts/  volatile/
         workitems/<job>/job-1/<task>/{stdout.txt, stderr.txt, wd/}
+    <nodes dir>/<pool>/<node id>.home/<user>/   a node user's home (/home/<user>; SSH sessions start there)
 
 Node file names in the API are relative to the node root; task file names to the task directory.
 
@@ -108,6 +109,11 @@ class NodeLayout:
     def mounts_dir(self, pool_id: str, node_id: str) -> str:
         return os.path.join(self.root(pool_id, node_id), "fsmounts")
 
+    def home_dir(self, pool_id: str, node_id: str, user_name: str) -> str:
+        """A node user's home directory (/home/<user> on a real node): beside the node's Batch
+        root, not inside it, so it is not among the node's files."""
+        return os.path.join(self.pool_dir(pool_id), f"{node_id}.home", user_name)
+
     def startup(self, pool_id: str, node_id: str) -> TaskPaths:
         return TaskPaths(os.path.join(self.root(pool_id, node_id), "startup"))
 
@@ -147,8 +153,14 @@ class NodeLayout:
         for name in NODE_SUBDIRECTORIES:
             os.makedirs(os.path.join(root, name), exist_ok=True)
 
+    def create_home(self, pool_id: str, node_id: str, user_name: str) -> str:
+        home = self.home_dir(pool_id, node_id, user_name)
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        return home
+
     def remove_node(self, pool_id: str, node_id: str) -> None:
         shutil.rmtree(self.root(pool_id, node_id), ignore_errors=True)
+        shutil.rmtree(os.path.dirname(self.home_dir(pool_id, node_id, "_")), ignore_errors=True)
         shutil.rmtree(self.engine(pool_id, node_id).directory, ignore_errors=True)
 
     def remove_pool(self, pool_id: str) -> None:

@@ -6,6 +6,7 @@ as its 400 there.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -394,3 +395,35 @@ def test_host_batch_bind_mounts_mount_only_the_data_paths_named(client, containe
     lines = read_task_file(client, job_id, task.id).splitlines()
     assert lines == ["shared", "workitems", "shared is read-only"]  # nothing else of the node root
     assert read_task_file(client, job_id, task.id, "wd/result.txt") == "out\n"
+
+
+def test_over_ssh_a_node_user_sees_the_engine_and_a_tunnel_to_localhost_2375_reaches_it(client, server):
+    asyncssh = pytest.importorskip("asyncssh")
+    if server.service.context.services.ssh_unavailable:
+        pytest.skip(server.service.context.services.ssh_unavailable)
+    pool_id = unique_id("containers")
+    client.create_pool(container_pool_options(
+        pool_id, 1, BUSYBOX, network_configuration=models.NetworkConfiguration(
+            endpoint_configuration=models.BatchPoolEndpointConfiguration(inbound_nat_pools=[models.BatchInboundNatPool(
+                name="ssh", protocol="tcp", backend_port=22, frontend_port_range_start=40000,
+                frontend_port_range_end=40099)]))))
+    node = wait_for_nodes(client, pool_id, 1)[0]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    client.create_node_user(pool_id, node.id, models.BatchNodeUserCreateOptions(
+        name="swarm", is_admin=True, ssh_public_key=key.export_public_key().decode().strip()))
+    login = client.get_node_remote_login_settings(pool_id, node.id)
+
+    async def session() -> tuple[str, bytes]:
+        async with asyncssh.connect(login.remote_login_ip_address, login.remote_login_port, username="swarm",
+                                    client_keys=[key], known_hosts=None, connect_timeout=60) as connection:
+            ran = await connection.run("echo $DOCKER_HOST; docker image inspect --format found busybox", check=False,
+                                       timeout=60)
+            reader, writer = await connection.open_connection("localhost", 2375)
+            writer.write(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 60)
+            writer.close()
+            return str(ran.stdout), answer
+    output, answer = asyncio.run(session())
+    assert output.split() == [engine_of(server, pool_id, node.id).docker_host, "found"]
+    assert answer.startswith(b"HTTP/1.0 200 OK") and answer.endswith(b"OK")
+    delete_pool_and_wait(client, pool_id)

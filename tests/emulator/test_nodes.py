@@ -195,12 +195,14 @@ def test_node_user_secrets_are_never_echoed(client, pool_id, raw):
         assert b"Hunter2!x" not in raw.request("GET", path).body
 
 
-def test_remote_login_settings(client, pool_id):
-    nodes = list(client.list_nodes(pool_id))
-    settings = [client.get_node_remote_login_settings(pool_id, node.id) for node in nodes]
-    assert all(s.remote_login_ip_address for s in settings)
-    assert all(isinstance(s.remote_login_port, int) and s.remote_login_port > 0 for s in settings)
-    assert len({s.remote_login_port for s in settings}) == len(nodes)
+def test_remote_login_settings_without_an_ssh_nat_pool_name_the_nodes_own_address(client, pool_id):
+    # No inbound NAT pool publishes SSH (api-version 2024-07-01 and later map none by default): the
+    # node is reachable on its own address and port 22, from inside the node network only. With a
+    # NAT pool, see test_node_ssh.py.
+    for node in client.list_nodes(pool_id):
+        settings = client.get_node_remote_login_settings(pool_id, node.id)
+        assert (settings.remote_login_ip_address, settings.remote_login_port) == (node.ip_address, 22)
+        assert node.endpoint_configuration.inbound_endpoints == []
 
 
 def test_node_actions_on_a_missing_node(client, pool_id):
