@@ -15,13 +15,13 @@ from typing import Optional
 from .. import wire
 from ..errors import BatchServiceError
 from ..node import processes
+from ..node.agent import ContainerRun
 from ..node.containerimages import ImageUnavailable
-from ..node.engines import EngineError
-from .context import DomainContext, container_configuration
 from ..node.credentials import new_host_key
+from ..node.engines import EngineError
 from ..node.services import Frontend
 from ..node.ssh import NodeSshSettings
-from .context import DomainContext
+from .context import DomainContext, container_configuration
 from .endpoints import assign_inbound_endpoints, nat_pools, remote_login_settings
 from .entities import Node, Pool
 from .tasks import Tasks
@@ -136,19 +136,19 @@ class Nodes:
         await loop.run_in_executor(None, self.agent.layout.create_node, pool.id, node.id)
         if generation != node.boot_generation or not node.attached:
             return
-        node.data.pop("errors", None)
-        if container_configuration(pool) is not None:
-            error = await self._start_engine(pool, node)
-            if generation != node.boot_generation or not node.attached:
-                return  # removed or restarted meanwhile: that path stops the engine
-            if error is not None:
-                node.data["errors"] = [error]
-                node.set_state("unusable")
-                return
         await self.start_services(pool, node)  # sshd is up before the agent runs the start task
         if generation != node.boot_generation or not node.attached:
             await self.stop_services(node)
             return
+        node.data.pop("errors", None)
+        if container_configuration(pool) is not None:
+            error = await self._start_engine(pool, node)
+            if generation != node.boot_generation or not node.attached:
+                return  # removed or restarted meanwhile: that path stops the engine and the services
+            if error is not None:
+                node.data["errors"] = [error]
+                node.set_state("unusable")
+                return
         node.data["lastBootTime"] = wire.now_iso()
         node.data["nodeAgentInfo"] = {"version": NODE_AGENT_VERSION, "lastUpdateTime": node.data["lastBootTime"]}
         start_task = pool.data.get("startTask")
@@ -169,31 +169,6 @@ class Nodes:
         else:
             node.set_state("starttaskfailed")
 
-    async def _start_engine(self, pool: Pool, node: Node) -> Optional[dict]:
-        """Start the node's Docker engine and load the pool's containerImageNames into it, before
-        the node takes tasks; the node error that makes it unusable when that fails."""
-        engines = self.agent.engines
-        paths = self.agent.layout.engine(pool.id, node.id)
-        address = node.data.get("ipAddress", "")
-        own_address = address if address.startswith("127.") and address != "127.0.0.1" else None
-        try:
-            await engines.start(paths, own_address)
-        except EngineError as exc:
-            logger.error("the Docker engine of node %s did not start: %s", node.id, exc)
-            return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
-                    "errorDetails": [{"name": "Message", "value": str(exc)}]}
-        for image in container_configuration(pool).get("containerImageNames") or []:
-            try:
-                await engines.provide_image(paths, image)
-            except ImageUnavailable as exc:
-                return {"code": "ContainerInvalidImage", "message": "One or more container images specified are invalid",
-                        "errorDetails": [{"name": "ContainerImage", "value": image}, {"name": "Message", "value": str(exc)}]}
-        return None
-
-    async def stop_engine(self, node: Node) -> None:
-        """Stop the node's engine, if it has one; its data stays with the node."""
-        if self.agent.engines is not None:
-            await self.agent.engines.stop(self.agent.layout.engine(node.pool_id, node.id))
     # ---- what a booted node serves: SSH and its NAT frontends --------------------------------------
     async def start_services(self, pool: Pool, node: Node) -> None:
         if node.host_key is None:  # a node from a state written before nodes had host keys
@@ -216,6 +191,34 @@ class Nodes:
     async def stop_services(self, node: Node) -> None:
         await self.context.services.stop(node.key)
 
+    async def _start_engine(self, pool: Pool, node: Node) -> Optional[dict]:
+        """Start the node's Docker engine and load the pool's containerImageNames into it, before
+        the node takes tasks; the node error that makes it unusable when that fails."""
+        engines = self.agent.engines
+        paths = self.agent.layout.engine(pool.id, node.id)
+        address = node.data.get("ipAddress", "")
+        own_address = address if address.startswith("127.") and address != "127.0.0.1" else None
+        try:
+            await engines.start(paths, own_address)
+        except EngineError as exc:
+            logger.error("the Docker engine of node %s did not start: %s", node.id, exc)
+            return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
+                    "errorDetails": [{"name": "Message", "value": str(exc)}]}
+        for image in container_configuration(pool).get("containerImageNames") or []:
+            try:
+                await engines.provide_image(paths, image)
+            except ImageUnavailable as exc:
+                return {"code": "ContainerInvalidImage",
+                        "message": "One or more container images specified are invalid",
+                        "errorDetails": [{"name": "ContainerImage", "value": image},
+                                         {"name": "Message", "value": str(exc)}]}
+        return None
+
+    async def stop_engine(self, node: Node) -> None:
+        """Stop the node's engine, if it has one; its data stays with the node."""
+        if self.agent.engines is not None:
+            await self.agent.engines.stop(self.agent.layout.engine(node.pool_id, node.id))
+
     def _ready(self, node: Node) -> None:
         node.set_state("running" if node.running else "idle")
         self.context.kick(node.pool_id)
@@ -224,12 +227,16 @@ class Nodes:
         max_retries = start_task.get("maxTaskRetryCount", 0)
         paths = self.agent.layout.startup(node.pool_id, node.id)
         env = self.agent.environment(self.context.identity(node), paths, start_task.get("environmentSettings") or [])
+        container = None
+        if start_task.get("containerSettings"):
+            container = ContainerRun.from_settings(self.agent.layout.engine(node.pool_id, node.id),
+                                                   start_task["containerSettings"])
         node.data["startTaskInfo"] = {"state": "running", "startTime": wire.now_iso(), "retryCount": 0}
         while True:
             await self.context.store.durable()  # on record as running before it runs
             outcome = await self.agent.run_program(
                 _start_task_key(node), start_task["commandLine"], start_task.get("resourceFiles") or [], paths, env,
-                None, on_start=lambda pid: setattr(node, "start_task_pid", pid))
+                None, on_start=lambda pid: setattr(node, "start_task_pid", pid), container=container)
             node.start_task_pid = None
             if generation != node.boot_generation:
                 return False

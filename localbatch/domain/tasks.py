@@ -16,7 +16,8 @@ from .context import DomainContext, container_configuration
 from .entities import Job, Node, Task
 from .runtime import loop_running
 from .states import RUNNING_TASK_STATES
-from .validation import check_durations, check_id, check_resource_file, job_closed, not_emulated
+from .validation import (check_container_settings, check_durations, check_id, check_resource_file, job_closed,
+                         not_emulated)
 
 logger = logging.getLogger(__name__)
 
@@ -81,22 +82,22 @@ class Tasks:
         return task
 
     def _check_container_settings(self, job: Job, settings: dict) -> None:
-        """containerSettings need a pool with a containerConfiguration (and only Batch's own
-        working-directory values); the registry is not reachable here."""
+        """containerSettings need a pool with a containerConfiguration (checked here when the pool
+        or the auto-pool specification is known; a node without an engine fails the task)."""
         pool = self.repo.find_pool(job.pool_id) if job.pool_id else None
+        auto_pool = ((job.data.get("poolInfo") or {}).get("autoPoolSpecification") or {}).get("pool")
         if pool is not None:
             pool_has_containers = container_configuration(pool) is not None
+        elif auto_pool is not None:
+            vm_config = auto_pool.get("virtualMachineConfiguration") or {}
+            pool_has_containers = bool(vm_config.get("containerConfiguration"))
         else:
-            auto_pool = ((job.data.get("poolInfo") or {}).get("autoPoolSpecification") or {}).get("pool") or {}
-            pool_has_containers = bool((auto_pool.get("virtualMachineConfiguration") or {}).get("containerConfiguration"))
+            pool_has_containers = True  # a pool not created yet: its nodes decide
         if not pool_has_containers:
             raise invalid_property("containerSettings", settings.get("imageName"),
                                    "The task has containerSettings but its pool has no "
                                    "virtualMachineConfiguration.containerConfiguration.")
-        if settings.get("registry"):
-            raise not_emulated("containerSettings.registry")
-        if settings.get("containerHostBatchBindMounts"):
-            raise not_emulated("containerSettings.containerHostBatchBindMounts")
+        check_container_settings("containerSettings", settings)
 
     def replace_task(self, job_id: str, task_id: str, body: dict) -> Task:
         task = self.repo.get_task(job_id, task_id)
@@ -230,10 +231,8 @@ class Tasks:
         timeout = wire.parse_duration(task.data["constraints"]["maxWallClockTime"])
         container = None
         if task.data.get("containerSettings"):
-            settings = task.data["containerSettings"]
-            container = ContainerRun(self.agent.layout.engine(node.pool_id, node.id), settings["imageName"],
-                                     settings.get("containerRunOptions") or "",
-                                     settings.get("workingDirectory") or "taskWorkingDirectory")
+            container = ContainerRun.from_settings(self.agent.layout.engine(node.pool_id, node.id),
+                                                   task.data["containerSettings"])
         outcome = await self.agent.run_program(
             task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
             on_start=lambda pid: self._process_started(node, task, pid), container=container)

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
-from ..node.engines import docker_unavailable_reason
-from .endpoints import check_endpoint_configuration
 from ..node.credentials import hash_password
+from ..node.engines import docker_unavailable_reason
+from ..node.layout import CONTAINER_DATA_PATH_SOURCES
+from .endpoints import check_endpoint_configuration
 from ..node.resourcefiles import check_relative_path
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+# An image reference as `docker pull` takes it: [registry/]repository[:tag][@digest].
+_IMAGE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
 
 
 def check_id(name: str, value: str) -> None:
@@ -70,7 +74,11 @@ def check_pool_body(body: dict) -> None:
         for index, resource_file in enumerate(start_task.get("resourceFiles") or []):
             check_resource_file(f"startTask.resourceFiles[{index}]", resource_file)
         if start_task.get("containerSettings"):
-            raise not_emulated("startTask.containerSettings")
+            if not vm_config.get("containerConfiguration"):
+                raise invalid_property("startTask.containerSettings", start_task["containerSettings"].get("imageName"),
+                                       "The start task has containerSettings but the pool has no "
+                                       "virtualMachineConfiguration.containerConfiguration.")
+            check_container_settings("startTask.containerSettings", start_task["containerSettings"])
 
 
 def check_container_configuration(container_config: dict, image: dict) -> None:
@@ -84,11 +92,30 @@ def check_container_configuration(container_config: dict, image: dict) -> None:
         raise invalid_property(f"{name}.type", container_config["type"],
                                f"The image {reference['publisher']}/{reference['offer']}/{reference['sku']} does not "
                                "have the DockerCompatible capability (see list_supported_images()).")
+    for index, image_name in enumerate(container_config.get("containerImageNames") or []):
+        check_image_name(f"{name}.containerImageNames[{index}]", image_name)
+    if container_config.get("containerRegistries"):
+        raise not_emulated(f"{name}.containerRegistries")
     reason = docker_unavailable_reason()
     if reason is not None:
         raise invalid_property(name, container_config["type"], reason)
-    if container_config.get("containerRegistries"):
-        raise not_emulated(f"{name}.containerRegistries")
+
+
+def check_image_name(name: str, value: str) -> None:
+    if not isinstance(value, str) or not _IMAGE_REFERENCE.fullmatch(value):
+        raise invalid_property(name, value, "Expected an image reference as docker pull takes it, such as "
+                                            "busybox:latest or myregistry.azurecr.io/app:1.0.")
+
+
+def check_container_settings(name: str, settings: dict) -> None:
+    """What a (start) task's containerSettings may say here; the image is checked as a reference."""
+    check_image_name(f"{name}.imageName", settings.get("imageName"))
+    if settings.get("registry"):
+        raise not_emulated(f"{name}.registry")
+    for index, mount in enumerate(settings.get("containerHostBatchBindMounts") or []):
+        if mount.get("source") not in CONTAINER_DATA_PATH_SOURCES:
+            raise invalid_property(f"{name}.containerHostBatchBindMounts[{index}].source", mount.get("source"),
+                                   f"Expected one of {', '.join(CONTAINER_DATA_PATH_SOURCES)}.")
 
 
 def without_secrets(user_accounts: list[dict]) -> list[dict]:

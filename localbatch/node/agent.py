@@ -101,6 +101,16 @@ class ContainerRun:
     image: str
     run_options: str = ""
     working_directory: str = "taskWorkingDirectory"   # or containerImageDefault
+    # containerHostBatchBindMounts: (source, read only); empty: the whole node root, read-write.
+    bind_mounts: tuple[tuple[str, bool], ...] = ()
+
+    @classmethod
+    def from_settings(cls, engine: EnginePaths, settings: dict) -> "ContainerRun":
+        """From a task's (or start task's) containerSettings, in their wire form."""
+        mounts = tuple((mount["source"], bool(mount.get("isReadOnly")))
+                       for mount in settings.get("containerHostBatchBindMounts") or [])
+        return cls(engine, settings["imageName"], settings.get("containerRunOptions") or "",
+                   settings.get("workingDirectory") or "taskWorkingDirectory", mounts)
 
 
 # Variables of a task that are not passed into its container: the host's own, and the engine's address.
@@ -141,6 +151,8 @@ class NodeAgent:
             "AZ_BATCH_NODE_STARTUP_WORKING_DIR": startup.working_dir,
             "AZ_BATCH_NODE_MOUNTS_DIR": layout.mounts_dir(node.pool_id, node.node_id),
         })
+        if node.docker_host:
+            env["DOCKER_HOST"] = node.docker_host
         return env
 
     def environment(self, node: NodeIdentity, paths: TaskPaths, settings: list[dict],
@@ -154,8 +166,6 @@ class NodeAgent:
             "AZ_BATCH_TASK_USER": "_azbatch",
             "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         })
-        if node.docker_host:
-            env["DOCKER_HOST"] = node.docker_host
         if job_id is not None and task_id is not None:
             preparation = layout.job_preparation(node.pool_id, node.node_id, job_id)
             env["AZ_BATCH_JOB_ID"] = job_id
@@ -247,9 +257,10 @@ class NodeAgent:
         Returns the docker client command that runs it attached (its exit code is the
         container's) and that command's environment, or the outcome of a task that cannot start.
         """
-        if self.engines is None:
-            return ProgramOutcome.agent_fault("The node has no container engine.")
         engine, name = container.engine, container_name(key)
+        if self.engines is None or not self.engines.running(engine):
+            return _invalid_settings(container, "The node has no container engine: its pool has no "
+                                                "virtualMachineConfiguration.containerConfiguration.")
         try:
             await asyncio.get_running_loop().run_in_executor(None, os.makedirs, paths.working_dir, 0o777, True)
             await self.engines.provide_image(engine, container.image)
@@ -264,8 +275,7 @@ class NodeAgent:
             run_options = processes.split_command_line(container.run_options) if container.run_options.strip() else []
         except processes.CommandLineError as exc:
             return _invalid_settings(container, str(exc))
-        root = env["AZ_BATCH_NODE_ROOT_DIR"]
-        create = ["create", "--name", name, "--volume", f"{root}:{root}"]
+        create = ["create", "--name", name, *self._container_volumes(container, paths, env)]
         if not any(option.split("=")[0] in ("--network", "--net") for option in run_options):
             create += ["--network", "host"]  # engines have no bridge: the node's own network
         if container.working_directory != "containerImageDefault":
@@ -280,6 +290,20 @@ class NodeAgent:
             return _invalid_settings(container, output.strip())
         return [docker_cli(), "--host", engine.docker_host, "start", "--attach", name], \
             {"PATH": DEFAULT_PATH, "DOCKER_CONFIG": self.engines.client_config(engine)}
+
+    def _container_volumes(self, container: ContainerRun, paths: TaskPaths, env: dict[str, str]) -> list[str]:
+        """The node root at the same path, read-write, as on a Linux node; or only the Batch data
+        paths the task's containerHostBatchBindMounts name."""
+        if not container.bind_mounts:
+            root = env["AZ_BATCH_NODE_ROOT_DIR"]
+            return ["--volume", f"{root}:{root}"]
+        volumes = []
+        for source, read_only in container.bind_mounts:
+            path = self.layout.container_data_path(env["AZ_BATCH_POOL_ID"], env["AZ_BATCH_NODE_ID"], source, paths,
+                                                   env.get("AZ_BATCH_JOB_ID"))
+            if path is not None:  # docker creates a source that does not exist yet
+                volumes += ["--volume", f"{path}:{path}{':ro' if read_only else ''}"]
+        return volumes
 
     async def _start(self, argv: list[str], paths: TaskPaths, env: dict[str, str]):
         """The started process, or the outcome of a program that could not start."""

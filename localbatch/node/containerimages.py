@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 import threading
@@ -47,6 +46,9 @@ def build_busybox_rootfs(path: str) -> None:
     """A busybox root file system: /bin/busybox, a symbolic link per applet, /etc/passwd and group."""
     if not os.path.isfile(BUSYBOX):
         raise ImageUnavailable(f"{BUSYBOX} is missing (install the Debian package busybox-static)")
+    with open(BUSYBOX, "rb") as binary:
+        if b"ld-linux" in binary.read(4096):  # it names a dynamic loader: it needs a libc the image lacks
+            raise ImageUnavailable(f"{BUSYBOX} is dynamically linked (install the Debian package busybox-static)")
     applets = subprocess.run([BUSYBOX, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
     temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with tarfile.open(temporary, "w") as archive:
@@ -117,6 +119,3 @@ class ImageCache:
                     raise ImageUnavailable(f"cannot build {image.repository}:{image.tag} here "
                                            f"(it needs {image.needs}): {exc}") from None
         return path
-
-    def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)

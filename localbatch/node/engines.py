@@ -211,7 +211,8 @@ def _processes_in_cgroup(parent: str) -> set[int]:
     for directory in _cgroup_directories(parent):
         for current, _, files in os.walk(directory):
             if "cgroup.procs" in files:
-                found.update(int(line) for line in _read(os.path.join(current, "cgroup.procs")).split() if line.isdigit())
+                members = _read(os.path.join(current, "cgroup.procs")).split()
+                found.update(int(member) for member in members if member.isdigit())
     return found
 
 

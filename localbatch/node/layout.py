@@ -25,12 +25,17 @@ import hashlib
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Optional
 
 NODE_SUBDIRECTORIES = ("shared", "startup", "workitems", "applications", "fsmounts", "volatile")
 STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
 WORKING_DIRECTORY = "wd"
 JOB_PREPARATION = "jobpreparation"
+# containerHostBatchBindMounts sources that are fixed directories of the node root.
+CONTAINER_NODE_DATA_PATHS = {"Shared": "shared", "Startup": "startup", "VfsMounts": "fsmounts",
+                             "Applications": "applications"}
+CONTAINER_DATA_PATH_SOURCES = (*CONTAINER_NODE_DATA_PATHS, "Task", "JobPrep")
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,17 @@ class NodeLayout:
         return EnginePaths(os.path.join(self.pool_dir(pool_id), ".engines", node_id),
                            os.path.join(ENGINE_RUN_DIRECTORY, root_hash))
 
+    def container_data_path(self, pool_id: str, node_id: str, source: str, task: TaskPaths,
+                            job_id: Optional[str]) -> Optional[str]:
+        """The directory a containerHostBatchBindMounts source names, for this program; None when
+        it has none (JobPrep for a start task)."""
+        if source == "Task":
+            return task.directory
+        if source == "JobPrep":
+            return self.job_preparation(pool_id, node_id, job_id).directory if job_id else None
+        name = CONTAINER_NODE_DATA_PATHS.get(source)
+        return os.path.join(self.root(pool_id, node_id), name) if name else None
+
     @staticmethod
     def task_root_relative(job_id: str, task_id: str) -> str:
         """A task's directory relative to the node root, as nodeInfo.taskRootDirectory gives it."""
@@ -144,8 +160,8 @@ class NodeLayout:
 
     def remove_node(self, pool_id: str, node_id: str) -> None:
         shutil.rmtree(self.root(pool_id, node_id), ignore_errors=True)
-        shutil.rmtree(self.engine(pool_id, node_id).directory, ignore_errors=True)
         shutil.rmtree(os.path.dirname(self.home_dir(pool_id, node_id, "_")), ignore_errors=True)
+        shutil.rmtree(self.engine(pool_id, node_id).directory, ignore_errors=True)
 
     def remove_pool(self, pool_id: str) -> None:
         shutil.rmtree(self.pool_dir(pool_id), ignore_errors=True)

@@ -24,7 +24,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, TypeVar
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from azure.batch import BatchClient, models
@@ -235,10 +235,12 @@ class RunningEmulator:
     chatty emulator never blocks on a full pipe; `stderr` holds what it wrote once it has ended.
     """
 
-    def __init__(self, location: Path, *arguments: str, env: Optional[dict[str, str]] = None):
+    def __init__(self, location: Path, *arguments: str, env: Optional[dict[str, str]] = None,
+                 run_as: Sequence[str] = ()):
+        """`run_as`: a command that runs the rest as another user (e.g. setpriv with its options)."""
         environment = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT), **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "localbatch", "--port", "0", "--location", str(location), *arguments],
+            [*run_as, sys.executable, "-m", "localbatch", "--port", "0", "--location", str(location), *arguments],
             cwd=REPOSITORY_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.lines: "queue.Queue[str]" = queue.Queue()

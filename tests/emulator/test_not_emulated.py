@@ -45,9 +45,11 @@ def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id
     ({"virtual_machine_configuration": models.VirtualMachineConfiguration(
         image_reference=models.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
         node_agent_sku_id="batch.node.ubuntu 22.04",
-        container_configuration=models.BatchContainerConfiguration(type="dockerCompatible"))},
-     "virtualMachineConfiguration.containerConfiguration"),
-], ids=["autoscale", "containers"])
+        container_configuration=models.BatchContainerConfiguration(
+            type="dockerCompatible", container_registries=[models.ContainerRegistryReference(
+                registry_server="contoso.azurecr.io", username="contoso", password="not-a-real-password")]))},
+     "virtualMachineConfiguration.containerConfiguration.containerRegistries"),
+], ids=["autoscale", "container-registries"])
 def test_pool_features_not_emulated_are_named(client, extra, feature):
     options = pool_options(unique_id("pool"), nodes=0)
     for name, value in extra.items():
@@ -97,6 +99,6 @@ def test_account_reads_with_nothing_to_emulate_are_empty(client, pool_id):
         list(client.list_job_preparation_and_release_task_status("no-such-job"))
 
 
-def test_the_container_image_is_in_the_catalog_even_if_containers_are_not_emulated(client):
+def test_the_container_image_is_in_the_catalog(client):
     images = {(i.image_reference.publisher, i.image_reference.offer): i for i in client.list_supported_images()}
     assert "DockerCompatible" in (images[("microsoft-dsvm", "ubuntu-hpc")].capabilities or [])
