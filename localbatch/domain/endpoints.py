@@ -53,6 +53,8 @@ def check_endpoint_configuration(network_configuration: Optional[dict]) -> None:
     rule_count = 0
     for index, nat in enumerate(pools):
         path = f"{_BASE}[{index}]"
+        if not isinstance(nat, dict):
+            raise invalid_property(path, "null", "Expected an inbound NAT pool.")
         name = nat["name"]
         if not _NAME.match(name):
             raise invalid_property(f"{path}.name", name, "The name can contain letters, numbers, underscores, periods "
@@ -102,6 +104,8 @@ def check_endpoint_configuration(network_configuration: Optional[dict]) -> None:
 
 
 def _check_rule(path: str, rule: dict, priorities: set[int]) -> None:
+    if not isinstance(rule, dict):
+        raise invalid_property(path, "null", "Expected a network security group rule.")
     priority = rule["priority"]
     if priority not in PRIORITIES:
         raise invalid_property(f"{path}.priority", priority, "Priorities must be between 150 and 4096.")
@@ -117,6 +121,8 @@ def _check_rule(path: str, rule: dict, priorities: set[int]) -> None:
     seen: list[tuple[int, int]] = []
     for entry in rule.get("sourcePortRanges") or ["*"]:
         try:
+            if not isinstance(entry, str):
+                raise ValueError(entry)
             low, high = parse_port_range(entry)
         except ValueError:
             raise invalid_property(f"{path}.sourcePortRanges", entry, "Expected *, a port (such as 22) or a port "

@@ -333,6 +333,29 @@ def test_bad_endpoint_configurations_are_refused_naming_the_property(client, nat
     assert details["Reason"]
 
 
+@pytest.mark.parametrize("nat_pool", [
+    None,
+    {"name": "ssh", "protocol": "tcp", "backendPort": 22, "frontendPortRangeStart": 1000,
+     "frontendPortRangeEnd": 1100, "networkSecurityGroupRules": [None]},
+    {"name": "ssh", "protocol": "tcp", "backendPort": 22, "frontendPortRangeStart": 1000,
+     "frontendPortRangeEnd": 1100, "networkSecurityGroupRules": [
+         {"priority": 150, "access": "allow", "sourceAddressPrefix": "*", "sourcePortRanges": [None]}]},
+    {"name": "ssh", "protocol": "tcp", "frontendPortRangeStart": 1000, "frontendPortRangeEnd": 1100},
+    {"name": "ssh", "protocol": "tcp", "backendPort": "22", "frontendPortRangeStart": 1000,
+     "frontendPortRangeEnd": 1100},
+], ids=["null-nat-pool", "null-rule", "null-port-range", "no-backend-port", "port-as-text"])
+def test_malformed_endpoint_configurations_get_a_400(ssh_server, nat_pool):
+    raw = RawClient(ssh_server.url)
+    body = {"id": unique_id("malformed"), "vmSize": "standard_d2s_v3",
+            "virtualMachineConfiguration": {"imageReference": {
+                "publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"},
+                "nodeAgentSKUId": "batch.node.ubuntu 22.04"},
+            "networkConfiguration": {"endpointConfiguration": {"inboundNATPools": [nat_pool]}}}
+    response = raw.request("POST", "/pools", body=body)
+    assert response.status == 400, response.body
+    assert response.json()["code"] in ("InvalidPropertyValue", "MissingRequiredProperty")
+
+
 # ---- lifecycle -------------------------------------------------------------------------------------
 def _listening(address: str, port: int) -> bool:
     with socket.socket() as probe:
@@ -415,3 +438,31 @@ def test_an_interactive_shell_gets_a_terminal(client, pool, admin_key, tmp_path)
         assert channel.recv_exit_status() == 7
     text = output.decode(errors="replace")
     assert "term=xterm" in text and "has-tty" in text and "30 100" in text
+
+
+@pytest.mark.parametrize("user, property_name", [
+    ({"name": "../../etc"}, "name"),
+    ({"name": ".."}, "name"),
+    ({"name": "a\u0007b"}, "name"),
+    ({"name": "-rf"}, "name"),
+    ({"name": "u" * 65}, "name"),
+    ({"name": "later", "expiryTime": "next tuesday"}, "expiryTime"),
+], ids=["path", "dot-dot", "control-character", "leading-hyphen", "too-long", "bad-expiry"])
+def test_node_users_that_cannot_be_accounts_are_refused_naming_the_property(ssh_server, pool, user, property_name):
+    pool_id, nodes = pool
+    response = RawClient(ssh_server.url).request("POST", f"/pools/{pool_id}/nodes/{nodes[0].id}/users", body=user)
+    assert response.status == 400, response.body
+    details = {item["key"]: item["value"] for item in response.json()["values"]}
+    assert response.json()["code"] == "InvalidPropertyValue" and details["PropertyName"] == property_name
+
+
+def test_an_expiry_with_an_offset_is_honoured(client, pool, admin_key):
+    pool_id, nodes = pool
+    node = nodes[1]
+    # 10:00 at UTC+05:00 an hour ago is 05:00 UTC an hour ago: expired, whatever the offset says.
+    an_hour_ago = dt.datetime.now(dt.timezone(dt.timedelta(hours=5))) - dt.timedelta(hours=1)
+    client.create_node_user(pool_id, node.id, models.BatchNodeUserCreateOptions(
+        name="offset", ssh_public_key=admin_key.export_public_key().decode(), expiry_time=an_hour_ago))
+    host, port = login_address(client, pool_id, node)
+    with pytest.raises(asyncssh.PermissionDenied):
+        run(ssh_exec(host, port, "true", username="offset", client_keys=[admin_key]))
