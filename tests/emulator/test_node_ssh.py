@@ -466,3 +466,14 @@ def test_an_expiry_with_an_offset_is_honoured(client, pool, admin_key):
     host, port = login_address(client, pool_id, node)
     with pytest.raises(asyncssh.PermissionDenied):
         run(ssh_exec(host, port, "true", username="offset", client_keys=[admin_key]))
+
+
+def test_passwords_and_host_keys_never_leave_the_emulator(ssh_server, pool):
+    pool_id, nodes = pool
+    raw = RawClient(ssh_server.url)
+    for path in (f"/pools/{pool_id}/nodes/{nodes[0].id}", f"/pools/{pool_id}/nodes", f"/pools/{pool_id}"):
+        body = raw.request("GET", path).body
+        assert ADMIN_PASSWORD.encode() not in body and b"PRIVATE KEY" not in body and b"passwordHash" not in body
+    # the state keeps a salted hash of each password, never the password itself
+    state = b"".join(path.read_bytes() for path in (Path(ssh_server.location) / "state").iterdir() if path.is_file())
+    assert ADMIN_PASSWORD.encode() not in state and USER_PASSWORD.encode() not in state
