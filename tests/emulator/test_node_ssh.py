@@ -477,3 +477,26 @@ def test_passwords_and_host_keys_never_leave_the_emulator(ssh_server, pool):
     # the state keeps a salted hash of each password, never the password itself
     state = b"".join(path.read_bytes() for path in (Path(ssh_server.location) / "state").iterdir() if path.is_file())
     assert ADMIN_PASSWORD.encode() not in state and USER_PASSWORD.encode() not in state
+
+
+def test_pools_with_the_same_frontend_range_share_the_public_address_without_clashing(ssh_server, client, admin_key):
+    first, second = unique_id("range"), unique_id("range")
+    start = FRONTEND_START + 200
+    for pool_id in (first, second):
+        create_pool_and_wait(client, pool_id, nodes=1, network_configuration=network_configuration(
+            ssh_nat_pool(start=start, rules=None)))
+    nodes = {pool_id: next(iter(client.list_nodes(pool_id))) for pool_id in (first, second)}
+    ports = {pool_id: login_address(client, pool_id, node)[1] for pool_id, node in nodes.items()}
+    assert sorted(ports.values()) == [start, start + 1]  # both in the range, each its own
+    for pool_id, node in nodes.items():
+        client.create_node_user(pool_id, node.id, models.BatchNodeUserCreateOptions(
+            name="alice", ssh_public_key=admin_key.export_public_key().decode()))
+        host, port = login_address(client, pool_id, node)
+        assert run(ssh_exec(host, port, "echo $AZ_BATCH_POOL_ID", username="alice",
+                            client_keys=[admin_key])).stdout == f"{pool_id}\n"
+    client.begin_delete_pool(first, polling_interval=LRO_POLLING).result()
+    third = unique_id("range")
+    create_pool_and_wait(client, third, nodes=1, network_configuration=network_configuration(
+        ssh_nat_pool(start=start, rules=None)))
+    node = next(iter(client.list_nodes(third)))
+    assert login_address(client, third, node)[1] == ports[first], "a deleted pool's ports are free again"
