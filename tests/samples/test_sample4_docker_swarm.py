@@ -404,3 +404,27 @@ def test_ctrl_c_in_a_terminal_cleans_up_and_exits_130(
     assert re.search(r"^Deleted pool sample4-pool-", output, re.MULTILINE)
     assert localbatch_answers(slow_localbatch)
     assert_left_behind(backend, before, NOTHING)
+
+
+def test_a_rerun_on_a_kept_pool_reuses_its_swarm_and_its_user(
+    local_backend: Backend, tmp_path: Path, kept_pool: list[str]
+) -> None:
+    """Every step is idempotent: a named, kept pool already in a swarm, with the user, runs the story again."""
+    pool_id = unique_resource_name("sample4-rerun")
+    kept_pool.append(pool_id)
+    keep_everything = {
+        environment_variable_name("Pool", "pool_id"): pool_id,
+        environment_variable_name("Cleanup", "delete_pool"): "false",
+        environment_variable_name("Cleanup", "delete_node_user"): "false",
+    }
+
+    first = run_sample(SAMPLE4, local_backend, tmp_path, extra_environment=keep_everything)
+    second = run_sample(SAMPLE4, local_backend, tmp_path, extra_environment=keep_everything)
+
+    assert first.returncode == 0, first.describe()
+    assert second.returncode == 0, second.describe()
+    assert f"Created pool {pool_id} " in first.stdout and f"Reusing pool {pool_id} " in second.stdout
+    for run in (first, second):
+        assert f"swarm active, {NODE_COUNT} node(s), 1 manager(s)" in run.stdout
+        assert f"through the tunnel ----\n{CONTAINER_OUTPUT}\n" in run.stdout
+        assert len(re.findall(r"^Kept user swarmadmin on node ", run.stdout, re.MULTILINE)) == NODE_COUNT
