@@ -28,6 +28,8 @@ pytestmark = pytest.mark.skipif(docker_unavailable_reason() is not None,
                                 reason=str(docker_unavailable_reason()))
 
 BUSYBOX = "busybox:latest"
+# Bound of a wait for container nodes: a real dockerd starts on each (about 2 s on a quiet machine).
+ENGINE_WAIT = 120.0
 
 
 def container_vm_configuration(*images: str) -> models.VirtualMachineConfiguration:
@@ -46,7 +48,7 @@ def container_pool_options(pool_id: str, nodes: int, *images: str, **extra) -> m
 def create_container_pool(client, pool_id: str, nodes: int, *images: str,
                           states: tuple[str, ...] = ("idle",)) -> list[models.BatchNode]:
     client.create_pool(container_pool_options(pool_id, nodes, *images))
-    return wait_for_nodes(client, pool_id, nodes, states=states)
+    return wait_for_nodes(client, pool_id, nodes, states=states, timeout=ENGINE_WAIT)
 
 
 def delete_pool_and_wait(client, pool_id: str) -> None:
@@ -58,7 +60,7 @@ def delete_pool_and_wait(client, pool_id: str) -> None:
             return False
         except ResourceNotFoundError:
             return True
-    wait_for(gone, f"pool {pool_id} to be deleted")
+    wait_for(gone, f"pool {pool_id} to be deleted", ENGINE_WAIT)
 
 
 def engine_of(server: LocalBatchServer, pool_id: str, node_id: str) -> EnginePaths:
@@ -130,7 +132,7 @@ def test_start_tasks_of_container_pools_see_the_engine_too(client, server):
     pool_id = unique_id("containers")
     client.create_pool(container_pool_options(pool_id, 1, start_task=models.BatchStartTask(
         command_line="/bin/sh -c 'docker version --format {{.Server.Os}}'", wait_for_success=True)))
-    node = wait_for_nodes(client, pool_id, 1)[0]
+    node = wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)[0]
     assert node.start_task_info.exit_code == 0
     output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
     assert output.strip() == "linux"
@@ -270,7 +272,7 @@ def test_engines_stop_with_the_emulator_and_come_back_with_their_data_after_a_re
         assert tagged.execution_info.result == "success"
     assert processes_of(engine) == [] and mounts_of(engine) == []
     with LocalBatchServer(location, timings=fast_timings()) as second, batch_client(second.url) as client:
-        wait_for_nodes(client, pool_id, 1)
+        wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)
         kept = run_task(client, job_id, "docker image inspect --format kept kept:1")
         assert read_task_file(client, job_id, kept.id).strip() == "kept"  # the engine's data stayed with the node
         ran = container_task(client, job_id, "echo back")
@@ -285,7 +287,7 @@ def test_a_rebooted_node_restarts_its_engine_keeping_its_data(client, server, co
     assert docker(engine, "tag", BUSYBOX, "before-reboot:1").returncode == 0
     pid_before = Path(engine.pidfile).read_text().strip()
     client.begin_reboot_node(container_pool, node_id, reboot_options(), polling_interval=LRO_POLLING).result()
-    wait_for_nodes(client, container_pool, 1)
+    wait_for_nodes(client, container_pool, 1, timeout=ENGINE_WAIT)
     assert Path(engine.pidfile).read_text().strip() != pid_before  # a new dockerd
     assert not os.path.exists(f"/proc/{pid_before}/cmdline") or engine.run_dir not in \
         Path(f"/proc/{pid_before}/cmdline").read_bytes().decode(errors="replace")
@@ -307,7 +309,7 @@ def test_a_start_task_with_container_settings_runs_in_a_container_before_the_nod
     client.create_pool(container_pool_options(pool_id, 1, BUSYBOX, start_task=models.BatchStartTask(
         command_line="/bin/sh -c 'readlink /bin/sh; echo \"$AZ_BATCH_POOL_ID\"'", wait_for_success=True,
         container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX))))
-    node = wait_for_nodes(client, pool_id, 1)[0]
+    node = wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)[0]
     assert node.start_task_info.exit_code == 0
     output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
     assert output.split() == ["/bin/busybox", pool_id]
@@ -329,16 +331,16 @@ def test_engines_die_with_a_killed_emulator_and_the_next_start_cleans_up_after_t
         engine = NodeLayout(str(location / "nodes")).engine(pool_id, node.id)
         emulator.process.kill()
         emulator.process.wait()
-        wait_for(lambda: processes_of(engine) == [], "the engine of the killed emulator to stop")
+        wait_for(lambda: processes_of(engine) == [], "the engine of the killed emulator to stop", ENGINE_WAIT)
     finally:
         emulator.kill()
     restarted = RunningEmulator(location)
     try:
         with batch_client(restarted.url()) as client:
-            wait_for_task(client, job_id, "long", states=("running",))  # requeued, and running again
+            wait_for_task(client, job_id, "long", states=("running",), timeout=ENGINE_WAIT)  # requeued, run again
             assert client.get_task(job_id, "long").execution_info.requeue_count == 1
             delete_pool_and_wait(client, pool_id)
-        wait_for(lambda: processes_of(engine) == [], "the engine to stop with its pool")
+        wait_for(lambda: processes_of(engine) == [], "the engine to stop with its pool", ENGINE_WAIT)
         assert mounts_of(engine) == []
         assert container_processes(engine) == []
     finally:
@@ -407,7 +409,7 @@ def test_over_ssh_a_node_user_sees_the_engine_and_a_tunnel_to_localhost_2375_rea
             endpoint_configuration=models.BatchPoolEndpointConfiguration(inbound_nat_pools=[models.BatchInboundNatPool(
                 name="ssh", protocol="tcp", backend_port=22, frontend_port_range_start=40000,
                 frontend_port_range_end=40099)]))))
-    node = wait_for_nodes(client, pool_id, 1)[0]
+    node = wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)[0]
     key = asyncssh.generate_private_key("ssh-ed25519")
     client.create_node_user(pool_id, node.id, models.BatchNodeUserCreateOptions(
         name="swarm", is_admin=True, ssh_public_key=key.export_public_key().decode().strip()))
