@@ -109,6 +109,8 @@ def container_pool(client) -> str:
 
 # ---- engines ----------------------------------------------------------------------------------------
 def test_each_node_runs_its_own_engine_with_the_pool_images_loaded_before_it_is_idle(client, server, container_pool):
+    configuration = client.get_pool(container_pool).virtual_machine_configuration.container_configuration
+    assert (configuration.type, configuration.container_image_names) == ("dockerCompatible", [BUSYBOX])
     node = next(iter(client.list_nodes(container_pool)))
     assert node.state == "idle" and not node.errors
     engine = engine_of(server, container_pool, node.id)
@@ -231,6 +233,7 @@ def test_a_task_image_that_cannot_be_provided_fails_as_a_failed_pull(client, con
     info = task.execution_info
     assert info.result == "failure" and info.exit_code is None
     assert (info.failure_info.category, info.failure_info.code) == ("usererror", "ContainerInvalidImage")
+    assert task.container_settings.image_name == "mcr.microsoft.com/azure-cli:2.60"  # echoed as sent
     details = {detail.name: detail.value for detail in info.failure_info.details}
     assert details["ContainerImage"] == "mcr.microsoft.com/azure-cli:2.60"
 
