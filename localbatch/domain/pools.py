@@ -16,7 +16,7 @@ from .entities import Pool
 from .nodes import Nodes, count_nodes, node_counts
 from .quotas import cores_of, quota_error
 from .tasks import Tasks
-from .validation import check_id, check_pool_body, without_secrets
+from .validation import check_id, check_pool_body, check_virtual_machine_configuration, without_secrets
 
 UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
                         "vmSize", "taskSlotsPerNode", "virtualMachineConfiguration", "upgradePolicy",
@@ -90,6 +90,8 @@ class Pools:
             raise BatchServiceError("PoolBeingDeleted")
         check_endpoint_configuration(body.get("networkConfiguration"))
         self._check_ssh_possible(body)
+        if body.get("virtualMachineConfiguration") is not None:
+            check_virtual_machine_configuration(body["virtualMachineConfiguration"])
         for name in UPDATABLE_PROPERTIES:
             if body.get(name) is not None:
                 pool.data[name] = body[name]

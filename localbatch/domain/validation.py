@@ -55,9 +55,7 @@ def check_pool_body(body: dict) -> None:
     vm_config = body.get("virtualMachineConfiguration")
     if not vm_config:
         raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": "virtualMachineConfiguration"})
-    image = images.check_virtual_machine_configuration(vm_config)
-    if vm_config.get("containerConfiguration"):
-        check_container_configuration(vm_config["containerConfiguration"], image)
+    check_virtual_machine_configuration(vm_config)
     if body.get("enableAutoScale"):
         raise not_emulated("enableAutoScale")
     for name in ("mountConfiguration", "applicationPackageReferences"):
@@ -79,6 +77,13 @@ def check_pool_body(body: dict) -> None:
                                        "The start task has containerSettings but the pool has no "
                                        "virtualMachineConfiguration.containerConfiguration.")
             check_container_settings("startTask.containerSettings", start_task["containerSettings"])
+
+
+def check_virtual_machine_configuration(vm_config: dict) -> None:
+    """The image is one the emulator offers; a container configuration can run on it, and here."""
+    image = images.check_virtual_machine_configuration(vm_config)
+    if vm_config.get("containerConfiguration"):
+        check_container_configuration(vm_config["containerConfiguration"], image)
 
 
 def check_container_configuration(container_config: dict, image: dict) -> None:

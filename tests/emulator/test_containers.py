@@ -432,3 +432,16 @@ def test_over_ssh_a_node_user_sees_the_engine_and_a_tunnel_to_localhost_2375_rea
     assert output.split() == [engine_of(server, pool_id, node.id).docker_host, "found"]
     assert answer.startswith(b"HTTP/1.0 200 OK") and answer.endswith(b"OK")
     delete_pool_and_wait(client, pool_id)
+
+
+def test_a_pool_update_cannot_slip_in_a_container_configuration_its_image_cannot_run(client, pool_id):
+    with pytest.raises(HttpResponseError) as caught:
+        client.update_pool(pool_id, models.BatchPoolUpdateOptions(
+            virtual_machine_configuration=models.VirtualMachineConfiguration(
+                image_reference=models.BatchVmImageReference(
+                    publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"),
+                node_agent_sku_id="batch.node.ubuntu 22.04",
+                container_configuration=models.BatchContainerConfiguration(type="dockerCompatible"))))
+    assert caught.value.status_code == 400
+    details = {detail.code: detail.message for detail in caught.value.error.details}
+    assert details["PropertyName"] == "virtualMachineConfiguration.containerConfiguration.type"
