@@ -199,7 +199,7 @@ class Nodes:
         address = node.data.get("ipAddress", "")
         own_address = address if address.startswith("127.") and address != "127.0.0.1" else None
         try:
-            await engines.start(paths, own_address)
+            await engines.start(paths, own_address, node_hostname(node))
         except EngineError as exc:
             logger.error("the Docker engine of node %s did not start: %s", node.id, exc)
             return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
@@ -385,6 +385,12 @@ def node_counts(pools: list[Pool]) -> list[dict]:
             counters["total"] += 1
         result.append({"poolId": pool.id, "dedicated": dedicated, "lowPriority": low_priority})
     return result
+
+
+def node_hostname(node: Node) -> str:
+    """The node's host name, as its Docker engine (and so its swarm) reports it: distinct per
+    node, like the host names of a pool's VMs."""
+    return "tvmps-" + node.id.split("_")[1][:12]
 
 
 def _start_task_key(node: Node) -> str:

@@ -33,6 +33,7 @@ SHUTDOWN_TIMEOUT = 2        # dockerd's own grace period for running containers 
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PR_SET_PDEATHSIG = 1
 _MNT_DETACH = 2
+_CLONE_NEWUTS = 0x04000000
 
 
 class EngineError(Exception):
@@ -81,8 +82,12 @@ class DockerEngines:
         return engine is not None and engine[1].returncode is None
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    async def start(self, paths: EnginePaths, tcp_address: Optional[str]) -> None:
-        """Start the node's engine (cleaning up what an earlier run left) and wait until it answers."""
+    async def start(self, paths: EnginePaths, tcp_address: Optional[str], hostname: str) -> None:
+        """Start the node's engine (cleaning up what an earlier run left) and wait until it answers.
+
+        The engine runs in a UTS namespace of its own with the node's host name, which is what
+        its swarm shows for the node and what containers on the host network see.
+        """
         async with self._lock(paths):
             if self.running(paths):
                 return
@@ -100,7 +105,7 @@ class DockerEngines:
             with open(paths.log, "ab") as log:
                 process = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent)
+                    start_new_session=True, preexec_fn=functools.partial(_prepare_engine_process, hostname))
             self._engines[paths.directory] = (paths, process)
             try:
                 await asyncio.wait_for(self._until_answering(paths, process), START_TIMEOUT)
@@ -247,9 +252,14 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: dockerd gets SIGTERM if the emulator dies."""
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _prepare_engine_process(hostname: str) -> None:
+    """In the child before exec: dockerd gets SIGTERM if the emulator dies, and the node's host
+    name in a UTS namespace of its own (left as it is if the kernel refuses)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    name = hostname.encode()
+    if libc.unshare(_CLONE_NEWUTS) == 0:
+        libc.sethostname(name, len(name))
 
 
 async def _ping(socket_path: str) -> bool:

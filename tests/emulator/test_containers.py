@@ -220,11 +220,13 @@ def test_a_container_task_runs_in_the_image_with_the_batch_environment_mounts_an
 
 def test_the_image_default_working_directory_and_run_options(client, container_pool):
     job_id = create_job(client, container_pool)
-    task = container_task(client, job_id, "/bin/sh -c 'pwd; id -u; echo \"$FROM_OPTIONS\"'",
+    node_id = next(iter(client.list_nodes(container_pool))).id
+    task = container_task(client, job_id, "/bin/sh -c 'pwd; id -u; echo \"$FROM_OPTIONS\"; hostname'",
                           run_options="--user 65534 --env FROM_OPTIONS=yes", working_directory="containerImageDefault")
     assert task.execution_info.result == "success", read_task_file(client, job_id, task.id, "stderr.txt")
     assert task.execution_info.exit_code == 0
-    assert read_task_file(client, job_id, task.id).split() == ["/", "65534", "yes"]
+    # on the node's network, the container has the node's host name
+    assert read_task_file(client, job_id, task.id).split() == ["/", "65534", "yes", f"tvmps-{node_id[6:18]}"]
 
 
 def test_a_task_image_that_cannot_be_provided_fails_as_a_failed_pull(client, container_pool):
@@ -364,8 +366,9 @@ def test_engines_listen_on_their_node_address_and_two_nodes_form_a_swarm(client,
     joined = docker_at(engines[worker.ip_address], "swarm", "join", "--token", token, "--advertise-addr",
                        worker.ip_address, "--listen-addr", f"{worker.ip_address}:2377", f"{manager.ip_address}:2377")
     assert joined.returncode == 0, joined.stderr
-    listed = docker_at(engines[manager.ip_address], "node", "ls", "--format", "{{.Status}}")
-    assert listed.stdout.split() == ["Ready", "Ready"]
+    listed = docker_at(engines[manager.ip_address], "node", "ls", "--format", "{{.Hostname}} {{.Status}}")
+    # each engine has its node's own host name, so the swarm tells the nodes apart
+    assert sorted(listed.stdout.splitlines()) == sorted(f"tvmps-{node.id[6:18]} Ready" for node in (manager, worker))
     engine_paths = [engine_of(server, pool_id, node.id) for node in (manager, worker)]
     delete_pool_and_wait(client, pool_id)
     for engine in engine_paths:
