@@ -89,9 +89,11 @@ def check_virtual_machine_configuration(vm_config: dict) -> None:
 def check_container_configuration(container_config: dict, image: dict) -> None:
     """A container pool needs a DockerCompatible image, and a machine where dockerd can run."""
     name = "virtualMachineConfiguration.containerConfiguration"
+    if container_config.get("type") == "criCompatible":
+        raise not_emulated(f"{name}.type criCompatible")
     if container_config.get("type") != "dockerCompatible":
         raise invalid_property(f"{name}.type", container_config.get("type"),
-                               "localbatch runs Docker engines only (type dockerCompatible).")
+                               "Expected dockerCompatible or criCompatible.")
     if "DockerCompatible" not in (image.get("capabilities") or []):
         reference = image["imageReference"]
         raise invalid_property(f"{name}.type", container_config["type"],

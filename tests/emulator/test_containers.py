@@ -175,6 +175,20 @@ def test_an_image_that_cannot_be_provided_makes_the_node_unusable_as_a_failed_pu
 
 
 # ---- refusals ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("container_type, status, detail", [
+    ("criCompatible", 501, ("Feature", "virtualMachineConfiguration.containerConfiguration.type criCompatible")),
+    ("kubernetes", 400, ("PropertyName", "virtualMachineConfiguration.containerConfiguration.type")),
+], ids=["cri-not-emulated", "unknown-type"])
+def test_only_docker_compatible_container_configurations_are_run(client, container_type, status, detail):
+    options = container_pool_options(unique_id("pool"), 0)
+    options.virtual_machine_configuration.container_configuration.type = container_type
+    with pytest.raises(HttpResponseError) as caught:
+        client.create_pool(options)
+    assert caught.value.status_code == status
+    details = {d.code: d.message for d in caught.value.error.details}
+    assert details[detail[0]] == detail[1]
+
+
 def test_a_container_pool_needs_a_docker_compatible_image(client):
     options = pool_options(unique_id("pool"), 0)
     options.virtual_machine_configuration.container_configuration = models.BatchContainerConfiguration(
