@@ -202,11 +202,12 @@ class Nodes:
             await engines.start(paths, own_address, node_hostname(node))
         except EngineError as exc:
             logger.error("the Docker engine of node %s did not start: %s", node.id, exc)
-            return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
-                    "errorDetails": [{"name": "Message", "value": str(exc)}]}
+            return _engine_unavailable(str(exc))
         for image in container_configuration(pool).get("containerImageNames") or []:
             try:
                 await engines.provide_image(paths, image)
+            except OSError as exc:  # the docker client could not run
+                return _engine_unavailable(f"the docker client failed: {exc}")
             except ImageUnavailable as exc:
                 return {"code": "ContainerInvalidImage",
                         "message": "One or more container images specified are invalid",
@@ -385,6 +386,12 @@ def node_counts(pools: list[Pool]) -> list[dict]:
             counters["total"] += 1
         result.append({"poolId": pool.id, "dedicated": dedicated, "lowPriority": low_priority})
     return result
+
+
+def _engine_unavailable(message: str) -> dict:
+    """The node error of a node whose Docker engine cannot be used (the emulator's fault)."""
+    return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
+            "errorDetails": [{"name": "Message", "value": message}]}
 
 
 def node_hostname(node: Node) -> str:

@@ -91,21 +91,10 @@ class DockerEngines:
         async with self._lock(paths):
             if self.running(paths):
                 return
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, clean_up_engine, paths)
-            await loop.run_in_executor(None, _prepare_directories, paths)
-            argv = [shutil.which("dockerd", path=_SYSTEM_PATH) or "dockerd",
-                    "--config-file", os.path.join(paths.directory, "daemon.json"),
-                    "--data-root", paths.data_root, "--exec-root", paths.exec_root, "--pidfile", paths.pidfile,
-                    "--host", paths.docker_host, "--iptables=false", "--ip-masq=false", "--bridge=none",
-                    "--cgroup-parent", cgroup_parent(paths), f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
-            if tcp_address:
-                argv += ["--host", f"tcp://{tcp_address}:{ENGINE_PORT}"]
-            env = {"PATH": _SYSTEM_PATH, "HOME": "/root"}
-            with open(paths.log, "ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                    start_new_session=True, preexec_fn=functools.partial(_prepare_engine_process, hostname))
+            try:
+                process = await self._launch(paths, tcp_address, hostname)
+            except OSError as exc:  # e.g. an unwritable /run, or dockerd cannot be executed
+                raise EngineError(f"dockerd could not be started: {exc}") from None
             self._engines[paths.directory] = (paths, process)
             try:
                 await asyncio.wait_for(self._until_answering(paths, process), START_TIMEOUT)
@@ -113,6 +102,24 @@ class DockerEngines:
                 await self._stop(paths)
                 reason = str(exc) or f"dockerd did not answer within {START_TIMEOUT:.0f} s"
                 raise EngineError(f"{reason}; see {paths.log}") from None
+
+    @staticmethod
+    async def _launch(paths: EnginePaths, tcp_address: Optional[str], hostname: str) -> asyncio.subprocess.Process:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, clean_up_engine, paths)
+        await loop.run_in_executor(None, _prepare_directories, paths)
+        argv = [shutil.which("dockerd", path=_SYSTEM_PATH) or "dockerd",
+                "--config-file", os.path.join(paths.directory, "daemon.json"),
+                "--data-root", paths.data_root, "--exec-root", paths.exec_root, "--pidfile", paths.pidfile,
+                "--host", paths.docker_host, "--iptables=false", "--ip-masq=false", "--bridge=none",
+                "--cgroup-parent", cgroup_parent(paths), f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
+        if tcp_address:
+            argv += ["--host", f"tcp://{tcp_address}:{ENGINE_PORT}"]
+        with open(paths.log, "ab") as log:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                env={"PATH": _SYSTEM_PATH, "HOME": "/root"},
+                start_new_session=True, preexec_fn=functools.partial(_prepare_engine_process, hostname))
 
     async def _until_answering(self, paths: EnginePaths, process: asyncio.subprocess.Process) -> None:
         while True:
