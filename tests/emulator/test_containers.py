@@ -7,7 +7,9 @@ as its 400 there.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -19,6 +21,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from localbatch import LocalBatchServer
 from localbatch.node.engines import cgroup_parent, docker_cli, docker_unavailable_reason
 from localbatch.node.layout import EnginePaths, NodeLayout
+from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
 from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, pool_options, read_task_file,
@@ -462,3 +465,23 @@ def test_a_pool_update_cannot_slip_in_a_container_configuration_its_image_cannot
     assert caught.value.status_code == 400
     details = {detail.code: detail.message for detail in caught.value.error.details}
     assert details["PropertyName"] == "virtualMachineConfiguration.containerConfiguration.type"
+
+
+def test_an_engine_that_cannot_start_makes_its_node_unusable_with_the_reason(tmp_path):
+    subnet = random_node_subnet()
+    first_node_address = str(ipaddress.ip_network(subnet).network_address + 2)
+    with socket.socket() as squatter:  # something else already holds the engine's port on the node's address
+        squatter.bind((first_node_address, 2375))
+        squatter.listen()
+        with LocalBatchServer(str(tmp_path / "localbatch"), timings=fast_timings(), node_subnet=subnet) as server, \
+                batch_client(server.url) as client:
+            pool_id = unique_id("containers")
+            node = create_container_pool(client, pool_id, 1, BUSYBOX, states=("unusable",))[0]
+            assert node.ip_address == first_node_address
+            error = node.errors[0]
+            assert error.code == "ContainerEngineUnavailable"
+            assert "address already in use" in error.error_details[0].value
+            engine = engine_of(server, pool_id, node.id)
+            assert processes_of(engine) == []
+            delete_pool_and_wait(client, pool_id)
+    assert mounts_of(engine) == [] and not os.path.exists(engine.run_dir)
