@@ -1,5 +1,6 @@
-"""Compute nodes: allocation, boot and start task, reboot and reimage, removal, scheduling,
-node users and remote login.
+"""Compute nodes: allocation (an address and frontend ports from the node network, a host key),
+boot and start task, reboot and reimage, removal, scheduling, node users and remote login, and
+what a booted node serves (its SSH server and NAT frontends, see node/services.py).
 
 creating -> starting -> (waitingforstarttask) -> idle <-> running; rebooting/reimaging boot
 again; leavingpool ends with the node's removal. A pool is `steady` once none of its nodes is
