@@ -74,8 +74,8 @@ def measure_servers_alone(count: int) -> float:
     """KiB of RSS one more NodeSshServer costs, started in this process on its own address."""
     async def run() -> float:
         network = NodeNetwork(random_node_subnet())
-        servers = [NodeSshServer(NodeSshSettings(network.allocate(()).rsplit(".", 1)[0] + f".{i + 2}", new_host_key(),
-                                                 lambda name: None, dict, str, network)) for i in range(count)]
+        servers = [NodeSshServer(NodeSshSettings(network.allocate(), new_host_key(), lambda name: None, dict, str,
+                                                 network)) for _ in range(count)]
         await servers[0].start()  # the first one pays for imports and caches
         before = rss_mib(os.getpid())
         for server in servers[1:]:

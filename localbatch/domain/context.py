@@ -29,10 +29,6 @@ class DomainContext:
     # Set once the scheduler exists (it needs the task runner, which needs this context).
     kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
 
-    def node_addresses(self) -> set[str]:
-        """The addresses of every node the account has (none is given out twice)."""
-        return {node.data["ipAddress"] for pool in self.repo.pools.values() for node in pool.nodes.values()}
-
     def identity(self, node: Node) -> NodeIdentity:
         pool = self.repo.find_pool(node.pool_id)
         docker_host = None

@@ -3,7 +3,7 @@ frontend ports each node gets, and where remote login lands.
 
 Since api-version 2024-07-01 Batch maps no SSH port by default: a pool that wants SSH declares
 an inbound NAT pool with backend port 22. Each node then gets one frontend port from each NAT
-pool's range (the lowest one free in the pool), reported in the node's
+pool's range (the lowest one free), reported in the node's
 `endpointConfiguration.inboundEndpoints` as `<natpool>.<offset>`, and remote login settings
 name the pool's public address and the node's SSH frontend port.
 """
@@ -13,6 +13,7 @@ import re
 from typing import Optional
 
 from ..errors import BatchServiceError, invalid_property
+from ..node.network import NodeNetwork
 from ..node.nsg import parse_address_prefix, parse_port_range
 from .entities import Node, Pool
 
@@ -53,6 +54,8 @@ def check_endpoint_configuration(network_configuration: Optional[dict]) -> None:
     rule_count = 0
     for index, nat in enumerate(pools):
         path = f"{_BASE}[{index}]"
+        if not isinstance(nat, dict):
+            raise invalid_property(path, "null", "Expected an inbound NAT pool.")
         name = nat["name"]
         if not _NAME.match(name):
             raise invalid_property(f"{path}.name", name, "The name can contain letters, numbers, underscores, periods "
@@ -102,6 +105,8 @@ def check_endpoint_configuration(network_configuration: Optional[dict]) -> None:
 
 
 def _check_rule(path: str, rule: dict, priorities: set[int]) -> None:
+    if not isinstance(rule, dict):
+        raise invalid_property(path, "null", "Expected a network security group rule.")
     priority = rule["priority"]
     if priority not in PRIORITIES:
         raise invalid_property(f"{path}.priority", priority, "Priorities must be between 150 and 4096.")
@@ -117,6 +122,8 @@ def _check_rule(path: str, rule: dict, priorities: set[int]) -> None:
     seen: list[tuple[int, int]] = []
     for entry in rule.get("sourcePortRanges") or ["*"]:
         try:
+            if not isinstance(entry, str):
+                raise ValueError(entry)
             low, high = parse_port_range(entry)
         except ValueError:
             raise invalid_property(f"{path}.sourcePortRanges", entry, "Expected *, a port (such as 22) or a port "
@@ -126,26 +133,25 @@ def _check_rule(path: str, rule: dict, priorities: set[int]) -> None:
         seen.append((low, high))
 
 
-def assign_inbound_endpoints(pool: Pool, node: Node, public_address: str) -> None:
-    """Give the node one frontend port of each NAT pool (the lowest free in the pool), and record
-    them as the node's inbound endpoints. A node keeps the ports it has."""
-    existing = {endpoint["name"].rsplit(".", 1)[0]: endpoint
-                for endpoint in node.data.get("endpointConfiguration", {}).get("inboundEndpoints", [])}
+def assign_inbound_endpoints(pool: Pool, node: Node, network: NodeNetwork) -> None:
+    """Give a new node one frontend port of each NAT pool (the lowest free one in its range), and
+    record them as the node's inbound endpoints. Every pool shares the one public address, so a
+    port another pool's node holds is skipped (on Azure each pool has a public address of its own)."""
     endpoints = []
     for nat in nat_pools(pool.data):
-        endpoint = existing.get(nat["name"])
-        if endpoint is None:
-            taken = {e["frontendPort"] for other in pool.nodes.values() if other is not node
-                     for e in other.data.get("endpointConfiguration", {}).get("inboundEndpoints", [])}
-            port = next((p for p in range(nat["frontendPortRangeStart"], nat["frontendPortRangeEnd"] + 1)
-                         if p not in taken), None)
-            if port is None:
-                continue  # the range is used up: this node is not reachable through that NAT pool
-            endpoint = {"name": f"{nat['name']}.{port - nat['frontendPortRangeStart']}",
-                        "protocol": nat["protocol"].lower(), "publicIPAddress": public_address,
-                        "publicFQDN": public_address, "frontendPort": port, "backendPort": nat["backendPort"]}
-        endpoints.append(dict(endpoint))
+        port = network.allocate_port(nat["frontendPortRangeStart"], nat["frontendPortRangeEnd"])
+        if port is None:
+            continue  # the range is used up: this node is not reachable through that NAT pool
+        endpoints.append({"name": f"{nat['name']}.{port - nat['frontendPortRangeStart']}",
+                          "protocol": nat["protocol"].lower(), "publicIPAddress": network.public_address,
+                          "publicFQDN": network.public_address, "frontendPort": port,
+                          "backendPort": nat["backendPort"]})
     node.data["endpointConfiguration"] = {"inboundEndpoints": endpoints}
+
+
+def frontend_ports(node: Node) -> list[int]:
+    return [endpoint["frontendPort"] for endpoint in node.data.get("endpointConfiguration", {})
+            .get("inboundEndpoints", [])]
 
 
 def remote_login_settings(node: Node) -> dict:

@@ -1,5 +1,6 @@
-"""Compute nodes: allocation, boot and start task, reboot and reimage, removal, scheduling,
-node users and remote login.
+"""Compute nodes: allocation (an address and frontend ports from the node network, a host key),
+boot and start task, reboot and reimage, removal, scheduling, node users and remote login, and
+what a booted node serves (its SSH server and NAT frontends, see node/services.py).
 
 creating -> starting -> (waitingforstarttask) -> idle <-> running; rebooting/reimaging boot
 again; leavingpool ends with the node's removal. A pool is `steady` once none of its nodes is
@@ -22,7 +23,7 @@ from ..node.engines import EngineError
 from ..node.services import Frontend
 from ..node.ssh import NodeSshSettings
 from .context import DomainContext, container_configuration
-from .endpoints import assign_inbound_endpoints, nat_pools, remote_login_settings
+from .endpoints import assign_inbound_endpoints, frontend_ports, nat_pools, remote_login_settings
 from .entities import Node, Pool
 from .tasks import Tasks
 from .validation import user_record
@@ -52,7 +53,7 @@ class Nodes:
         seed = f"{self.repo.store.path}/{pool.id}/{pool.data['creationTime']}/{index}"
         node_id = f"tvmps_{hashlib.sha256(seed.encode()).hexdigest()}_{'d' if dedicated else 'p'}"
         now = wire.now_iso()
-        address = self.context.network.allocate(self.context.node_addresses())
+        address = self.context.network.allocate()
         if address is None:  # the caller checks free_addresses() first
             raise RuntimeError("the node subnet has no free address")
         node = Node(pool.id, {
@@ -66,14 +67,18 @@ class Nodes:
                 **pool.data["virtualMachineConfiguration"]["imageReference"], "exactVersion": "22.04.202411010"}},
         }, index, host_key=new_host_key())
         self.repo.add_node(pool, node)
-        assign_inbound_endpoints(pool, node, self.context.network.public_address)
+        assign_inbound_endpoints(pool, node, self.context.network)
         count_current_nodes(pool)
         self.context.background.spawn(self._boot(pool, node))
         return node
 
     def free_addresses(self) -> int:
         """How many more nodes the node subnet has addresses for."""
-        return self.context.network.free_count(self.context.node_addresses())
+        return self.context.network.free_count()
+
+    def release_network(self, node: Node) -> None:
+        """The node is gone: its address and frontend ports can be given out again."""
+        self.context.network.release(node.data.get("ipAddress"), frontend_ports(node))
 
     def remove_node(self, pool: Pool, node: Node, deallocation: str) -> None:
         if node.state == "leavingpool":
@@ -90,7 +95,10 @@ class Nodes:
         await self.context.transitions.step("node_leaving")
         await self.stop_services(node)
         await self.stop_engine(node)
+        still_in_pool = pool.nodes.get(node.id) is node  # not already taken away with its pool
         self.repo.remove_node(pool, node)
+        if still_in_pool:
+            self.release_network(node)
         count_current_nodes(pool)
         self.finish_allocation(pool)
         await asyncio.get_running_loop().run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
@@ -335,9 +343,11 @@ class Nodes:
 
     # ---- start-up --------------------------------------------------------------------------------------
     def recover(self) -> None:
-        """At start-up: kill a start task the last run left behind; no task runs on a node yet."""
+        """At start-up: the nodes hold their addresses and ports again; kill a start task the last
+        run left behind; no task runs on a node yet."""
         for pool in self.repo.pools.values():
             for node in pool.nodes.values():
+                self.context.network.claim(node.data.get("ipAddress"), frontend_ports(node))
                 if node.start_task_pid:  # the emulator stopped without ending it (a crash)
                     processes.kill_leftover_process_group(
                         node.start_task_pid, self.agent.layout.startup(pool.id, node.id).working_dir)

@@ -163,13 +163,16 @@ class Pools:
 
     async def _finish_delete(self, pool: Pool) -> None:
         await self.context.transitions.step("pool_deleting")
-        for node in list(pool.nodes.values()):
+        nodes = list(pool.nodes.values())
+        for node in nodes:
             self.tasks.evict(node, "requeue")
             node.boot_generation += 1
             self.context.agent.stop(f"start:{node.key}", "shutdown")
             await self.nodes.stop_services(node)
-        await asyncio.gather(*(self.nodes.stop_engine(node) for node in list(pool.nodes.values())))
+        await asyncio.gather(*(self.nodes.stop_engine(node) for node in nodes))
         self.repo.remove_pool(pool)
+        for node in nodes:
+            self.nodes.release_network(node)
         await asyncio.get_running_loop().run_in_executor(None, self.context.agent.layout.remove_pool, pool.id)
 
     def list_pool_node_counts(self) -> list[dict]:

@@ -151,13 +151,37 @@ def not_emulated(feature: str) -> BatchServiceError:
         "Feature": feature, "Reason": "localbatch does not emulate this feature; see LIMITATIONS in README.md."})
 
 
+_USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
 def user_record(body: dict) -> dict:
     """What a node keeps of a node user: the password only as a hash; the expiry defaults to a day
-    from now, as on Azure. (A public key that is not a valid OpenSSH key is kept, and never matches.)"""
-    expiry = body.get("expiryTime") or wire.iso(wire.utcnow() + dt.timedelta(days=1))
+    from now, as on Azure. (A public key that is not a valid OpenSSH key is kept, and never matches.)
+    The name becomes an account (and a home directory) on the node: letters, digits, '_', '.'
+    and '-', not starting with '.' or '-', at most 64 characters."""
+    if not _USER_NAME.match(body["name"]):
+        raise invalid_property("name", body["name"].encode("unicode_escape").decode("ascii")[:80],
+                               "A node user name may contain letters, digits, underscores, periods and hyphens, "
+                               "must not start with a period or hyphen, and has at most 64 characters.")
+    if body.get("expiryTime"):
+        try:
+            expiry = wire.iso(_parse_moment(body["expiryTime"]))
+        except ValueError:
+            raise invalid_property("expiryTime", body["expiryTime"], "Expected an ISO-8601 date and time.") from None
+    else:
+        expiry = wire.iso(wire.utcnow() + dt.timedelta(days=1))
     return {"name": body["name"], "isAdmin": bool(body.get("isAdmin")), "expiryTime": expiry,
             "sshPublicKey": body.get("sshPublicKey"),
             "passwordHash": hash_password(body["password"]) if body.get("password") else None}
+
+
+def _parse_moment(text: str) -> dt.datetime:
+    """An ISO-8601 date and time, with its offset honoured (UTC when it has none)."""
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = wire.parse_iso(text)  # 7 fraction digits, as the service writes them
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
 
 
 def job_closed(job) -> BatchServiceError:

@@ -22,7 +22,9 @@ class NodeSubnetError(ValueError):
 
 
 class NodeNetwork:
-    """Where nodes live: the subnet, its public address, and which addresses are free."""
+    """Where nodes live: the subnet, its public address, and which node addresses and public ports
+    are taken. One per server, so both stay unique among all the server's live nodes; the domain
+    claims what a node holds when it is created or loaded and releases it when the node is gone."""
 
     def __init__(self, subnet: str = DEFAULT_NODE_SUBNET):
         try:
@@ -37,6 +39,8 @@ class NodeNetwork:
         self.public_address = str(network.network_address + 1)
         self._first_node = int(network.network_address) + 2
         self._end = int(network.broadcast_address)  # exclusive: the broadcast address is never given out
+        self._addresses: set[str] = set()
+        self._ports: set[int] = set()  # frontend ports taken on the public address
 
     @property
     def capacity(self) -> int:
@@ -49,17 +53,35 @@ class NodeNetwork:
         except ValueError:
             return False
 
-    def allocate(self, in_use: Iterable[str]) -> Optional[str]:
-        """The lowest node address not in `in_use`, or None when the subnet is full."""
-        taken = set(in_use)
+    def allocate(self) -> Optional[str]:
+        """Claim the lowest free node address; None when the subnet is full."""
         for value in range(self._first_node, self._end):
             address = str(ipaddress.IPv4Address(value))
-            if address not in taken:
+            if address not in self._addresses:
+                self._addresses.add(address)
                 return address
         return None
 
-    def free_count(self, in_use: Iterable[str]) -> int:
-        return self.capacity - sum(1 for address in set(in_use) if self._is_node_address(address))
+    def free_count(self) -> int:
+        return self.capacity - sum(1 for address in self._addresses if self._is_node_address(address))
+
+    def allocate_port(self, first: int, last: int) -> Optional[int]:
+        """Claim the lowest free public port in first..last; None when all are taken."""
+        port = next((p for p in range(first, last + 1) if p not in self._ports), None)
+        if port is not None:
+            self._ports.add(port)
+        return port
+
+    def claim(self, address: Optional[str] = None, ports: Iterable[int] = ()) -> None:
+        """Mark what a node loaded from the state holds as taken."""
+        if address:
+            self._addresses.add(address)
+        self._ports.update(ports)
+
+    def release(self, address: Optional[str] = None, ports: Iterable[int] = ()) -> None:
+        """A node is gone: its address and public ports are free again."""
+        self._addresses.discard(address)
+        self._ports.difference_update(ports)
 
     def _is_node_address(self, address: str) -> bool:
         try:

@@ -15,6 +15,7 @@ Nothing of a credential is logged: asyncssh's own logger is kept at WARNING.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import datetime as dt
 import fcntl
 import logging
@@ -136,7 +137,7 @@ class NodeSshServer:
                             home: str) -> int:
         child = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=home, env=env, start_new_session=True)
+            cwd=home, env=env, start_new_session=True, preexec_fn=_die_with_the_emulator)
         self._sessions.add(child)
         feeding = asyncio.ensure_future(_feed(process.stdin, child.stdin))
         try:
@@ -275,7 +276,17 @@ async def _feed(reader, writer: asyncio.StreamWriter) -> None:
     writer.close()
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_emulator() -> None:
+    """In the session's shell, before exec: killed if the emulator dies (a SIGKILL leaves no time
+    to end sessions; a normal stop ends their whole process groups)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _take_controlling_terminal() -> None:
+    _die_with_the_emulator()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 

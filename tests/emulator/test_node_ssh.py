@@ -245,6 +245,18 @@ def test_the_host_key_a_task_prints_is_the_one_presented_and_openssh_pins_it(cli
     refused = openssh(other_node_key)
     assert refused.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
 
+    # scp in its classic mode runs the node's scp through an exec session (SFTP is not offered)
+    known_hosts.write_text(f"[{host}]:{port} {printed}\n")
+    source = tmp_path / "payload.txt"
+    source.write_text("copied over ssh\n")
+    copied = subprocess.run(
+        ["scp", "-O", "-F", "/dev/null", "-i", str(key_file), "-P", str(port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}", str(source),
+         f"alice@{host}:payload.txt"], capture_output=True, text=True, timeout=WAIT)
+    assert copied.returncode == 0, copied.stderr
+    assert run(ssh_exec(host, port, "cat ~/payload.txt", username="alice",
+                        client_keys=[admin_key])).stdout == "copied over ssh\n"
+
 
 # ---- tunnels ---------------------------------------------------------------------------------------
 ECHO_SERVER = """
@@ -333,6 +345,29 @@ def test_bad_endpoint_configurations_are_refused_naming_the_property(client, nat
     assert details["Reason"]
 
 
+@pytest.mark.parametrize("nat_pool", [
+    None,
+    {"name": "ssh", "protocol": "tcp", "backendPort": 22, "frontendPortRangeStart": 1000,
+     "frontendPortRangeEnd": 1100, "networkSecurityGroupRules": [None]},
+    {"name": "ssh", "protocol": "tcp", "backendPort": 22, "frontendPortRangeStart": 1000,
+     "frontendPortRangeEnd": 1100, "networkSecurityGroupRules": [
+         {"priority": 150, "access": "allow", "sourceAddressPrefix": "*", "sourcePortRanges": [None]}]},
+    {"name": "ssh", "protocol": "tcp", "frontendPortRangeStart": 1000, "frontendPortRangeEnd": 1100},
+    {"name": "ssh", "protocol": "tcp", "backendPort": "22", "frontendPortRangeStart": 1000,
+     "frontendPortRangeEnd": 1100},
+], ids=["null-nat-pool", "null-rule", "null-port-range", "no-backend-port", "port-as-text"])
+def test_malformed_endpoint_configurations_get_a_400(ssh_server, nat_pool):
+    raw = RawClient(ssh_server.url)
+    body = {"id": unique_id("malformed"), "vmSize": "standard_d2s_v3",
+            "virtualMachineConfiguration": {"imageReference": {
+                "publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"},
+                "nodeAgentSKUId": "batch.node.ubuntu 22.04"},
+            "networkConfiguration": {"endpointConfiguration": {"inboundNATPools": [nat_pool]}}}
+    response = raw.request("POST", "/pools", body=body)
+    assert response.status == 400, response.body
+    assert response.json()["code"] in ("InvalidPropertyValue", "MissingRequiredProperty")
+
+
 # ---- lifecycle -------------------------------------------------------------------------------------
 def _listening(address: str, port: int) -> bool:
     with socket.socket() as probe:
@@ -415,3 +450,78 @@ def test_an_interactive_shell_gets_a_terminal(client, pool, admin_key, tmp_path)
         assert channel.recv_exit_status() == 7
     text = output.decode(errors="replace")
     assert "term=xterm" in text and "has-tty" in text and "30 100" in text
+
+
+@pytest.mark.parametrize("user, property_name", [
+    ({"name": "../../etc"}, "name"),
+    ({"name": ".."}, "name"),
+    ({"name": "a\u0007b"}, "name"),
+    ({"name": "-rf"}, "name"),
+    ({"name": "u" * 65}, "name"),
+    ({"name": "later", "expiryTime": "next tuesday"}, "expiryTime"),
+], ids=["path", "dot-dot", "control-character", "leading-hyphen", "too-long", "bad-expiry"])
+def test_node_users_that_cannot_be_accounts_are_refused_naming_the_property(ssh_server, pool, user, property_name):
+    pool_id, nodes = pool
+    response = RawClient(ssh_server.url).request("POST", f"/pools/{pool_id}/nodes/{nodes[0].id}/users", body=user)
+    assert response.status == 400, response.body
+    details = {item["key"]: item["value"] for item in response.json()["values"]}
+    assert response.json()["code"] == "InvalidPropertyValue" and details["PropertyName"] == property_name
+
+
+def test_an_expiry_with_an_offset_is_honoured(client, pool, admin_key):
+    pool_id, nodes = pool
+    node = nodes[1]
+    # 10:00 at UTC+05:00 an hour ago is 05:00 UTC an hour ago: expired, whatever the offset says.
+    an_hour_ago = dt.datetime.now(dt.timezone(dt.timedelta(hours=5))) - dt.timedelta(hours=1)
+    client.create_node_user(pool_id, node.id, models.BatchNodeUserCreateOptions(
+        name="offset", ssh_public_key=admin_key.export_public_key().decode(), expiry_time=an_hour_ago))
+    host, port = login_address(client, pool_id, node)
+    with pytest.raises(asyncssh.PermissionDenied):
+        run(ssh_exec(host, port, "true", username="offset", client_keys=[admin_key]))
+
+
+def test_passwords_and_host_keys_never_leave_the_emulator(ssh_server, pool):
+    pool_id, nodes = pool
+    raw = RawClient(ssh_server.url)
+    for path in (f"/pools/{pool_id}/nodes/{nodes[0].id}", f"/pools/{pool_id}/nodes", f"/pools/{pool_id}"):
+        body = raw.request("GET", path).body
+        assert ADMIN_PASSWORD.encode() not in body and b"PRIVATE KEY" not in body and b"passwordHash" not in body
+    # the state keeps a salted hash of each password, never the password itself
+    state = b"".join(path.read_bytes() for path in (Path(ssh_server.location) / "state").iterdir() if path.is_file())
+    assert ADMIN_PASSWORD.encode() not in state and USER_PASSWORD.encode() not in state
+
+
+def test_pools_with_the_same_frontend_range_share_the_public_address_without_clashing(ssh_server, client, admin_key):
+    first, second = unique_id("range"), unique_id("range")
+    start = FRONTEND_START + 200
+    for pool_id in (first, second):
+        create_pool_and_wait(client, pool_id, nodes=1, network_configuration=network_configuration(
+            ssh_nat_pool(start=start, rules=None)))
+    nodes = {pool_id: next(iter(client.list_nodes(pool_id))) for pool_id in (first, second)}
+    ports = {pool_id: login_address(client, pool_id, node)[1] for pool_id, node in nodes.items()}
+    assert sorted(ports.values()) == [start, start + 1]  # both in the range, each its own
+    for pool_id, node in nodes.items():
+        client.create_node_user(pool_id, node.id, models.BatchNodeUserCreateOptions(
+            name="alice", ssh_public_key=admin_key.export_public_key().decode()))
+        host, port = login_address(client, pool_id, node)
+        assert run(ssh_exec(host, port, "echo $AZ_BATCH_POOL_ID", username="alice",
+                            client_keys=[admin_key])).stdout == f"{pool_id}\n"
+    client.begin_delete_pool(first, polling_interval=LRO_POLLING).result()
+    third = unique_id("range")
+    create_pool_and_wait(client, third, nodes=1, network_configuration=network_configuration(
+        ssh_nat_pool(start=start, rules=None)))
+    node = next(iter(client.list_nodes(third)))
+    assert login_address(client, third, node)[1] == ports[first], "a deleted pool's ports are free again"
+
+
+def test_the_sftp_subsystem_is_refused(client, pool, admin_key):
+    pool_id, nodes = pool
+    host, port = login_address(client, pool_id, nodes[0])
+
+    async def sftp() -> None:
+        async with asyncssh.connect(host, port, username="alice", client_keys=[admin_key], known_hosts=None,
+                                    connect_timeout=WAIT) as connection:
+            async with connection.start_sftp_client():
+                pass
+    with pytest.raises(asyncssh.ChannelOpenError):
+        run(sftp())
