@@ -1,5 +1,6 @@
-"""Compute nodes: allocation, boot and start task, reboot and reimage, removal, scheduling,
-node users and remote login.
+"""Compute nodes: allocation (an address and frontend ports from the node network, a host key),
+boot and start task, reboot and reimage, removal, scheduling, node users and remote login, and
+what a booted node serves (its SSH server and NAT frontends, see node/services.py).
 
 creating -> starting -> (waitingforstarttask) -> idle <-> running; rebooting/reimaging boot
 again; leavingpool ends with the node's removal. A pool is `steady` once none of its nodes is
@@ -206,14 +207,15 @@ class Nodes:
         address = node.data.get("ipAddress", "")
         own_address = address if address.startswith("127.") and address != "127.0.0.1" else None
         try:
-            await engines.start(paths, own_address)
+            await engines.start(paths, own_address, node_hostname(node))
         except EngineError as exc:
             logger.error("the Docker engine of node %s did not start: %s", node.id, exc)
-            return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
-                    "errorDetails": [{"name": "Message", "value": str(exc)}]}
+            return _engine_unavailable(str(exc))
         for image in container_configuration(pool).get("containerImageNames") or []:
             try:
                 await engines.provide_image(paths, image)
+            except OSError as exc:  # the docker client could not run
+                return _engine_unavailable(f"the docker client failed: {exc}")
             except ImageUnavailable as exc:
                 return {"code": "ContainerInvalidImage",
                         "message": "One or more container images specified are invalid",
@@ -394,6 +396,18 @@ def node_counts(pools: list[Pool]) -> list[dict]:
             counters["total"] += 1
         result.append({"poolId": pool.id, "dedicated": dedicated, "lowPriority": low_priority})
     return result
+
+
+def _engine_unavailable(message: str) -> dict:
+    """The node error of a node whose Docker engine cannot be used (the emulator's fault)."""
+    return {"code": "ContainerEngineUnavailable", "message": "The node's Docker engine could not be started",
+            "errorDetails": [{"name": "Message", "value": message}]}
+
+
+def node_hostname(node: Node) -> str:
+    """The node's host name, as its Docker engine (and so its swarm) reports it: distinct per
+    node, like the host names of a pool's VMs."""
+    return "tvmps-" + node.id.split("_")[1][:12]
 
 
 def _start_task_key(node: Node) -> str:

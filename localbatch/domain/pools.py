@@ -16,7 +16,7 @@ from .entities import Pool
 from .nodes import Nodes, count_nodes, node_counts
 from .quotas import cores_of, quota_error
 from .tasks import Tasks
-from .validation import check_id, check_pool_body, without_secrets
+from .validation import check_id, check_pool_body, check_virtual_machine_configuration, without_secrets
 
 UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
                         "vmSize", "taskSlotsPerNode", "virtualMachineConfiguration", "upgradePolicy",
@@ -90,6 +90,8 @@ class Pools:
             raise BatchServiceError("PoolBeingDeleted")
         check_endpoint_configuration(body.get("networkConfiguration"))
         self._check_ssh_possible(body)
+        if body.get("virtualMachineConfiguration") is not None:
+            check_virtual_machine_configuration(body["virtualMachineConfiguration"])
         for name in UPDATABLE_PROPERTIES:
             if body.get(name) is not None:
                 pool.data[name] = body[name]
@@ -167,7 +169,7 @@ class Pools:
             node.boot_generation += 1
             self.context.agent.stop(f"start:{node.key}", "shutdown")
             await self.nodes.stop_services(node)
-        await asyncio.gather(*(self.nodes.stop_engine(node) for node in list(pool.nodes.values())))
+        await asyncio.gather(*(self.nodes.stop_engine(node) for node in nodes))
         self.repo.remove_pool(pool)
         for node in nodes:
             self.nodes.release_network(node)

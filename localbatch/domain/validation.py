@@ -55,9 +55,7 @@ def check_pool_body(body: dict) -> None:
     vm_config = body.get("virtualMachineConfiguration")
     if not vm_config:
         raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": "virtualMachineConfiguration"})
-    image = images.check_virtual_machine_configuration(vm_config)
-    if vm_config.get("containerConfiguration"):
-        check_container_configuration(vm_config["containerConfiguration"], image)
+    check_virtual_machine_configuration(vm_config)
     if body.get("enableAutoScale"):
         raise not_emulated("enableAutoScale")
     for name in ("mountConfiguration", "applicationPackageReferences"):
@@ -81,12 +79,21 @@ def check_pool_body(body: dict) -> None:
             check_container_settings("startTask.containerSettings", start_task["containerSettings"])
 
 
+def check_virtual_machine_configuration(vm_config: dict) -> None:
+    """The image is one the emulator offers; a container configuration can run on it, and here."""
+    image = images.check_virtual_machine_configuration(vm_config)
+    if vm_config.get("containerConfiguration"):
+        check_container_configuration(vm_config["containerConfiguration"], image)
+
+
 def check_container_configuration(container_config: dict, image: dict) -> None:
     """A container pool needs a DockerCompatible image, and a machine where dockerd can run."""
     name = "virtualMachineConfiguration.containerConfiguration"
+    if container_config.get("type") == "criCompatible":
+        raise not_emulated(f"{name}.type criCompatible")
     if container_config.get("type") != "dockerCompatible":
         raise invalid_property(f"{name}.type", container_config.get("type"),
-                               "localbatch runs Docker engines only (type dockerCompatible).")
+                               "Expected dockerCompatible or criCompatible.")
     if "DockerCompatible" not in (image.get("capabilities") or []):
         reference = image["imageReference"]
         raise invalid_property(f"{name}.type", container_config["type"],

@@ -367,7 +367,7 @@ def container_name(key: str) -> str:
 
 def _invalid_settings(container: ContainerRun, message: str) -> ProgramOutcome:
     return ProgramOutcome(failure=Failure(
-        "usererror", "ContainerInvalidSettings", "The container settings are invalid",
+        "usererror", "ContainerInvalidSettings", "At least one value of specified task container settings is invalid",
         (("ContainerSettings", container.run_options), ("Message", message[-1000:]))))
 
 

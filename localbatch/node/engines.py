@@ -33,6 +33,7 @@ SHUTDOWN_TIMEOUT = 2        # dockerd's own grace period for running containers 
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PR_SET_PDEATHSIG = 1
 _MNT_DETACH = 2
+_CLONE_NEWUTS = 0x04000000
 
 
 class EngineError(Exception):
@@ -81,26 +82,19 @@ class DockerEngines:
         return engine is not None and engine[1].returncode is None
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    async def start(self, paths: EnginePaths, tcp_address: Optional[str]) -> None:
-        """Start the node's engine (cleaning up what an earlier run left) and wait until it answers."""
+    async def start(self, paths: EnginePaths, tcp_address: Optional[str], hostname: str) -> None:
+        """Start the node's engine (cleaning up what an earlier run left) and wait until it answers.
+
+        The engine runs in a UTS namespace of its own with the node's host name, which is what
+        its swarm shows for the node and what containers on the host network see.
+        """
         async with self._lock(paths):
             if self.running(paths):
                 return
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, clean_up_engine, paths)
-            await loop.run_in_executor(None, _prepare_directories, paths)
-            argv = [shutil.which("dockerd", path=_SYSTEM_PATH) or "dockerd",
-                    "--config-file", os.path.join(paths.directory, "daemon.json"),
-                    "--data-root", paths.data_root, "--exec-root", paths.exec_root, "--pidfile", paths.pidfile,
-                    "--host", paths.docker_host, "--iptables=false", "--ip-masq=false", "--bridge=none",
-                    "--cgroup-parent", cgroup_parent(paths), f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
-            if tcp_address:
-                argv += ["--host", f"tcp://{tcp_address}:{ENGINE_PORT}"]
-            env = {"PATH": _SYSTEM_PATH, "HOME": "/root"}
-            with open(paths.log, "ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent)
+            try:
+                process = await self._launch(paths, tcp_address, hostname)
+            except OSError as exc:  # e.g. an unwritable /run, or dockerd cannot be executed
+                raise EngineError(f"dockerd could not be started: {exc}") from None
             self._engines[paths.directory] = (paths, process)
             try:
                 await asyncio.wait_for(self._until_answering(paths, process), START_TIMEOUT)
@@ -108,6 +102,24 @@ class DockerEngines:
                 await self._stop(paths)
                 reason = str(exc) or f"dockerd did not answer within {START_TIMEOUT:.0f} s"
                 raise EngineError(f"{reason}; see {paths.log}") from None
+
+    @staticmethod
+    async def _launch(paths: EnginePaths, tcp_address: Optional[str], hostname: str) -> asyncio.subprocess.Process:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, clean_up_engine, paths)
+        await loop.run_in_executor(None, _prepare_directories, paths)
+        argv = [shutil.which("dockerd", path=_SYSTEM_PATH) or "dockerd",
+                "--config-file", os.path.join(paths.directory, "daemon.json"),
+                "--data-root", paths.data_root, "--exec-root", paths.exec_root, "--pidfile", paths.pidfile,
+                "--host", paths.docker_host, "--iptables=false", "--ip-masq=false", "--bridge=none",
+                "--cgroup-parent", cgroup_parent(paths), f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"]
+        if tcp_address:
+            argv += ["--host", f"tcp://{tcp_address}:{ENGINE_PORT}"]
+        with open(paths.log, "ab") as log:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                env={"PATH": _SYSTEM_PATH, "HOME": "/root"},
+                start_new_session=True, preexec_fn=functools.partial(_prepare_engine_process, hostname))
 
     async def _until_answering(self, paths: EnginePaths, process: asyncio.subprocess.Process) -> None:
         while True:
@@ -247,9 +259,14 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: dockerd gets SIGTERM if the emulator dies."""
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _prepare_engine_process(hostname: str) -> None:
+    """In the child before exec: dockerd gets SIGTERM if the emulator dies, and the node's host
+    name in a UTS namespace of its own (left as it is if the kernel refuses)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    name = hostname.encode()
+    if libc.unshare(_CLONE_NEWUTS) == 0:
+        libc.sethostname(name, len(name))
 
 
 async def _ping(socket_path: str) -> bool:

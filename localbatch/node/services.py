@@ -55,25 +55,30 @@ class NatFrontend:
         self.frontend = frontend
         self._server: Optional[asyncio.AbstractServer] = None
         self._pipes: set[asyncio.Task] = set()
+        self._open: set[asyncio.StreamWriter] = set()  # both ends of every forwarded connection
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.network.public_address, self.frontend.port,
                                                   reuse_address=True)
 
     async def stop(self) -> None:
+        """Stop listening and cut every forwarded connection (their handlers then end on their own)."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        for task in list(self._pipes):
-            task.cancel()
+        for writer in list(self._open):
+            writer.transport.abort()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._pipes.add(task)
+        self._open.add(writer)
+        backend_writer: Optional[asyncio.StreamWriter] = None
         try:
             source_address, source_port = writer.get_extra_info("peername")[:2]
-            if not nsg.allows(list(self.frontend.rules), self.network, source_address, source_port):
+            if self._server is None or not nsg.allows(list(self.frontend.rules), self.network, source_address,
+                                                      source_port):
                 logger.info("NSG denied %s:%d -> frontend %d", source_address, source_port, self.frontend.port)
                 _reset(writer)
                 return
@@ -82,14 +87,14 @@ class NatFrontend:
             except OSError:
                 _reset(writer)
                 return
+            self._open.add(backend_writer)
             await asyncio.gather(_copy(reader, backend_writer), _copy(backend_reader, writer))
-        except asyncio.CancelledError:
-            writer.close()
-            raise
         finally:
-            writer.close()
+            for end in (writer, backend_writer):
+                if end is not None:
+                    end.close()
+                    self._open.discard(end)
             self._pipes.discard(task)
-
 
     async def _connect_backend(self, source_address: str):
         """Connect to the node keeping the client's address as the source, as Azure's load balancer

@@ -7,7 +7,9 @@ as its 400 there.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -19,6 +21,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from localbatch import LocalBatchServer
 from localbatch.node.engines import cgroup_parent, docker_cli, docker_unavailable_reason
 from localbatch.node.layout import EnginePaths, NodeLayout
+from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
 from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, pool_options, read_task_file,
@@ -28,6 +31,8 @@ pytestmark = pytest.mark.skipif(docker_unavailable_reason() is not None,
                                 reason=str(docker_unavailable_reason()))
 
 BUSYBOX = "busybox:latest"
+# Bound of a wait for container nodes: a real dockerd starts on each (about 2 s on a quiet machine).
+ENGINE_WAIT = 120.0
 
 
 def container_vm_configuration(*images: str) -> models.VirtualMachineConfiguration:
@@ -46,7 +51,7 @@ def container_pool_options(pool_id: str, nodes: int, *images: str, **extra) -> m
 def create_container_pool(client, pool_id: str, nodes: int, *images: str,
                           states: tuple[str, ...] = ("idle",)) -> list[models.BatchNode]:
     client.create_pool(container_pool_options(pool_id, nodes, *images))
-    return wait_for_nodes(client, pool_id, nodes, states=states)
+    return wait_for_nodes(client, pool_id, nodes, states=states, timeout=ENGINE_WAIT)
 
 
 def delete_pool_and_wait(client, pool_id: str) -> None:
@@ -58,7 +63,7 @@ def delete_pool_and_wait(client, pool_id: str) -> None:
             return False
         except ResourceNotFoundError:
             return True
-    wait_for(gone, f"pool {pool_id} to be deleted")
+    wait_for(gone, f"pool {pool_id} to be deleted", ENGINE_WAIT)
 
 
 def engine_of(server: LocalBatchServer, pool_id: str, node_id: str) -> EnginePaths:
@@ -107,6 +112,8 @@ def container_pool(client) -> str:
 
 # ---- engines ----------------------------------------------------------------------------------------
 def test_each_node_runs_its_own_engine_with_the_pool_images_loaded_before_it_is_idle(client, server, container_pool):
+    configuration = client.get_pool(container_pool).virtual_machine_configuration.container_configuration
+    assert (configuration.type, configuration.container_image_names) == ("dockerCompatible", [BUSYBOX])
     node = next(iter(client.list_nodes(container_pool)))
     assert node.state == "idle" and not node.errors
     engine = engine_of(server, container_pool, node.id)
@@ -130,7 +137,7 @@ def test_start_tasks_of_container_pools_see_the_engine_too(client, server):
     pool_id = unique_id("containers")
     client.create_pool(container_pool_options(pool_id, 1, start_task=models.BatchStartTask(
         command_line="/bin/sh -c 'docker version --format {{.Server.Os}}'", wait_for_success=True)))
-    node = wait_for_nodes(client, pool_id, 1)[0]
+    node = wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)[0]
     assert node.start_task_info.exit_code == 0
     output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
     assert output.strip() == "linux"
@@ -171,6 +178,20 @@ def test_an_image_that_cannot_be_provided_makes_the_node_unusable_as_a_failed_pu
 
 
 # ---- refusals ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("container_type, status, detail", [
+    ("criCompatible", 501, ("Feature", "virtualMachineConfiguration.containerConfiguration.type criCompatible")),
+    ("kubernetes", 400, ("PropertyName", "virtualMachineConfiguration.containerConfiguration.type")),
+], ids=["cri-not-emulated", "unknown-type"])
+def test_only_docker_compatible_container_configurations_are_run(client, container_type, status, detail):
+    options = container_pool_options(unique_id("pool"), 0)
+    options.virtual_machine_configuration.container_configuration.type = container_type
+    with pytest.raises(HttpResponseError) as caught:
+        client.create_pool(options)
+    assert caught.value.status_code == status
+    details = {d.code: d.message for d in caught.value.error.details}
+    assert details[detail[0]] == detail[1]
+
+
 def test_a_container_pool_needs_a_docker_compatible_image(client):
     options = pool_options(unique_id("pool"), 0)
     options.virtual_machine_configuration.container_configuration = models.BatchContainerConfiguration(
@@ -216,11 +237,13 @@ def test_a_container_task_runs_in_the_image_with_the_batch_environment_mounts_an
 
 def test_the_image_default_working_directory_and_run_options(client, container_pool):
     job_id = create_job(client, container_pool)
-    task = container_task(client, job_id, "/bin/sh -c 'pwd; id -u; echo \"$FROM_OPTIONS\"'",
+    node_id = next(iter(client.list_nodes(container_pool))).id
+    task = container_task(client, job_id, "/bin/sh -c 'pwd; id -u; echo \"$FROM_OPTIONS\"; hostname'",
                           run_options="--user 65534 --env FROM_OPTIONS=yes", working_directory="containerImageDefault")
     assert task.execution_info.result == "success", read_task_file(client, job_id, task.id, "stderr.txt")
     assert task.execution_info.exit_code == 0
-    assert read_task_file(client, job_id, task.id).split() == ["/", "65534", "yes"]
+    # on the node's network, the container has the node's host name
+    assert read_task_file(client, job_id, task.id).split() == ["/", "65534", "yes", f"tvmps-{node_id[6:18]}"]
 
 
 def test_a_task_image_that_cannot_be_provided_fails_as_a_failed_pull(client, container_pool):
@@ -229,6 +252,7 @@ def test_a_task_image_that_cannot_be_provided_fails_as_a_failed_pull(client, con
     info = task.execution_info
     assert info.result == "failure" and info.exit_code is None
     assert (info.failure_info.category, info.failure_info.code) == ("usererror", "ContainerInvalidImage")
+    assert task.container_settings.image_name == "mcr.microsoft.com/azure-cli:2.60"  # echoed as sent
     details = {detail.name: detail.value for detail in info.failure_info.details}
     assert details["ContainerImage"] == "mcr.microsoft.com/azure-cli:2.60"
 
@@ -270,7 +294,7 @@ def test_engines_stop_with_the_emulator_and_come_back_with_their_data_after_a_re
         assert tagged.execution_info.result == "success"
     assert processes_of(engine) == [] and mounts_of(engine) == []
     with LocalBatchServer(location, timings=fast_timings()) as second, batch_client(second.url) as client:
-        wait_for_nodes(client, pool_id, 1)
+        wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)
         kept = run_task(client, job_id, "docker image inspect --format kept kept:1")
         assert read_task_file(client, job_id, kept.id).strip() == "kept"  # the engine's data stayed with the node
         ran = container_task(client, job_id, "echo back")
@@ -285,7 +309,7 @@ def test_a_rebooted_node_restarts_its_engine_keeping_its_data(client, server, co
     assert docker(engine, "tag", BUSYBOX, "before-reboot:1").returncode == 0
     pid_before = Path(engine.pidfile).read_text().strip()
     client.begin_reboot_node(container_pool, node_id, reboot_options(), polling_interval=LRO_POLLING).result()
-    wait_for_nodes(client, container_pool, 1)
+    wait_for_nodes(client, container_pool, 1, timeout=ENGINE_WAIT)
     assert Path(engine.pidfile).read_text().strip() != pid_before  # a new dockerd
     assert not os.path.exists(f"/proc/{pid_before}/cmdline") or engine.run_dir not in \
         Path(f"/proc/{pid_before}/cmdline").read_bytes().decode(errors="replace")
@@ -307,7 +331,7 @@ def test_a_start_task_with_container_settings_runs_in_a_container_before_the_nod
     client.create_pool(container_pool_options(pool_id, 1, BUSYBOX, start_task=models.BatchStartTask(
         command_line="/bin/sh -c 'readlink /bin/sh; echo \"$AZ_BATCH_POOL_ID\"'", wait_for_success=True,
         container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX))))
-    node = wait_for_nodes(client, pool_id, 1)[0]
+    node = wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)[0]
     assert node.start_task_info.exit_code == 0
     output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
     assert output.split() == ["/bin/busybox", pool_id]
@@ -329,16 +353,16 @@ def test_engines_die_with_a_killed_emulator_and_the_next_start_cleans_up_after_t
         engine = NodeLayout(str(location / "nodes")).engine(pool_id, node.id)
         emulator.process.kill()
         emulator.process.wait()
-        wait_for(lambda: processes_of(engine) == [], "the engine of the killed emulator to stop")
+        wait_for(lambda: processes_of(engine) == [], "the engine of the killed emulator to stop", ENGINE_WAIT)
     finally:
         emulator.kill()
     restarted = RunningEmulator(location)
     try:
         with batch_client(restarted.url()) as client:
-            wait_for_task(client, job_id, "long", states=("running",))  # requeued, and running again
+            wait_for_task(client, job_id, "long", states=("running",), timeout=ENGINE_WAIT)  # requeued, run again
             assert client.get_task(job_id, "long").execution_info.requeue_count == 1
             delete_pool_and_wait(client, pool_id)
-        wait_for(lambda: processes_of(engine) == [], "the engine to stop with its pool")
+        wait_for(lambda: processes_of(engine) == [], "the engine to stop with its pool", ENGINE_WAIT)
         assert mounts_of(engine) == []
         assert container_processes(engine) == []
     finally:
@@ -359,8 +383,9 @@ def test_engines_listen_on_their_node_address_and_two_nodes_form_a_swarm(client,
     joined = docker_at(engines[worker.ip_address], "swarm", "join", "--token", token, "--advertise-addr",
                        worker.ip_address, "--listen-addr", f"{worker.ip_address}:2377", f"{manager.ip_address}:2377")
     assert joined.returncode == 0, joined.stderr
-    listed = docker_at(engines[manager.ip_address], "node", "ls", "--format", "{{.Status}}")
-    assert listed.stdout.split() == ["Ready", "Ready"]
+    listed = docker_at(engines[manager.ip_address], "node", "ls", "--format", "{{.Hostname}} {{.Status}}")
+    # each engine has its node's own host name, so the swarm tells the nodes apart
+    assert sorted(listed.stdout.splitlines()) == sorted(f"tvmps-{node.id[6:18]} Ready" for node in (manager, worker))
     engine_paths = [engine_of(server, pool_id, node.id) for node in (manager, worker)]
     delete_pool_and_wait(client, pool_id)
     for engine in engine_paths:
@@ -407,7 +432,7 @@ def test_over_ssh_a_node_user_sees_the_engine_and_a_tunnel_to_localhost_2375_rea
             endpoint_configuration=models.BatchPoolEndpointConfiguration(inbound_nat_pools=[models.BatchInboundNatPool(
                 name="ssh", protocol="tcp", backend_port=22, frontend_port_range_start=40000,
                 frontend_port_range_end=40099)]))))
-    node = wait_for_nodes(client, pool_id, 1)[0]
+    node = wait_for_nodes(client, pool_id, 1, timeout=ENGINE_WAIT)[0]
     key = asyncssh.generate_private_key("ssh-ed25519")
     client.create_node_user(pool_id, node.id, models.BatchNodeUserCreateOptions(
         name="swarm", is_admin=True, ssh_public_key=key.export_public_key().decode().strip()))
@@ -427,3 +452,36 @@ def test_over_ssh_a_node_user_sees_the_engine_and_a_tunnel_to_localhost_2375_rea
     assert output.split() == [engine_of(server, pool_id, node.id).docker_host, "found"]
     assert answer.startswith(b"HTTP/1.0 200 OK") and answer.endswith(b"OK")
     delete_pool_and_wait(client, pool_id)
+
+
+def test_a_pool_update_cannot_slip_in_a_container_configuration_its_image_cannot_run(client, pool_id):
+    with pytest.raises(HttpResponseError) as caught:
+        client.update_pool(pool_id, models.BatchPoolUpdateOptions(
+            virtual_machine_configuration=models.VirtualMachineConfiguration(
+                image_reference=models.BatchVmImageReference(
+                    publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"),
+                node_agent_sku_id="batch.node.ubuntu 22.04",
+                container_configuration=models.BatchContainerConfiguration(type="dockerCompatible"))))
+    assert caught.value.status_code == 400
+    details = {detail.code: detail.message for detail in caught.value.error.details}
+    assert details["PropertyName"] == "virtualMachineConfiguration.containerConfiguration.type"
+
+
+def test_an_engine_that_cannot_start_makes_its_node_unusable_with_the_reason(tmp_path):
+    subnet = random_node_subnet()
+    first_node_address = str(ipaddress.ip_network(subnet).network_address + 2)
+    with socket.socket() as squatter:  # something else already holds the engine's port on the node's address
+        squatter.bind((first_node_address, 2375))
+        squatter.listen()
+        with LocalBatchServer(str(tmp_path / "localbatch"), timings=fast_timings(), node_subnet=subnet) as server, \
+                batch_client(server.url) as client:
+            pool_id = unique_id("containers")
+            node = create_container_pool(client, pool_id, 1, BUSYBOX, states=("unusable",))[0]
+            assert node.ip_address == first_node_address
+            error = node.errors[0]
+            assert error.code == "ContainerEngineUnavailable"
+            assert "address already in use" in error.error_details[0].value
+            engine = engine_of(server, pool_id, node.id)
+            assert processes_of(engine) == []
+            delete_pool_and_wait(client, pool_id)
+    assert mounts_of(engine) == [] and not os.path.exists(engine.run_dir)

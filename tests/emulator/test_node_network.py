@@ -3,6 +3,7 @@ live nodes, kept across restarts; programs on a node bind it and other nodes rea
 from __future__ import annotations
 
 import ipaddress
+import signal
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from localbatch.node.network import NodeNetwork, NodeSubnetError, random_node_su
 import pytest
 
 from .conftest import fast_timings
-from .support import (REPOSITORY_ROOT, WAIT, batch_client, create_job, create_pool_and_wait, pool_options, read_task_file,
+from .support import (REPOSITORY_ROOT, WAIT, RunningEmulator, batch_client, create_job, create_pool_and_wait, pool_options, read_task_file,
                       unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 LISTENER = """
@@ -128,3 +129,17 @@ def test_the_cli_refuses_a_bad_node_subnet_in_one_line(tmp_path):
                             timeout=WAIT)
     assert result.returncode == 2
     assert result.stderr.strip() == "localbatch: node subnet 10.1.0.0/24 is not inside 127.0.0.0/8, the loopback network"
+
+
+def test_the_cli_puts_nodes_in_the_subnet_it_is_given_and_the_environment_names_the_default(tmp_path):
+    given, from_environment = random_node_subnet(), random_node_subnet()
+    for arguments, subnet in ((["--node-subnet", given], given), ([], from_environment)):
+        emulator = RunningEmulator(tmp_path / subnet.replace("/", "_"), *arguments,
+                                   env={"LOCALBATCH_NODE_SUBNET": from_environment})
+        try:
+            with batch_client(emulator.url()) as client:
+                (node,) = create_pool_and_wait(client, "cli", nodes=1)
+                assert ipaddress.ip_address(node.ip_address) in ipaddress.ip_network(subnet)
+            assert emulator.finish(signal.SIGTERM) == 0
+        finally:
+            emulator.kill()

@@ -245,6 +245,18 @@ def test_the_host_key_a_task_prints_is_the_one_presented_and_openssh_pins_it(cli
     refused = openssh(other_node_key)
     assert refused.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
 
+    # scp in its classic mode runs the node's scp through an exec session (SFTP is not offered)
+    known_hosts.write_text(f"[{host}]:{port} {printed}\n")
+    source = tmp_path / "payload.txt"
+    source.write_text("copied over ssh\n")
+    copied = subprocess.run(
+        ["scp", "-O", "-F", "/dev/null", "-i", str(key_file), "-P", str(port), "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}", str(source),
+         f"alice@{host}:payload.txt"], capture_output=True, text=True, timeout=WAIT)
+    assert copied.returncode == 0, copied.stderr
+    assert run(ssh_exec(host, port, "cat ~/payload.txt", username="alice",
+                        client_keys=[admin_key])).stdout == "copied over ssh\n"
+
 
 # ---- tunnels ---------------------------------------------------------------------------------------
 ECHO_SERVER = """
@@ -500,3 +512,16 @@ def test_pools_with_the_same_frontend_range_share_the_public_address_without_cla
         ssh_nat_pool(start=start, rules=None)))
     node = next(iter(client.list_nodes(third)))
     assert login_address(client, third, node)[1] == ports[first], "a deleted pool's ports are free again"
+
+
+def test_the_sftp_subsystem_is_refused(client, pool, admin_key):
+    pool_id, nodes = pool
+    host, port = login_address(client, pool_id, nodes[0])
+
+    async def sftp() -> None:
+        async with asyncssh.connect(host, port, username="alice", client_keys=[admin_key], known_hosts=None,
+                                    connect_timeout=WAIT) as connection:
+            async with connection.start_sftp_client():
+                pass
+    with pytest.raises(asyncssh.ChannelOpenError):
+        run(sftp())
