@@ -524,7 +524,7 @@ def _relay(connection: socket.socket, channel: paramiko.Channel, closed: threadi
 
 
 def describe_swarm(docker_client: docker.DockerClient) -> list[str]:
-    """Return one line about the engine and the swarm, then one line per swarm node (address, role, state)."""
+    """Return one line about the engine and the swarm, then one line per swarm node (host name, address, role, state)."""
     info = docker_client.info()
     swarm = info.get("Swarm") or {}
     lines = [
@@ -535,7 +535,8 @@ def describe_swarm(docker_client: docker.DockerClient) -> list[str]:
         attributes = node.attrs
         manager_status = attributes.get("ManagerStatus") or {}
         role = attributes["Spec"]["Role"] + (" (leader)" if manager_status.get("Leader") else "")
-        lines.append(f"  {_swarm_node_address(attributes):<15} {role:<16} {attributes['Status']['State']}")
+        lines.append(f"  {attributes['Description']['Hostname']:<20} {_swarm_node_address(attributes):<15} "
+                     f"{role:<16} {attributes['Status']['State']}")
     return lines
 
 

@@ -106,8 +106,9 @@ def test_builds_the_swarm_drives_it_through_the_tunnel_and_leaves_nothing_behind
     [pool_id] = created_ids(run.stdout, "pool")
     [job_id] = created_ids(run.stdout, "job")
     assert f"swarm active, {NODE_COUNT} node(s), 1 manager(s)" in run.stdout
-    swarm_nodes = re.findall(r"^  (\S+)\s+(manager \(leader\)|worker)\s+ready$", run.stdout, re.MULTILINE)
-    assert sorted(role for _address, role in swarm_nodes) == ["manager (leader)"] + ["worker"] * (NODE_COUNT - 1)
+    swarm_nodes = re.findall(r"^  (\S+)\s+(\S+)\s+(manager \(leader\)|worker)\s+ready$", run.stdout, re.MULTILINE)
+    assert sorted(role for _host, _address, role in swarm_nodes) == ["manager (leader)"] + ["worker"] * (NODE_COUNT - 1)
+    assert len({host for host, _address, _role in swarm_nodes}) == NODE_COUNT
     assert f"through the tunnel ----\n{CONTAINER_OUTPUT}\n" in run.stdout
     assert re.search(
         r"^Hello from task container-task, in a container of image busybox, on node \S+$", run.stdout, re.MULTILINE
