@@ -100,7 +100,7 @@ class SwarmSettings:
 
 
 def load_swarm_settings(sample_configuration: Path, environ: Optional[Mapping[str, str]] = None) -> SwarmSettings:
-    """Read this sample's own sections of its configuration file (``environ`` overrides apply, by default os.environ)."""
+    """Read this sample's own sections of its configuration file (``environ``, default os.environ, overrides)."""
     config = open_configuration_file(sample_configuration, environ)
     return SwarmSettings(
         container_image=config.text("Swarm", "container_image"),
@@ -524,7 +524,7 @@ def _relay(connection: socket.socket, channel: paramiko.Channel, closed: threadi
 
 
 def describe_swarm(docker_client: docker.DockerClient) -> list[str]:
-    """Return one line about the engine and the swarm, then one line per swarm node (host name, address, role, state)."""
+    """Return a line about the engine and the swarm, then one per swarm node: host name, address, role, state."""
     info = docker_client.info()
     swarm = info.get("Swarm") or {}
     lines = [
@@ -670,7 +670,9 @@ def run_docker_swarm(
             print(f"The manager's SSH host key, as the node printed it: {host_key.split()[0]} "
                   f"{ssh_fingerprint(host_key)} (the join token is not shown)")
 
-            join_task_ids = add_swarm_join_tasks(batch_client, job_id, workers, manager.ip_address, init_output.join_token)
+            join_task_ids = add_swarm_join_tasks(
+                batch_client, job_id, workers, manager.ip_address, init_output.join_token
+            )
             add_tasks(batch_client, job_id, [container_task(swarm.container_image)])
             print(f"Added {len(join_task_ids)} swarm join task(s) and the container task {CONTAINER_TASK_ID}")
             tasks = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_seconds)

@@ -1,9 +1,10 @@
-"""sample4_docker_swarm.py end to end: the swarm through the tunnel, the container task, pinning, leftovers, failures."""
+"""sample4_docker_swarm.py end to end: the swarm through the tunnel, the container task, pinning, failures."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -24,6 +25,8 @@ from common.clients import create_batch_client
 from common.config import environment_variable_name, sample_configuration_path
 from common.helpers import unique_resource_name
 from common.local import localbatch_answers, start_localbatch
+from localbatch.node.engines import docker_unavailable_reason
+from localbatch.node.layout import NodeLayout
 from tests.samples.support import (
     NOTHING,
     SAMPLE4,
@@ -36,16 +39,19 @@ from tests.samples.support import (
     run_sample,
     take_inventory,
 )
-from localbatch.node.layout import NodeLayout
 from tests.waiting import wait_for
 
 NODE_COUNT = 2
+# The local stack runs a Docker engine per node of a container pool; where it cannot (not root,
+# no docker.io), those tests skip with the emulator's own reason.
+needs_local_docker = pytest.mark.skipif(docker_unavailable_reason() is not None,
+                                        reason=str(docker_unavailable_reason()))
 CONTAINER_OUTPUT = "Hello from a container on the swarm manager, through the SSH tunnel"
 
 
-def swarm_settings(backend: Backend, **overrides: str) -> sample4.SwarmSettings:
-    environment = {**backend.environment, **overrides}
-    return sample4.load_swarm_settings(sample_configuration_path(SAMPLE4), environ=environment)
+def swarm_settings(backend: Backend) -> sample4.SwarmSettings:
+    """Sample 4's own settings as it would load them on ``backend``."""
+    return sample4.load_swarm_settings(sample_configuration_path(SAMPLE4), environ=backend.environment)
 
 
 def pool_markers(backend: Backend, printed: str, pool_ids: Sequence[str] = ()) -> list[str]:
@@ -98,6 +104,8 @@ def assert_secrets_never_printed(*texts: str) -> None:
 def test_builds_the_swarm_drives_it_through_the_tunnel_and_leaves_nothing_behind(
     backend: Backend, tmp_path: Path
 ) -> None:
+    if backend.name == "local" and docker_unavailable_reason() is not None:
+        pytest.skip(str(docker_unavailable_reason()))
     before = take_inventory(backend)
 
     run = run_sample(SAMPLE4, backend, tmp_path)
@@ -127,6 +135,7 @@ def test_builds_the_swarm_drives_it_through_the_tunnel_and_leaves_nothing_behind
         assert_no_process_left(backend, run.stdout)
 
 
+@needs_local_docker
 def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
     local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -181,6 +190,7 @@ TASK_COLLECTION = r"^/jobs/[^/]+/addtaskcollection$"
 USERS, REMOTE_LOGIN = r"^/pools/[^/]+/nodes/[^/]+/users$", r"/remoteloginsettings$"
 
 
+@needs_local_docker
 @pytest.mark.parametrize(
     ("step", "method", "path", "when", "error", "skip"),
     [
@@ -220,6 +230,7 @@ def test_a_failure_at_any_batch_step_still_cleans_up(
     assert_no_process_left(local_backend, capsys.readouterr().out, [pool_id])
 
 
+@needs_local_docker
 @pytest.mark.parametrize("step", ["describe_swarm", "run_container_and_read_its_output"])
 def test_ctrl_c_while_the_tunnel_is_open_closes_it_and_cleans_up(
     local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, step: str
@@ -263,6 +274,7 @@ def kept_pool(local_backend: Backend) -> Iterator[list[str]]:
         local_backend.batch_client.begin_delete_pool(pool_id, polling_interval=0.2).result()
 
 
+@needs_local_docker
 def test_a_kept_pool_loses_the_node_user_and_keeps_its_swarm(
     local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, kept_pool: list[str]
 ) -> None:
@@ -305,10 +317,13 @@ def test_a_kept_pool_loses_the_node_user_and_keeps_its_swarm(
             client.close()
 
 
+@needs_local_docker
 def test_the_tunnel_script_reopens_the_tunnel_with_openssh(
     local_backend: Backend, tmp_path: Path, kept_pool: list[str]
 ) -> None:
     """write_tunnel_script: the script, the 0600 key and the pinned host key work with OpenSSH's ssh."""
+    if shutil.which("ssh") is None:
+        pytest.skip("OpenSSH's ssh client is not installed (.ci/run installs openssh-client)")
     overrides = {
         environment_variable_name("Tunnel", "write_tunnel_script"): "true",
         environment_variable_name("Tunnel", "script_directory"): str(tmp_path / "tunnel"),
@@ -376,6 +391,7 @@ def slow_localbatch(tmp_path: Path) -> Iterator[str]:
         yield emulator.url
 
 
+@needs_local_docker
 def test_ctrl_c_in_a_terminal_cleans_up_and_exits_130(
     slow_localbatch: str, local_sample_environment: dict[str, str], tmp_path: Path
 ) -> None:
@@ -407,6 +423,7 @@ def test_ctrl_c_in_a_terminal_cleans_up_and_exits_130(
     assert_left_behind(backend, before, NOTHING)
 
 
+@needs_local_docker
 def test_a_rerun_on_a_kept_pool_reuses_its_swarm_and_its_user(
     local_backend: Backend, tmp_path: Path, kept_pool: list[str]
 ) -> None:
