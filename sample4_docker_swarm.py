@@ -412,6 +412,10 @@ class HostKeyMismatchError(Exception):
     """The SSH server presented a host key other than the pinned one: the connection was refused."""
 
 
+class SshUnreachableError(ConnectionError):
+    """No SSH session could be opened: the connection was refused, reset or timed out."""
+
+
 def connect_with_pinned_host_key(
     address: str,
     port: int,
@@ -424,7 +428,9 @@ def connect_with_pinned_host_key(
 
     The key is the one the node printed from inside (``ssh-keyscan`` in a Batch task), so a
     server that presents any other key (a man in the middle, or another machine) is refused
-    with ``HostKeyMismatchError``; an unknown key is never accepted (``RejectPolicy``).
+    with ``HostKeyMismatchError``; an unknown key is never accepted (``RejectPolicy``). A
+    connection that is refused, reset or times out (as the pool's network security group rules
+    make it for a source address they deny) raises ``SshUnreachableError``.
     """
     key_type, key_base64 = host_key_line.split()[1:3]
     pinned_key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_base64))
@@ -445,6 +451,15 @@ def connect_with_pinned_host_key(
             f"the SSH server at {address}:{port} presented host key {error.key.get_name()} "
             f"{error.key.fingerprint}, not the pinned {pinned_key.get_name()} {pinned_key.fingerprint} "
             f"that the node printed: refusing to connect"
+        ) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        raise
+    except (OSError, paramiko.SSHException) as error:
+        client.close()
+        raise SshUnreachableError(
+            f"no SSH session with {address}:{port} ({type(error).__name__}: {error}); do the pool's network "
+            f"security group rules allow this machine's address?"
         ) from None
     except BaseException:
         client.close()

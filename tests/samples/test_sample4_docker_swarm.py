@@ -169,6 +169,29 @@ def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
     assert_no_process_left(local_backend, printed)
 
 
+@needs_local_docker
+def test_a_source_address_the_rules_deny_fails_the_sample_clearly_and_cleans_up(
+    local_backend: Backend, capsys: pytest.CaptureFixture
+) -> None:
+    """Allowing another source address than this machine's: the NAT frontend refuses the SSH connection."""
+    settings = local_backend.settings(SAMPLE4)
+    other_source = Backend("local", {
+        **local_backend.environment,
+        environment_variable_name("SSH", "allowed_source_address_prefix"): "192.0.2.0/24",
+    })
+    before = take_inventory(local_backend)
+
+    with pytest.raises(sample4.SshUnreachableError, match=r"^no SSH session with \S+:\d+ \(.+\); do the pool's "
+                       r"network security group rules allow this machine's address\?$"):
+        sample4.run_docker_swarm(local_backend.batch_client, settings, swarm_settings(other_source))
+
+    printed = capsys.readouterr().out
+    assert "from 192.0.2.0/24 only" in printed
+    assert len(re.findall(r"^Deleted user swarmadmin on node ", printed, re.MULTILINE)) == NODE_COUNT
+    assert_left_behind(local_backend, before, NOTHING)
+    assert_no_process_left(local_backend, printed)
+
+
 class FailTheNthRequest(FailRequests):
     """``FailRequests`` that lets the first ``skip`` matching requests through (e.g. the second task collection)."""
 
