@@ -28,7 +28,7 @@ import shlex
 import socket
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -65,21 +65,8 @@ logger = logging.getLogger(__name__)
 
 START_TASK_SCRIPT_PATH = REPOSITORY_ROOT / "resources" / "docker_engine_on_localhost.sh"
 DOCKER_COMPATIBLE = "DockerCompatible"
-SSH_BACKEND_PORT = 22
-SWARM_PORT = 2377
 DOCKER_ENGINE_PORT = 2375
-SWARM_INIT_TASK_ID = "swarm-init"
 CONTAINER_TASK_ID = "container-task"
-JOIN_TOKEN_LABEL = "worker-join-token: "
-HOST_KEY_LABEL = "ssh-host-key: "
-
-# Docker needs root: the swarm tasks and the start task run as the pool's admin automatic user.
-POOL_ADMIN = models.UserIdentity(
-    auto_user=models.AutoUserSpecification(
-        scope=models.AutoUserScope.POOL,
-        elevation_level=models.ElevationLevel.ADMIN,
-    )
-)
 
 
 @dataclass(frozen=True)
@@ -174,7 +161,7 @@ def create_swarm_pool(
     ssh_endpoint = models.BatchInboundNatPool(
         name="ssh",
         protocol=models.InboundEndpointProtocol.TCP,
-        backend_port=SSH_BACKEND_PORT,
+        backend_port=22,
         frontend_port_range_start=frontend_port_range[0],
         frontend_port_range_end=frontend_port_range[1],
         network_security_group_rules=[
@@ -209,7 +196,8 @@ def create_swarm_pool(
         ),
         start_task=models.BatchStartTask(
             command_line=start_task_command,
-            user_identity=POOL_ADMIN,
+            user_identity=models.UserIdentity(auto_user=models.AutoUserSpecification(  # Docker needs root
+                scope=models.AutoUserScope.POOL, elevation_level=models.ElevationLevel.ADMIN)),
             max_task_retry_count=1,
             wait_for_success=True,
         ),
@@ -225,55 +213,56 @@ def choose_swarm_manager(nodes: Sequence[models.BatchNode]) -> models.BatchNode:
 # ---- the swarm, built by tasks ---------------------------------------------------------------
 
 
-def add_swarm_init_task(batch_client: BatchClient, job_id: str, manager: models.BatchNode) -> str:
+def add_swarm_init_task(
+    batch_client: BatchClient, job_id: str, manager: models.BatchNode, task_id: str = "swarm-init"
+) -> str:
     """Add an admin task, affinitized to ``manager``, that makes it a swarm manager. Return its id.
 
-    The task prints the swarm's worker join token and the node's SSH host key (each on a labelled
-    line of its stdout.txt, for ``read_swarm_init_output``). It is idempotent: on a node that is
-    already a swarm manager it only prints them again.
+    The task prints the swarm's worker join token and the node's SSH host key on lines of its
+    stdout.txt labelled ``worker-join-token:`` and ``ssh-host-key:`` (``read_swarm_init_output``
+    reads them). It is idempotent: a node that is already a swarm manager prints them again.
     """
     address = manager.ip_address
     commands = [
         'state="$(docker info --format "{{.Swarm.LocalNodeState}}")"',
         f'if [ "$state" != active ]; then docker swarm init --advertise-addr {address} '
-        f"--listen-addr {address}:{SWARM_PORT} > /dev/null; fi",
+        f"--listen-addr {address}:2377 > /dev/null; fi",
         'token="$(docker swarm join-token --quiet worker)"',
         f'host_key="$(ssh-keyscan -t ed25519 {address} 2> /dev/null || true)"',
         f'[ -n "$host_key" ] || {{ echo "ssh-keyscan got no ed25519 host key from {address}:22" >&2; exit 1; }}',
-        f'echo "{JOIN_TOKEN_LABEL}$token"',
-        f'echo "{HOST_KEY_LABEL}$host_key"',
+        'echo "worker-join-token: $token"',
+        'echo "ssh-host-key: $host_key"',
     ]
     task = models.BatchTaskCreateOptions(
-        id=SWARM_INIT_TASK_ID,
+        id=task_id,
         command_line=wrap_commands_in_shell(commands),
         affinity_info=models.BatchAffinityInfo(affinity_id=manager.affinity_id),
-        user_identity=POOL_ADMIN,
+        user_identity=models.UserIdentity(auto_user=models.AutoUserSpecification(  # Docker needs root
+            scope=models.AutoUserScope.POOL, elevation_level=models.ElevationLevel.ADMIN)),
     )
     add_tasks(batch_client, job_id, [task])
     return task.id
 
 
-@dataclass(frozen=True)
-class SwarmInitOutput:
-    """What the swarm-init task printed. The join token is a secret: never print or log it."""
+def read_swarm_init_output(batch_client: BatchClient, job_id: str, task_id: str) -> tuple[str, str]:
+    """Return the join token and the SSH host key line that the swarm-init task printed.
 
-    join_token: str = field(repr=False)
-    host_key_line: str  # "<address> ssh-ed25519 <base64>", as ssh-keyscan prints it
-
-
-def read_swarm_init_output(batch_client: BatchClient, job_id: str, task_id: str) -> SwarmInitOutput:
-    """Read the join token and the SSH host key from the swarm-init task's stdout.txt."""
+    The host key line is ``<address> <type> <base64>``, as ssh-keyscan prints it. The join token
+    is a secret: never print or log it.
+    """
+    labels = ("worker-join-token: ", "ssh-host-key: ")
     found = {}
     for line in read_task_file_as_text(batch_client, job_id, task_id).splitlines():
-        for label in (JOIN_TOKEN_LABEL, HOST_KEY_LABEL):
+        for label in labels:
             if line.startswith(label):
                 found[label] = line[len(label):].strip()
-    missing = [label.rstrip(": ") for label in (JOIN_TOKEN_LABEL, HOST_KEY_LABEL) if not found.get(label)]
+    missing = [label.rstrip(": ") for label in labels if not found.get(label)]
     if missing:
         raise RuntimeError(f"task {task_id} of job {job_id} did not print its {' and '.join(missing)}")
-    if len(found[HOST_KEY_LABEL].split()) < 3:
+    join_token, host_key_line = found[labels[0]], found[labels[1]]
+    if len(host_key_line.split()) < 3:
         raise RuntimeError(f"task {task_id} printed an SSH host key line that is not '<host> <type> <key>'")
-    return SwarmInitOutput(join_token=found[JOIN_TOKEN_LABEL], host_key_line=found[HOST_KEY_LABEL])
+    return join_token, host_key_line
 
 
 def swarm_join_task_id(node: models.BatchNode) -> str:
@@ -292,27 +281,29 @@ def add_swarm_join_tasks(
 
     The token goes in an environment setting, not in the command line, so it stays out of
     process listings on the node. Each task is idempotent: a node already in a swarm stays.
+    The task of the node at ``10.0.0.5`` is ``swarm-join-10-0-0-5``.
     """
     tasks = []
     for worker in workers:
         commands = [
             'state="$(docker info --format "{{.Swarm.LocalNodeState}}")"',
             f'if [ "$state" != active ]; then docker swarm join --token "$SWARM_JOIN_TOKEN" '
-            f"--advertise-addr {worker.ip_address} --listen-addr {worker.ip_address}:{SWARM_PORT} "
-            f"{manager_address}:{SWARM_PORT}; fi",
+            f"--advertise-addr {worker.ip_address} --listen-addr {worker.ip_address}:2377 "
+            f"{manager_address}:2377; fi",
             "docker info --format 'swarm: {{.Swarm.LocalNodeState}}, node {{.Swarm.NodeID}}'",
         ]
         tasks.append(models.BatchTaskCreateOptions(
-            id=swarm_join_task_id(worker),
+            id="swarm-join-" + worker.ip_address.replace(".", "-").replace(":", "-"),
             command_line=wrap_commands_in_shell(commands),
             affinity_info=models.BatchAffinityInfo(affinity_id=worker.affinity_id),
             environment_settings=[models.EnvironmentSetting(name="SWARM_JOIN_TOKEN", value=join_token)],
-            user_identity=POOL_ADMIN,
+            user_identity=models.UserIdentity(auto_user=models.AutoUserSpecification(  # Docker needs root
+                scope=models.AutoUserScope.POOL, elevation_level=models.ElevationLevel.ADMIN)),
         ))
     return add_tasks(batch_client, job_id, tasks)
 
 
-def container_task(image_name: str) -> models.BatchTaskCreateOptions:
+def container_task(image_name: str, task_id: str = "container-task") -> models.BatchTaskCreateOptions:
     """Return a native Batch container task: Batch runs its command line in a container of ``image_name``.
 
     This, not a swarm, is how to run containers on Batch in production: Batch pulls the image,
@@ -324,7 +315,7 @@ def container_task(image_name: str) -> models.BatchTaskCreateOptions:
         'echo "working directory: $(pwd)"',
     ]
     return models.BatchTaskCreateOptions(
-        id=CONTAINER_TASK_ID,
+        id=task_id,
         command_line=wrap_commands_in_shell(commands, shell="/bin/sh"),
         container_settings=models.BatchTaskContainerSettings(
             image_name=image_name,
@@ -371,9 +362,11 @@ def add_node_user_to_nodes(
             batch_client.replace_node_user(pool_id, node_id, user_name, models.BatchNodeUserReplaceOptions(
                 expiry_time=expiry_time, ssh_public_key=ssh_public_key
             ))
-            logger.info("Replaced the key and expiry of user %s on node %s of pool %s", user_name, node_id, pool_id)
+            logging.getLogger(__name__).info(
+                "Replaced the key and expiry of user %s on node %s of pool %s", user_name, node_id, pool_id
+            )
             continue
-        logger.info("Added user %s to node %s of pool %s", user_name, node_id, pool_id)
+        logging.getLogger(__name__).info("Added user %s to node %s of pool %s", user_name, node_id, pool_id)
 
 
 def delete_node_user_from_nodes(
@@ -393,7 +386,7 @@ def delete_node_user_from_nodes(
             try:
                 batch_client.delete_node_user(pool_id, node_id, user_name)
             except ResourceNotFoundError:
-                logger.info("%s does not exist; nothing to delete", name)
+                logging.getLogger(__name__).info("%s does not exist; nothing to delete", name)
                 continue
             except Exception as error:  # keep going: every node gets its request
                 report.failed.append(f"{name}: {describe_batch_error(error)}")
@@ -436,7 +429,7 @@ def connect_with_pinned_host_key(
     pinned_key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_base64))
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    host_name = address if port == SSH_BACKEND_PORT else f"[{address}]:{port}"
+    host_name = address if port == 22 else f"[{address}]:{port}"
     client.get_host_keys().add(host_name, pinned_key.get_name(), pinned_key)
     try:
         client.connect(
@@ -499,10 +492,28 @@ class SshTunnel:
                     raise paramiko.SSHException("the SSH connection is closed")
                 channel = transport.open_channel("direct-tcpip", (self.remote_host, self.remote_port), origin)
             except Exception as error:
-                logger.warning("SSH tunnel: cannot reach %s:%d: %s", self.remote_host, self.remote_port, error)
+                logging.getLogger(__name__).warning(
+                    "SSH tunnel: cannot reach %s:%d: %s", self.remote_host, self.remote_port, error
+                )
                 connection.close()
                 continue
-            threading.Thread(target=_relay, args=(connection, channel, self._closed), daemon=True).start()
+            threading.Thread(target=self._relay, args=(connection, channel), daemon=True).start()
+
+    def _relay(self, connection: socket.socket, channel: paramiko.Channel) -> None:
+        """Copy bytes both ways between a local connection and an SSH channel until either side closes."""
+        with contextlib.closing(connection), contextlib.closing(channel):
+            while not self._closed.is_set():
+                readable, _, _ = select.select([connection, channel], [], [], 0.2)
+                if connection in readable:
+                    data = connection.recv(65536)
+                    if not data:
+                        return
+                    channel.sendall(data)
+                if channel in readable:
+                    data = channel.recv(65536)
+                    if not data:
+                        return
+                    connection.sendall(data)
 
     def close(self) -> None:
         """Stop accepting connections, then close the SSH connection (and with it every channel)."""
@@ -518,23 +529,6 @@ class SshTunnel:
         self.close()
 
 
-def _relay(connection: socket.socket, channel: paramiko.Channel, closed: threading.Event) -> None:
-    """Copy bytes both ways between a local connection and an SSH channel until either side closes."""
-    with contextlib.closing(connection), contextlib.closing(channel):
-        while not closed.is_set():
-            readable, _, _ = select.select([connection, channel], [], [], 0.2)
-            if connection in readable:
-                data = connection.recv(65536)
-                if not data:
-                    return
-                channel.sendall(data)
-            if channel in readable:
-                data = channel.recv(65536)
-                if not data:
-                    return
-                connection.sendall(data)
-
-
 # ---- the swarm, through the tunnel -------------------------------------------------------------
 
 
@@ -546,19 +540,17 @@ def describe_swarm(docker_client: docker.DockerClient) -> list[str]:
         f"Docker engine {info.get('ServerVersion')} on the swarm manager: swarm {swarm.get('LocalNodeState')}, "
         f"{swarm.get('Nodes')} node(s), {swarm.get('Managers')} manager(s)"
     ]
-    for node in sorted(docker_client.nodes.list(), key=lambda node: _swarm_node_address(node.attrs)):
+    nodes = []
+    for node in docker_client.nodes.list():
         attributes = node.attrs
         manager_status = attributes.get("ManagerStatus") or {}
+        # A manager may report 0.0.0.0 as its status address; its manager address is the real one.
+        address = manager_status.get("Addr", "").rsplit(":", 1)[0] or attributes["Status"].get("Addr", "")
         role = attributes["Spec"]["Role"] + (" (leader)" if manager_status.get("Leader") else "")
-        lines.append(f"  {attributes['Description']['Hostname']:<20} {_swarm_node_address(attributes):<15} "
-                     f"{role:<16} {attributes['Status']['State']}")
+        nodes.append((attributes["Description"]["Hostname"], address, role, attributes["Status"]["State"]))
+    for host_name, address, role, state in sorted(nodes, key=lambda node: node[1]):
+        lines.append(f"  {host_name:<20} {address:<15} {role:<16} {state}")
     return lines
-
-
-def _swarm_node_address(attributes: dict) -> str:
-    # A manager may report 0.0.0.0 as its status address; its manager address is the real one.
-    manager_address = (attributes.get("ManagerStatus") or {}).get("Addr", "")
-    return manager_address.rsplit(":", 1)[0] if manager_address else attributes["Status"].get("Addr", "")
 
 
 def run_container_and_read_its_output(
@@ -611,7 +603,7 @@ def write_tunnel_script(
         'cd "$(dirname "$0")"\n'
         f"exec ssh -N -i {shlex.quote(key_path.name)} -o IdentitiesOnly=yes "
         f"-o UserKnownHostsFile={shlex.quote(known_hosts_path.name)} -o StrictHostKeyChecking=yes "
-        f'-L "${{LOCAL_PORT:-2375}}:localhost:{DOCKER_ENGINE_PORT}" -p {port} {shlex.quote(user_name)}@{address}\n',
+        f'-L "${{LOCAL_PORT:-2375}}:localhost:2375" -p {port} {shlex.quote(user_name)}@{address}\n',
         encoding="utf-8",
     )
     script_path.chmod(0o700)
@@ -680,18 +672,18 @@ def run_docker_swarm(
             if init_task.execution_info.result != models.BatchTaskExecutionResult.SUCCESS:
                 print_task_output(batch_client, job_id, init_task_id)
                 raise RuntimeError(f"task {init_task_id} failed: {describe_task_result(init_task)}")
-            init_output = read_swarm_init_output(batch_client, job_id, init_task_id)
-            host_key = init_output.host_key_line.split(None, 1)[1]  # "<type> <base64>"
+            join_token, host_key_line = read_swarm_init_output(batch_client, job_id, init_task_id)
+            host_key = host_key_line.split(None, 1)[1]  # "<type> <base64>"
             print(f"The manager's SSH host key, as the node printed it: {host_key.split()[0]} "
                   f"{ssh_fingerprint(host_key)} (the join token is not shown)")
 
             join_task_ids = add_swarm_join_tasks(
-                batch_client, job_id, workers, manager.ip_address, init_output.join_token
+                batch_client, job_id, workers, manager.ip_address, join_token
             )
             add_tasks(batch_client, job_id, [container_task(swarm.container_image)])
             print(f"Added {len(join_task_ids)} swarm join task(s) and the container task {CONTAINER_TASK_ID}")
             tasks = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_seconds)
-            wanted_nodes = {swarm_join_task_id(worker): worker.id for worker in workers}
+            wanted_nodes = {task_id: worker.id for task_id, worker in zip(join_task_ids, workers)}
             for task in sorted(tasks, key=lambda task: task.id):
                 if task.id != init_task_id:
                     print(describe_where_task_ran(task, wanted_nodes.get(task.id)))
@@ -709,7 +701,7 @@ def run_docker_swarm(
                   f"to {len(nodes)} node(s)")
             address, port = get_remote_login_address(batch_client, pool_id, manager.id)
             ssh_client = connect_with_pinned_host_key(
-                address, port, swarm.user_name, private_key, init_output.host_key_line, swarm.connect_timeout_seconds
+                address, port, swarm.user_name, private_key, host_key_line, swarm.connect_timeout_seconds
             )
             connections.callback(ssh_client.close)
             tunnel = connections.enter_context(
@@ -734,7 +726,7 @@ def run_docker_swarm(
             if swarm.write_tunnel_script:
                 script = write_tunnel_script(
                     swarm.tunnel_script_directory, pool_id, address, port, swarm.user_name, private_key,
-                    init_output.host_key_line,
+                    host_key_line,
                 )
                 print(f"Wrote {script} (with the private key beside it, mode 0600): run it to reopen the tunnel")
         finally:
@@ -753,16 +745,6 @@ def run_docker_swarm(
     report.raise_if_incomplete()
 
 
-def check_tunnel_script_settings(settings: SampleSettings, swarm: SwarmSettings, keep_resources: bool) -> None:
-    """Refuse ``write_tunnel_script`` when the pool or the node user it needs would be deleted."""
-    if swarm.write_tunnel_script and not keep_resources and (settings.cleanup.delete_pool or swarm.delete_node_user):
-        raise ConfigError(
-            f"{settings.sample_configuration_path}: [Tunnel] write_tunnel_script: the tunnel needs the pool "
-            f"and the node user: set [Cleanup] delete_pool = false and delete_node_user = false, "
-            f"or run with --keep-resources"
-        )
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line, start the local stack if configured, run the sample; return the exit code."""
     arguments = parse_sample_arguments(__doc__, sample_configuration_path(__file__), argv)
@@ -771,7 +753,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def run() -> None:
         settings = load_settings(arguments.config, arguments.sample_config)
         swarm = load_swarm_settings(arguments.sample_config)
-        check_tunnel_script_settings(settings, swarm, arguments.keep_resources)
+        deletes_what_the_script_needs = settings.cleanup.delete_pool or swarm.delete_node_user
+        if swarm.write_tunnel_script and deletes_what_the_script_needs and not arguments.keep_resources:
+            raise ConfigError(
+                f"{settings.sample_configuration_path}: [Tunnel] write_tunnel_script: the tunnel needs the pool "
+                f"and the node user: set [Cleanup] delete_pool = false and delete_node_user = false, "
+                f"or run with --keep-resources"
+            )
         logger.info("Settings:\n%s", settings.describe())
         with local_stack_if_configured(settings):
             batch_client = create_batch_client(settings.batch)

@@ -147,9 +147,8 @@ def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
     ).decode()
 
     def output_with_another_host_key(batch_client, job_id, task_id):  # type: ignore[no-untyped-def]
-        real = read_swarm_init_output(batch_client, job_id, task_id)
-        address = real.host_key_line.split()[0]
-        return sample4.SwarmInitOutput(real.join_token, f"{address} {some_other_key}")
+        join_token, host_key_line = read_swarm_init_output(batch_client, job_id, task_id)
+        return join_token, f"{host_key_line.split()[0]} {some_other_key}"
 
     monkeypatch.setattr(sample4, "read_swarm_init_output", output_with_another_host_key)
     before = take_inventory(local_backend)
