@@ -36,6 +36,7 @@ from tests.samples.support import (
     assert_left_behind,
     connection_lost,
     created_ids,
+    environment_without_overrides,
     run_sample,
     take_inventory,
 )
@@ -390,12 +391,12 @@ def engine_info(base_url: str) -> dict:
         engine.close()
 
 
-def test_a_tunnel_script_with_a_pool_that_would_be_deleted_is_a_configuration_error(
-    local_backend: Backend, tmp_path: Path
-) -> None:
+def test_a_tunnel_script_with_a_pool_that_would_be_deleted_is_a_configuration_error(tmp_path: Path) -> None:
+    """Refused before anything is sent (no stack behind the shipped configuration is needed)."""
+    offline = Backend("offline", environment_without_overrides())
     variable = environment_variable_name("Tunnel", "write_tunnel_script")
 
-    run = run_sample(SAMPLE4, local_backend, tmp_path, extra_environment={variable: "true"})
+    run = run_sample(SAMPLE4, offline, tmp_path, extra_environment={variable: "true"})
 
     assert run.returncode == 2, run.describe()
     assert run.stderr == (
