@@ -670,7 +670,8 @@ def run_docker_swarm(
             [init_task] = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_seconds)
             print(describe_where_task_ran(init_task, manager.id))
             if init_task.execution_info.result != models.BatchTaskExecutionResult.SUCCESS:
-                print_task_output(batch_client, job_id, init_task_id)
+                # stderr only: its stdout.txt may hold the join token, which is never printed
+                print_task_output(batch_client, job_id, init_task_id, file_names=("stderr.txt",))
                 raise RuntimeError(f"task {init_task_id} failed: {describe_task_result(init_task)}")
             join_token, host_key_line = read_swarm_init_output(batch_client, job_id, init_task_id)
             host_key = host_key_line.split(None, 1)[1]  # "<type> <base64>"
