@@ -23,6 +23,7 @@ from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
 from .support import (LRO_POLLING, WAIT, RawClient, batch_client, create_job, create_pool_and_wait, read_task_file,
+                      reboot_options,
                       run_task, unique_id, wait_for, wait_for_task)
 
 FRONTEND_START = 40000
@@ -525,3 +526,20 @@ def test_the_sftp_subsystem_is_refused(client, pool, admin_key):
                 pass
     with pytest.raises(asyncssh.ChannelOpenError):
         run(sftp())
+
+
+def test_a_rebooting_node_is_unreachable_and_comes_back_with_the_same_host_key(ssh_server, client, admin_key):
+    pool_id = unique_id("reboot")
+    (node,) = create_pool_and_wait(client, pool_id, nodes=1, network_configuration=network_configuration(
+        ssh_nat_pool(start=FRONTEND_START + 400, rules=None)))
+    host, port = login_address(client, pool_id, node)
+    before = host_key_printed_by_a_task(client, pool_id, node)
+    with ssh_server.holding("node_rebooting"):
+        client.begin_reboot_node(pool_id, node.id, reboot_options(), polling_interval=LRO_POLLING)
+        wait_for(lambda: client.get_node(pool_id, node.id).state == "rebooting", "the node to be rebooting")
+        # held in rebooting: its sshd and frontend go down (stopping them is the boot's first step)
+        wait_for(lambda: not _listening(node.ip_address, 22) and not _listening(host, port),
+                 "the rebooting node's SSH server and frontend to stop")
+    wait_for(lambda: client.get_node(pool_id, node.id).state == "idle", "the node to be idle again")
+    assert _listening(node.ip_address, 22) and _listening(host, port)
+    assert host_key_printed_by_a_task(client, pool_id, node) == before
