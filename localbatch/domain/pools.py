@@ -48,6 +48,8 @@ class Pools:
             "enableAutoScale": bool(body.get("enableAutoScale")),
             "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
             "taskSlotsPerNode": body.get("taskSlotsPerNode") or 1,
+            # Capitalised, unlike the API's enum ("spread"), because that is what the service answers for a
+            # pool created without a policy (azure-sdk-for-python's recording test_batch_update_pools[sync]).
             "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "Spread"},
         }
         vm_config = dict(body["virtualMachineConfiguration"])
