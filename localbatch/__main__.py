@@ -14,10 +14,12 @@ import asyncio
 import errno
 import logging
 import os
+import resource
 import signal
 import sys
 
 from .accounts import AccountConfigError
+from .connections import ConnectionLimits
 from .domain.runtime import Timings
 from .domain.service import NODES_DIRECTORY, STATE_DIRECTORY
 from .server import LocalBatchServer
@@ -58,7 +60,51 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="log every request (never credentials or bodies)")
     parser.add_argument("--node-startup-seconds", type=float, default=None,
                         help="how long a new node takes from creating to idle (default 0.3)")
+    defaults = ConnectionLimits()
+    parser.add_argument("--max-connections", type=_at_least_one, default=defaults.max_connections,
+                        help=f"connections open at once, all clients together (default {defaults.max_connections})")
+    parser.add_argument("--max-connections-per-client", type=_at_least_one,
+                        default=defaults.max_connections_per_client,
+                        help=f"connections open at once from one client address "
+                             f"(default {defaults.max_connections_per_client})")
+    parser.add_argument("--idle-timeout", type=_positive_seconds, default=defaults.idle_seconds,
+                        help="seconds a connection may stay without a complete request header, from its opening "
+                             f"or its previous answer (default {defaults.idle_seconds:g})")
+    parser.add_argument("--body-timeout", type=_positive_seconds, default=defaults.body_seconds,
+                        help=f"seconds a request body may take to arrive (default {defaults.body_seconds:g})")
     return parser.parse_args(argv)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft limit of open files to the hard one (at most 65536), as servers do, so the
+    connection limits rather than the descriptor limit decide how many connections fit."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        pass  # keep the limit there is
 
 
 def describe_location_problem(error: OSError, location: str) -> str:
@@ -84,8 +130,9 @@ def _file_in_the_way(path: str) -> str:
         candidate = parent
 
 
-def prepare_location(location: str) -> None:
-    """Create ``location`` and its subdirectories, and prove each can be written to.
+def prepare_location(location: str, account_locations: list[str] | None = None) -> None:
+    """Create ``location`` and the subdirectories of every account's world in it (by default only
+    the well-known account's, at its top), and prove each can be written to.
 
     Creates and removes a small file in every subdirectory, since a read-only or full file
     system lets existing directories be opened but refuses the first write. Raises
@@ -94,10 +141,11 @@ def prepare_location(location: str) -> None:
     try:
         if os.path.exists(location) and not os.path.isdir(location):
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), location)
-        for name in LOCATION_SUBDIRECTORIES:
-            directory = os.path.join(location, name)
-            os.makedirs(directory, exist_ok=True)
-            _check_writable(directory)
+        for account_directory in account_locations or [location]:
+            for name in LOCATION_SUBDIRECTORIES:
+                directory = os.path.join(account_directory, name)
+                os.makedirs(directory, exist_ok=True)
+                _check_writable(directory)
     except OSError as exc:
         raise StartupError(f"cannot use --location {location}: {describe_location_problem(exc, location)}", 2) from exc
 
@@ -149,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.node_startup_seconds is not None:
         timings.node_creating = arguments.node_startup_seconds / 3
         timings.node_starting = arguments.node_startup_seconds * 2 / 3
+    limits = ConnectionLimits(max_connections=arguments.max_connections,
+                              max_connections_per_client=arguments.max_connections_per_client,
+                              idle_seconds=arguments.idle_timeout, body_seconds=arguments.body_timeout)
+    raise_descriptor_limit()
     try:
-        server = LocalBatchServer(arguments.location, arguments.host, arguments.port, arguments.debug, timings)
-        prepare_location(arguments.location)
+        server = LocalBatchServer(arguments.location, arguments.host, arguments.port, arguments.debug, timings,
+                                  limits=limits)
+        prepare_location(arguments.location, list(server.account_locations().values()))
         asyncio.run(serve(server, arguments.location, arguments.host, arguments.port))
     except AccountConfigError as exc:
         print(f"localbatch: {exc}", file=sys.stderr)

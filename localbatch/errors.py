@@ -19,6 +19,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "FeatureNotEmulated": (501, "The request uses a Batch feature that localbatch does not emulate."),
     "RequestBodyTooLarge": (413, "The request body is too large and exceeds the maximum permissible limit."),
     "TooManyRequests": (429, "Too many requests."),
+    "RequestTimeout": (408, "The request was not received within the time the server allows."),
     "OperationTimedOut": (500, "The operation could not be completed within the permitted time."),
     "InternalError": (500, "Server encountered an internal error. Please try the request again."),
     "ServerBusy": (503, "The server is currently unable to receive requests. Please retry your request."),

@@ -14,8 +14,9 @@ from typing import Callable, Iterator, Optional
 
 from aiohttp import web
 
-from .accounts import WELL_KNOWN_ACCOUNT_NAME, load_accounts
-from .http import MAX_BODY_BYTES, Pipeline
+from .accounts import WELL_KNOWN_ACCOUNT_NAME, account_location, load_accounts
+from .connections import ConnectionLimitedServer, ConnectionLimits
+from .http import Pipeline
 from .domain.runtime import Timings
 from .domain.quotas import Quotas
 from .domain.service import BatchService
@@ -27,22 +28,26 @@ AUTO_STORAGE_ENV_VAR = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
 
 
 class LocalBatchServer:
+    """localbatch: one world per account (see accounts.account_location), served on one port."""
+
     def __init__(self, location: str, host: str = "127.0.0.1", port: int = 0, debug: bool = False,
                  timings: Optional[Timings] = None, auto_storage_connection_string: Optional[str] = None,
-                 quotas: Optional[Quotas] = None):
+                 quotas: Optional[Quotas] = None, limits: Optional[ConnectionLimits] = None):
         self.location = os.path.abspath(location)
         self.host = host
         self.port = port
         self.debug = debug
         self.timings = timings or Timings()
         self.quotas = quotas or Quotas()
+        self.limits = limits or ConnectionLimits()
         connection_string = auto_storage_connection_string or os.environ.get(AUTO_STORAGE_ENV_VAR)
         self.auto_storage = AutoStorage(connection_string) if connection_string else AutoStorage()
         self.accounts = load_accounts()
         self.account_name = WELL_KNOWN_ACCOUNT_NAME
-        self.service: Optional[BatchService] = None
+        self.services: dict[str, BatchService] = {}  # account name -> its world, while running
         self.pipeline: Optional[Pipeline] = None
-        self._runner: Optional[web.AppRunner] = None
+        self.http_server: Optional[ConnectionLimitedServer] = None
+        self._runner: Optional[web.ServerRunner] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -50,29 +55,49 @@ class LocalBatchServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def service(self) -> Optional[BatchService]:
+        """The well-known account's world."""
+        return self.services.get(self.account_name)
+
+    def account_locations(self) -> dict[str, str]:
+        """Account name -> the directory of its world."""
+        return {name: account_location(self.location, name) for name in self.accounts}
+
     # ---- inside a running loop -----------------------------------------------------------------
     async def start_async(self) -> None:
-        self.service = BatchService(self.location, self.account_name, self.timings, self.auto_storage, self.quotas)
-        self.service.load()
-        self.pipeline = Pipeline(self.service, build_router(), self.accounts, self.debug)
-        app = web.Application(client_max_size=MAX_BODY_BYTES * 8)
-        # Every path, newlines included (an encoded one decodes to one), reaches the pipeline.
-        app.router.add_route("*", r"/{tail:[\s\S]*}", self.pipeline.__call__)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            for name, location in self.account_locations().items():
+                service = BatchService(location, name, self.timings, self.auto_storage, self.quotas)
+                self.services[name] = service
+                service.load()
+            self.pipeline = Pipeline(self.services, build_router(), self.accounts, self.debug,
+                                     body_seconds=self.limits.body_seconds,
+                                     send_stall_seconds=self.limits.send_stall_seconds)
+            # aiohttp's low-level server: every path, newlines included, reaches the pipeline.
+            self.http_server = ConnectionLimitedServer(self.pipeline.__call__, self.limits, access_log=None)
+            self._runner = web.ServerRunner(self.http_server, handle_signals=False,
+                                            shutdown_timeout=self.limits.shutdown_seconds)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await self.stop_async()
+            raise
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
-        self.service.base_url = self.url
-        self.service.start_background_work()
+        for service in self.services.values():
+            service.base_url = self.url
+            service.start_background_work()
 
     async def stop_async(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self.service is not None:
-            await self.service.close()
-            self.service = None
+        services, self.services = list(self.services.values()), {}
+        results = await asyncio.gather(*(service.close() for service in services), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     # ---- from other threads ------------------------------------------------------------------
     def start(self) -> "LocalBatchServer":
@@ -107,16 +132,18 @@ class LocalBatchServer:
 
     @contextlib.contextmanager
     def holding(self, *steps: str) -> Iterator[None]:
-        """For tests: hold these infrastructure steps (names of Timings fields, e.g. "pool_deleting")
-        so the transitional state they leave an entity in lasts until the block ends."""
-        self._on_loop(lambda: [self.service.transitions.hold(step) for step in steps])
+        """For tests: hold these infrastructure steps (names of Timings fields, e.g. "pool_deleting"),
+        in every account, so the transitional state they leave an entity in lasts until the block ends."""
+        self._on_loop(lambda: [service.transitions.hold(step) for service in self.services.values()
+                               for step in steps])
         try:
             yield
         finally:
-            self._on_loop(lambda: [self.service.transitions.release(step) for step in steps])
+            self._on_loop(lambda: [service.transitions.release(step) for service in self.services.values()
+                                   for step in steps])
 
     def _on_loop(self, function: Callable[[], object]) -> None:
-        if self._loop is None or self.service is None:
+        if self._loop is None or not self.services:
             raise RuntimeError("the server is not running")
 
         async def call() -> None:

@@ -317,14 +317,28 @@ def test_lists_have_absolute_next_links_and_none_on_the_last_page(raw, client):
     assert "odata.nextLink" not in second.json()
 
 
-def test_status_endpoint_needs_no_signature_and_counts_requests(raw):
+def test_status_endpoint_unsigned_is_a_health_check_that_reveals_nothing(server, raw):
     raw.request("GET", "/pools")
     response = raw.request("GET", "/localbatch/status", sign=False, api_version=None)
     assert response.status == 200
+    assert response.json() == {"status": "ok", "store": "ok"}
+    assert server.location not in response.body.decode() and raw.account not in response.body.decode()
+
+
+def test_status_endpoint_signed_describes_the_account_and_counts_its_requests(raw):
+    raw.request("GET", "/pools")
+    response = raw.request("GET", "/localbatch/status", api_version=None)
+    assert response.status == 200
     status = response.json()
-    assert status["status"] == "ok"
+    assert status["status"] == "ok" and status["account"] == raw.account
     assert status["requests"]["list_pools"] >= 1
     assert os.path.isdir(status["location"])
+
+
+def test_status_endpoint_with_a_bad_signature_is_refused(raw):
+    response = raw.request("GET", "/localbatch/status", api_version=None,
+                           authorization=f"SharedKey {raw.account}:AAAA")
+    _assert_batch_error(response, 403, "AuthenticationFailed")
 
 
 # ---- conditional requests (etag= / match_condition= / if_(un)modified_since=) -------------------------
