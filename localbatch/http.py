@@ -118,6 +118,10 @@ def _reset(transport: Optional[asyncio.BaseTransport]) -> None:
     transport.abort()
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its request had arrived: there is no one to answer."""
+
+
 @dataclass
 class Reply:
     status: int = 200
@@ -265,6 +269,9 @@ class Pipeline:
                     reply = await reply
                 # Whatever this answer reveals (a change it acknowledges, a state it reads) is durable first.
                 await service.store.settled()
+        except ClientGone:
+            logger.debug("%s %s: the client left before its body had arrived", request.method, raw_path)
+            reply = Reply(400, close=True)  # cannot be delivered; aiohttp drops it quietly
         except StoreUnavailable as unavailable:
             logger.error("answering %s %s with ServerBusy: %s", request.method, raw_path, unavailable)
             reply = _error_reply(BatchServiceError("ServerBusy"), request_id, base_url)
@@ -389,6 +396,8 @@ async def _read_body(request: web.BaseRequest, timeout_seconds: float) -> bytes:
         raise BatchServiceError("RequestBodyTooLarge", values={"MaxLimit": str(MAX_BODY_BYTES)})
     try:
         return await asyncio.wait_for(_read_to_the_end(request), timeout_seconds)
+    except ConnectionError:
+        raise ClientGone() from None
     except asyncio.TimeoutError:
         raise BatchServiceError("RequestTimeout", values={
             "Reason": f"The request body did not arrive within {timeout_seconds:g} seconds."}) from None

@@ -9,6 +9,7 @@ a production-sized timeout."""
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import resource
 import select
@@ -82,6 +83,16 @@ def test_a_body_declared_but_never_sent_gets_408_and_the_connection_is_closed(tm
     assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
     assert b'"code":"RequestTimeout"' in reply
     assert b"Connection: close" in reply
+
+
+def test_a_client_that_leaves_before_its_body_has_arrived_is_no_internal_error(tmp_path, caplog):
+    with serving(tmp_path) as server:
+        with connect(server) as connection:
+            connection.sendall(signed_head_of_post("/jobs", 100) + b'{"id": "j')
+            wait_for(lambda: server.http_server.requests_count == 1, "the request to be read")
+        wait_for(lambda: server.http_server.open_connections == 0, "the server to see the client leave")
+        assert status_answers(server)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
 def test_a_body_sent_in_time_is_read_as_usual(tmp_path):
