@@ -108,7 +108,8 @@ def test_a_header_that_never_ends_is_closed_without_an_answer(tmp_path):
 
 
 def test_an_idle_keep_alive_connection_is_closed(tmp_path):
-    with serving(tmp_path, idle_seconds=0.3) as server, connect(server) as connection:
+    # The same timer runs from the connection's opening: 1 s leaves room to send the request first.
+    with serving(tmp_path, idle_seconds=1.0) as server, connect(server) as connection:
         connection.sendall(b"GET /localbatch/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
         reply = read_until_closed(connection)  # answered, kept alive, then closed once idle
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
