@@ -11,7 +11,8 @@ No client, careless or hostile, can hold the emulator's descriptors or its atten
 - a request body must arrive whole within `body_seconds` of its header (`408 RequestTimeout`,
   and the connection is closed);
 - a download whose client takes nothing for `send_stall_seconds` is dropped;
-- on stop, requests in flight get `shutdown_seconds` to finish before they are cancelled.
+- on stop, requests in flight get `shutdown_seconds` to finish, and as long again to end once
+  cancelled (aiohttp's two phases), instead of aiohttp's default of 60 s each.
 """
 from __future__ import annotations
 
