@@ -257,7 +257,7 @@ class Pipeline:
                 _check_timeout(query)
                 _check_header_text(request.headers)
                 account = auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
-                service = self.services[account]
+                service = self._world_of(account)
                 handler, params, operation = self.router.match(request.method, raw_path)
                 if request.method not in ("GET", "HEAD"):
                     # A store that cannot commit takes no new change (it could not be acknowledged).
@@ -288,6 +288,14 @@ class Pipeline:
                          elapsed * 1000)
         return response
 
+    def _world_of(self, account: str) -> "BatchService":
+        """The account's own service: nothing of another account is reachable from it."""
+        service = self.services.get(account)
+        if service is None:
+            raise BatchServiceError("AuthenticationFailed", values={
+                "AuthenticationErrorDetail": f"The account '{account}' is not known to this emulator."})
+        return service
+
     @staticmethod
     async def _settled_error_reply(error: BatchServiceError, service: Optional["BatchService"], request_id: str,
                                    base_url: str) -> Reply:
@@ -307,7 +315,7 @@ class Pipeline:
         if account is None:
             healthy = all(service.store.failure is None for service in self.services.values())
             return Reply(200, {"status": "ok", "store": "ok" if healthy else "unavailable"})
-        service = self.services[account]
+        service = self._world_of(account)
         return Reply(200, {
             "status": "ok", "store": "ok" if service.store.failure is None else "unavailable",
             "account": account, "location": service.location,
