@@ -8,6 +8,7 @@ Each test starts its own server with small limits given to its constructor, so n
 a production-sized timeout."""
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import os
@@ -257,3 +258,27 @@ def test_stopping_the_server_while_a_download_is_held_open_does_not_wait_for_it(
         # aiohttp's own shutdown would wait 60 s for the download; the server's grace is 0.2 s.
         stopping.join(WAIT)
         assert not stopping.is_alive(), f"stop() still waits for the download after {WAIT:.0f} s"
+
+
+# ---- the SDK and idle closes ----------------------------------------------------------------------
+def test_the_sdk_carries_on_after_its_idle_connection_is_closed(tmp_path):
+    with serving(tmp_path, idle_seconds=1.0) as server, batch_client(server.url) as client:
+        assert list(client.list_pools()) == []
+        wait_for(lambda: server.http_server.open_connections == 0, "the idle connection to be closed")
+        assert list(client.list_pools()) == []
+
+
+def test_the_aio_sdk_carries_on_after_its_idle_connection_is_closed(tmp_path):
+    from azure.batch.aio import BatchClient as AsyncBatchClient
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    async def scenario(server: LocalBatchServer) -> None:
+        credential = AzureNamedKeyCredential(WELL_KNOWN_ACCOUNT_NAME, WELL_KNOWN_ACCOUNT_KEY)
+        async with AsyncBatchClient(server.url, credential) as client:
+            assert [pool async for pool in client.list_pools()] == []
+            await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
+                lambda: server.http_server.open_connections == 0, "the idle connection to be closed"))
+            assert [pool async for pool in client.list_pools()] == []
+
+    with serving(tmp_path, idle_seconds=1.0) as server:
+        asyncio.run(scenario(server))
