@@ -252,3 +252,16 @@ def test_the_status_list_through_the_aio_client(server, client, pool_id):
     listed = asyncio.run(statuses())
     assert {s.node_id for s in listed} == set(_statuses(client, job_id))
     assert all(s.job_preparation_task_execution_info.result == "success" for s in listed)
+
+
+def test_the_status_list_filters_selects_and_pages(client, pool_id):
+    job_id = create_job(client, pool_id, job_preparation_task=_preparation("/bin/true"))
+    client.create_tasks(job_id, _tasks(8))
+    wait_for_all_tasks(client, job_id)
+    node_ids = sorted(_statuses(client, job_id))
+    assert len(node_ids) == 2  # the module's pool spreads eight tasks over both nodes
+    [only] = client.list_job_preparation_and_release_task_status(job_id, filter=f"nodeId eq '{node_ids[1]}'")
+    assert only.node_id == node_ids[1]
+    assert [s.as_dict() for s in client.list_job_preparation_and_release_task_status(job_id, select=["nodeId"])] == [
+        {"nodeId": node_id} for node_id in node_ids]
+    assert [s.node_id for s in client.list_job_preparation_and_release_task_status(job_id, max_results=1)] == node_ids
