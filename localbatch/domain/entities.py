@@ -227,6 +227,7 @@ class Pool(Entity):
 class Task(_TrackedHistoryEntity):
     kind = "task"
     machine = states.TASK
+    TRANSIENT = frozenset({"assignment"})
 
     def __init__(self, job_id: str, data: dict, node_key: Optional[str] = None, pid: Optional[int] = None,
                  working_dir: Optional[str] = None):
@@ -235,6 +236,7 @@ class Task(_TrackedHistoryEntity):
         self.node_key = node_key        # "pool/node" while it holds a slot
         self.pid = pid                  # while its program runs, to kill it after a crash
         self.working_dir = working_dir
+        self.assignment = 0             # bumped each time it is given a node, to tell runs apart
 
     @property
     def key(self) -> str:

@@ -212,7 +212,7 @@ class Nodes:
     def disable_node_scheduling(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
         node = self.repo.get_node(pool_id, node_id)
         if option in ("requeue", "terminate"):
-            self.tasks.evict(node, option)
+            self.tasks.evict(node, option, node_stops=False)
         node.data["schedulingState"] = "disabled"
         return node
 

@@ -193,7 +193,12 @@ class Preparations:
             return None
         return outcome
 
-    # ---- nodes restarting, and start-up ---------------------------------------------------------
+    # ---- nodes restarting or leaving, and start-up --------------------------------------------------
+    def stop_on_node(self, node: Node) -> None:
+        """The node restarts or leaves: preparation tasks running there stop (and run again later)."""
+        suffix = ":" + node.key
+        for key in [key for key in self._running if key.endswith(suffix)]:
+            self.agent.stop(key, "requeue")
     def node_restarted(self, node: Node, action: str) -> None:
         """A reboot or reimage: which jobs run their preparation task again on this node."""
         for job in self.context.repo.jobs_on_pool(node.pool_id):
@@ -201,7 +206,6 @@ class Preparations:
             entry = job.preparation.get(node.key)
             if not spec or entry is None or PREPARATION_INFO not in entry:
                 continue
-            self.agent.stop(_program_key(JOB_PREPARATION, job, node), "requeue")
             completed = entry[PREPARATION_INFO]["state"] == "completed"
             if action == "reimage" or not completed or spec["rerunOnNodeRebootAfterSuccess"]:
                 if action == "reimage" or entry[PREPARATION_INFO].get("result") == "success" or not completed:

@@ -49,6 +49,7 @@ class BatchService:
         self.preparations = Preparations(self.context)
         self.tasks.prepared = self.preparations.prepared
         self.tasks.prepare = self.preparations.prepare
+        self.tasks.on_node_evicted = self.preparations.stop_on_node
         self.nodes.on_node_restarted = self.preparations.node_restarted
         self.jobs = Jobs(self.context, self.pools, self.tasks, self.preparations)
         self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin,

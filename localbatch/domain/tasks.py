@@ -35,6 +35,7 @@ class Tasks:
         # a task is about to run on a node (the job's preparation task: may it run there?).
         self.on_task_ended: Callable[[Job, Task], None] = lambda job, task: None
         self.on_node_drained: Callable[[Node], None] = lambda node: None
+        self.on_node_evicted: Callable[[Node], None] = lambda node: None  # its tasks were taken off it
         self.prepared: Callable[[Node, Job], bool] = lambda node, job: True
         self.prepare: Callable[[Node, Job], Awaitable[bool]] = _always_ready
         self.dependencies = Dependencies(self._make_pending)
@@ -172,14 +173,17 @@ class Tasks:
         else:
             self._complete(job, task, ProgramOutcome.terminated())
 
-    def evict(self, node: Node, option: str) -> None:
-        """Take running tasks off a node: requeue them, or end them (terminate)."""
+    def evict(self, node: Node, option: str, node_stops: bool = True) -> None:
+        """Take running tasks off a node: requeue them, or end them (terminate). `node_stops`: the
+        node restarts or leaves, so its other programs (preparation tasks) stop too."""
         for task_key in list(node.running):
             job, task = self.repo.task_by_key(task_key)
             if job is None or task is None:
                 node.running.pop(task_key, None)
                 continue
             self.stop(job, task, "terminate" if option == "terminate" else "requeue")
+        if node_stops:
+            self.on_node_evicted(node)
 
     def recover(self) -> None:
         """At start-up: tasks that ran when the emulator stopped run again (their processes killed)."""
@@ -204,6 +208,7 @@ class Tasks:
         node.set_state("running")
         paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
         task.node_key = node.key
+        task.assignment += 1
         task.working_dir = paths.working_dir
         task.data["nodeInfo"] = {
             "affinityId": node.data["affinityId"], "poolId": node.pool_id, "nodeId": node.id,
@@ -233,9 +238,11 @@ class Tasks:
             if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
                 return  # ended, requeued or deleted meanwhile; bookkeeping already done
         if not self.prepared(node, job):
+            assignment = task.assignment
             ready = await self.prepare(node, job)
-            if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
-                return  # ended, requeued or deleted meanwhile; bookkeeping already done
+            if (task.assignment != assignment or task.node_key != node.key or task.state not in RUNNING_TASK_STATES
+                    or not task.attached):
+                return  # ended, requeued (perhaps to this node again) or deleted meanwhile
             if not ready:  # the job's preparation task failed here: back to active, for another node
                 self._release_slot(node, task)
                 task.data.pop("nodeInfo", None)

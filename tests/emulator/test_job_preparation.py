@@ -3,6 +3,7 @@ at the job's end, waitForSuccess, rerunOnNodeRebootAfterSuccess, the status list
 from __future__ import annotations
 
 import asyncio
+import os
 import datetime as dt
 
 import pytest
@@ -129,7 +130,7 @@ def test_a_failed_preparation_task_keeps_the_jobs_tasks_off_the_node(client, tmp
         id="pinned", command_line="/bin/true",
         affinity_info=models.BatchAffinityInfo(affinity_id=client.get_node(pool_id, bad_node).affinity_id)))
     assert wait_for_task(client, job_id, "pinned").node_info.node_id != bad_node
-    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING)
+    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
 
 
 def test_without_wait_for_success_tasks_run_even_if_preparation_fails(client):
@@ -141,7 +142,7 @@ def test_without_wait_for_success_tasks_run_even_if_preparation_fails(client):
     assert all(client.get_task(job_id, f"t{i}").execution_info.result == "success" for i in range(3))
     [status] = _statuses(client, job_id).values()
     assert status.job_preparation_task_execution_info.result == "failure"
-    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING)
+    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
 
 
 def test_release_runs_at_terminate_and_the_job_stays_terminating_until_it_ends(client, pool_id, tmp_path):
@@ -152,13 +153,14 @@ def test_release_runs_at_terminate_and_the_job_stays_terminating_until_it_ends(c
     client.create_tasks(job_id, _tasks(4))
     wait_for_all_tasks(client, job_id)
     ran_on = set(_statuses(client, job_id))
-    client.begin_terminate_job(job_id, terminate_options(), polling_interval=LRO_POLLING)
+    terminating = client.begin_terminate_job(job_id, terminate_options(), polling_interval=LRO_POLLING)
     try:
         wait_for(lambda: all((s.job_release_task_execution_info or models.BatchJobReleaseTaskExecutionInfo(
             state="none")).state == "running" for s in _statuses(client, job_id).values()), "release tasks running")
         assert client.get_job(job_id).state == "terminating"
     finally:
         gate.touch()
+    terminating.result()
     job = _job_state(client, job_id, "completed")
     assert job.execution_info.termination_reason == "test"
     statuses = _statuses(client, job_id)
@@ -187,14 +189,15 @@ def test_release_runs_before_a_deleted_job_goes_away(client, pool_id, tmp_path):
                         job_release_task=models.BatchJobReleaseTask(command_line=_gated(gate, f"touch {marker}")))
     client.create_tasks(job_id, _tasks(1))
     wait_for_all_tasks(client, job_id)
-    client.begin_delete_job(job_id, polling_interval=LRO_POLLING)
+    deleting = client.begin_delete_job(job_id, polling_interval=LRO_POLLING)
     try:
         wait_for(lambda: any(s.job_release_task_execution_info for s in _statuses(client, job_id).values()),
                  "the release task to start")
         assert client.get_job(job_id).state == "deleting"
     finally:
         gate.touch()
-    wait_for(lambda: _gone(client, job_id), f"job {job_id} deleted")
+    deleting.result()
+    assert _gone(client, job_id)
     assert marker.exists()
 
 
@@ -219,7 +222,7 @@ def test_a_reboot_reruns_preparation_as_rerun_on_node_reboot_after_success_says(
     client.create_task(job_id, models.BatchTaskCreateOptions(id="after", command_line="/bin/true"))
     wait_for_task(client, job_id, "after")
     assert _node_text(client, pool_id, node.id, f"shared/{job_id_marker()}") == "run\n" * expected_runs
-    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING)
+    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
 
 
 def test_preparation_and_release_errors(client, pool_id):
@@ -265,3 +268,32 @@ def test_the_status_list_filters_selects_and_pages(client, pool_id):
     assert [s.as_dict() for s in client.list_job_preparation_and_release_task_status(job_id, select=["nodeId"])] == [
         {"nodeId": node_id} for node_id in node_ids]
     assert [s.node_id for s in client.list_job_preparation_and_release_task_status(job_id, max_results=1)] == node_ids
+
+
+def test_a_preparation_task_cut_short_by_a_reboot_runs_again(client, tmp_path):
+    pool_id = unique_id("pool")
+    [node] = create_pool_and_wait(client, pool_id, nodes=1)
+    first_run = tmp_path / "first-run"
+    # The first run waits for ever (until the reboot kills it); the second one succeeds at once.
+    job_id = create_job(client, pool_id, job_preparation_task=_preparation(
+        _shell(f"if [ -e {first_run} ]; then exit 0; fi; echo $$ > {first_run}; exec sleep 60"),
+        rerun_on_node_reboot_after_success=False))
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="t", command_line="/bin/true"))
+    wait_for(lambda: first_run.exists() and first_run.read_text().strip(), "the preparation task to start")
+    assert client.get_task(job_id, "t").state == "preparing"
+    client.begin_reboot_node(pool_id, node.id, reboot_options(), polling_interval=LRO_POLLING).result()
+    task = wait_for_task(client, job_id, "t")
+    assert (task.execution_info.result, task.execution_info.requeue_count) == ("success", 1)
+    pid = int(first_run.read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), "the first run's process to end")
+    info = _statuses(client, job_id)[node.id].job_preparation_task_execution_info
+    assert (info.state, info.result) == ("completed", "success")
+    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] == "Z"
+    except FileNotFoundError:
+        return True
