@@ -14,7 +14,6 @@ What each node reports (`list_job_preparation_and_release_task_status`) is kept 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Optional
 
 from .. import wire
@@ -24,8 +23,6 @@ from ..node.layout import JOB_PREPARATION, JOB_RELEASE, TaskPaths
 from .context import DomainContext
 from .entities import Job, Node
 from .validation import check_durations, check_id, check_resource_file, not_emulated
-
-logger = logging.getLogger(__name__)
 
 PREPARATION_INFO = "jobPreparationTaskExecutionInfo"
 RELEASE_INFO = "jobReleaseTaskExecutionInfo"

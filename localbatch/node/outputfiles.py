@@ -105,8 +105,7 @@ class OutputFileUploader:
         for header in container.get("uploadHeaders") or []:
             headers[header["name"]] = header.get("value") or ""
         try:
-            with open(upload.local_path, "rb") as source:
-                data = source.read()
+            data = await asyncio.get_running_loop().run_in_executor(None, _read, upload.local_path)
         except OSError as exc:
             raise OutputFileError("FileUploadMiscError",
                                   f"Could not read {upload.local_path}: {exc.strerror or exc}") from None
@@ -122,6 +121,11 @@ class OutputFileUploader:
         if response.status not in (200, 201):
             raise OutputFileError("FileUploadMiscError", f"Could not upload {upload.local_path} to {_redact(url)}: "
                                   f"HTTP {response.status} {_storage_error_code(body)}".rstrip())
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as source:
+        return source.read()
 
 
 def _storage_error_code(body: bytes) -> str:
