@@ -297,3 +297,24 @@ def _zombie(pid: int) -> bool:
             return handle.read().split(") ", 1)[1][0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_preparation_task_past_its_wall_clock_time_fails_and_a_failing_release_is_reported(client):
+    pool_id = unique_id("pool")
+    [node] = create_pool_and_wait(client, pool_id, nodes=1)
+    job_id = create_job(
+        client, pool_id,
+        job_preparation_task=_preparation("/bin/sleep 60", constraints=models.BatchTaskConstraints(
+            max_wall_clock_time=dt.timedelta(milliseconds=200))),
+        job_release_task=models.BatchJobReleaseTask(command_line=_shell("exit 5")))
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="t", command_line="/bin/true"))
+    info = wait_for(lambda: (lambda s: s and s.job_preparation_task_execution_info.state == "completed" and s)(
+        _statuses(client, job_id).get(node.id)), "the preparation task to end").job_preparation_task_execution_info
+    assert (info.result, info.failure_info.code) == ("failure", "MaxWallClockTimeExpiry")
+    assert client.get_task(job_id, "t").state == "active"  # its only node is barred for this job
+    client.begin_terminate_job(job_id, terminate_options(), polling_interval=LRO_POLLING).result()
+    release = _statuses(client, job_id)[node.id].job_release_task_execution_info
+    assert (release.state, release.exit_code, release.result, release.failure_info.code) == (
+        "completed", 5, "failure", "FailureExitCode")
+    assert client.get_task(job_id, "t").execution_info.failure_info.code == "TaskEnded"
+    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
