@@ -258,6 +258,7 @@ class Tasks:
             task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
             on_start=lambda pid: self._process_started(node, task, pid))
         if task.data.get("outputFiles") and task.node_key == node.key and task.state in RUNNING_TASK_STATES:
+            await self.context.transitions.step("output_files_uploading")  # still running meanwhile
             outcome = await self.agent.upload_output_files(task.data["outputFiles"], outcome, paths)
         if task.node_key != node.key or task.state not in RUNNING_TASK_STATES:
             return  # evicted or ended while it ran; bookkeeping already done

@@ -64,6 +64,22 @@ def test_patterns_and_paths_name_the_blobs(client, pool_id, container):
     assert "sub/deep/b.log" in log and "sig=" not in log
 
 
+def test_a_task_stays_running_until_its_output_files_are_uploaded(server, client, pool_id, container):
+    url = _sas_url(container)
+    job_id = create_job(client, pool_id)
+    with server.holding("output_files_uploading"):
+        client.create_task(job_id, models.BatchTaskCreateOptions(
+            id="t", command_line="/bin/bash -c 'echo result > r.txt'", output_files=[_output("r.txt", url)]))
+        # Its upload is held: the task stays running, and nothing is in the container yet.
+        wait_for(lambda: read_task_file(client, job_id, "t", "wd/r.txt") == "result\n", "the task's process to write")
+        task = wait_for_task(client, job_id, "t", states=("running",))
+        assert task.execution_info.end_time is None
+        assert _blobs(container) == {}
+    task = wait_for_task(client, job_id, "t")
+    assert task.execution_info.result == "success"
+    assert _blobs(container) == {"r.txt": b"result\n"}
+
+
 @pytest.mark.parametrize("exit_code, uploaded", [
     (0, {"success.txt", "completion.txt"}), (3, {"failure.txt", "completion.txt"})], ids=["exit-0", "exit-3"])
 def test_upload_conditions(client, pool_id, container, exit_code, uploaded):
