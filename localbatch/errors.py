@@ -42,6 +42,10 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "JobNotActive": (409, "The specified job is not in an active state."),
     "PoolBeingResized": (409, "A pool operation was attempted which is not permitted when the pool is in the "
                                "process of being resized."),
+    "TaskDependenciesNotSpecifiedOnJob": (409, "The specified job does not have task dependencies enabled."),
+    "TaskDependencyListTooLong": (400, "The task's list of dependencies (dependsOn.taskIds) is too long."),
+    "TaskIdSameAsJobPreparationTask": (409, "The specified task id is the same as the job preparation task's id."),
+    "TaskIdSameAsJobReleaseTask": (409, "The specified task id is the same as the job release task's id."),
     "TaskCompleted": (409, "The specified task is already completed."),
     "TaskNotCompleted": (409, "The specified task is not completed."),
     "TaskSucceeded": (409, "The specified task completed successfully and cannot be reactivated."),

@@ -227,6 +227,7 @@ class Pool(Entity):
 class Task(_TrackedHistoryEntity):
     kind = "task"
     machine = states.TASK
+    TRANSIENT = frozenset({"assignment"})
 
     def __init__(self, job_id: str, data: dict, node_key: Optional[str] = None, pid: Optional[int] = None,
                  working_dir: Optional[str] = None):
@@ -235,6 +236,7 @@ class Task(_TrackedHistoryEntity):
         self.node_key = node_key        # "pool/node" while it holds a slot
         self.pid = pid                  # while its program runs, to kill it after a crash
         self.working_dir = working_dir
+        self.assignment = 0             # bumped each time it is given a node, to tell runs apart
 
     @property
     def key(self) -> str:
@@ -260,14 +262,18 @@ class Task(_TrackedHistoryEntity):
 class Job(_TrackedHistoryEntity):
     kind = "job"
     machine = states.JOB
-    TRANSIENT = frozenset({"tasks", "pending", "running_count"})
+    TRANSIENT = frozenset({"tasks", "pending", "blocked", "running_count", "barred_nodes"})
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, preparation: Optional[dict] = None):
         self.data = data
         self.tasks: dict[str, Task] = {}     # lower-cased id -> task
         # Active tasks in the order they should be scheduled (insertion order).
         self.pending: dict[str, None] = {}
+        self.blocked: dict[str, None] = {}   # active tasks waiting for their dependencies
         self.running_count = 0               # tasks preparing or running
+        # "pool/node" -> the preparation and release tasks' status there (wire form, see preparation.py).
+        self.preparation = preparation or {}
+        self.barred_nodes: set[str] = set()  # node ids whose preparation task failed (waitForSuccess)
 
     @property
     def key(self) -> str:
@@ -278,8 +284,8 @@ class Job(_TrackedHistoryEntity):
         return (self.data.get("executionInfo") or {}).get("poolId")
 
     def record(self) -> dict:
-        return {"data": self.data}
+        return {"data": self.data, "preparation": self.preparation}
 
     @classmethod
     def from_record(cls, record: dict) -> "Job":
-        return cls(record["data"])
+        return cls(record["data"], record.get("preparation"))

@@ -12,28 +12,31 @@ from typing import Optional
 
 from .. import wire
 from ..errors import BatchServiceError, invalid_property
+from . import exitconditions
 from .context import DomainContext
-from .entities import Job
+from .entities import Job, Task
 from .pools import Pools
+from .preparation import Preparations, job_tasks
 from .states import RUNNING_TASK_STATES, UNFINISHED_TASK_STATES
 from .tasks import Tasks
 from .validation import check_durations, check_id, job_closed, not_emulated, pool_info_without_secrets
 
 logger = logging.getLogger(__name__)
 
-NOT_EMULATED_JOB_PROPERTIES = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask")
+NOT_EMULATED_JOB_PROPERTIES = ("jobManagerTask",)
 UPDATABLE_PROPERTIES = ("priority", "maxParallelTasks", "allowTaskPreemption", "constraints", "metadata",
                         "onAllTasksComplete", "poolInfo", "networkConfiguration")
 STOPPED_TASKS_GRACE_SECONDS = 30
 
 
 class Jobs:
-    def __init__(self, context: DomainContext, pools: Pools, tasks: Tasks):
+    def __init__(self, context: DomainContext, pools: Pools, tasks: Tasks, preparations: Preparations):
         self.context = context
         self.repo = context.repo
         self.pools = pools
         self.tasks = tasks
-        tasks.on_task_ended = self._complete_if_all_tasks_done
+        self.preparations = preparations
+        tasks.on_task_ended = self._task_completed
 
     def create_job(self, body: dict) -> Job:
         check_id("id", body["id"])
@@ -46,12 +49,11 @@ class Jobs:
         pool_info = body["poolInfo"]
         if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
             raise invalid_property("poolInfo", "{}", "Specify either poolId or autoPoolSpecification.")
-        if body.get("usesTaskDependencies"):
-            raise not_emulated("usesTaskDependencies")
         constraints = _constraints(body.get("constraints"))
+        preparation_and_release = job_tasks(body)
         now = wire.now_iso()
         data = {
-            "id": body["id"], "usesTaskDependencies": False,
+            "id": body["id"], "usesTaskDependencies": bool(body.get("usesTaskDependencies")),
             "creationTime": now, "state": "active", "stateTransitionTime": now,
             "priority": body.get("priority") or 0,
             "maxParallelTasks": body["maxParallelTasks"] if body.get("maxParallelTasks") is not None else -1,
@@ -59,6 +61,7 @@ class Jobs:
             "constraints": constraints, "poolInfo": pool_info_without_secrets(pool_info),
             "onAllTasksComplete": body.get("onAllTasksComplete") or "noaction",
             "onTaskFailure": body.get("onTaskFailure") or "noaction",
+            **preparation_and_release,
         }
         for optional in ("displayName", "commonEnvironmentSettings", "metadata", "networkConfiguration"):
             if body.get(optional) is not None:
@@ -165,8 +168,12 @@ class Jobs:
             if task.state in UNFINISHED_TASK_STATES:
                 self.tasks.stop(job, task, "terminate")
         job.pending.clear()
-        # The job stays terminating until its killed tasks are seen to end (they report completed).
+        job.blocked.clear()
+        # The job stays terminating until its killed tasks are seen to end (they report completed)
+        # and its release task has run on every node where its preparation task ran.
         await self._until_no_task_runs(job, "terminating", limit=STOPPED_TASKS_GRACE_SECONDS)
+        if job.state == "terminating":
+            await self.preparations.release(job)
         if job.state == "terminating":
             self._mark_completed(job, job.data["executionInfo"].get("terminateReason") or "UserTerminate")
 
@@ -184,6 +191,8 @@ class Jobs:
             if task.state in RUNNING_TASK_STATES:
                 self.tasks.stop(job, task, "terminate")
         job.pending.clear()
+        job.blocked.clear()
+        await self.preparations.release(job)
         pool = self.repo.find_pool(job.pool_id)
         self._release_auto_pool(job)
         self.repo.remove_job(job)
@@ -206,6 +215,20 @@ class Jobs:
         return {"taskCounts": counts, "taskSlotCounts": slots}
 
     # ---- completion -------------------------------------------------------------------------------------
+    def _task_completed(self, job: Job, task: Task) -> None:
+        """A task completed: take the job action of its exit options (on jobs that ask for that)."""
+        if job.state == "active" and job.data["onTaskFailure"].lower() == exitconditions.PERFORM_EXIT_OPTIONS:
+            info = task.execution_info
+            options = exitconditions.resolve(task.data.get("exitConditions"), info.get("exitCode"),
+                                             (info.get("failureInfo") or {}).get("code"))
+            if options.job_action == "terminate":
+                self.terminate_job(job.id, "TaskFailed")
+                return
+            if options.job_action == "disable":
+                self.disable_job(job.id, "requeue")
+                return
+        self._complete_if_all_tasks_done(job)
+
     def _complete_if_all_tasks_done(self, job: Job) -> None:
         # A job without tasks counts as having all its tasks complete (as documented for terminatejob).
         if job.state != "active" or job.data["onAllTasksComplete"].lower() != "terminatejob":
@@ -213,7 +236,10 @@ class Jobs:
         if job.pending or job.running_count:
             return
         if all(task.state == "completed" for task in job.tasks.values()):
-            self._mark_completed(job, "AllTasksComplete")
+            if job.data.get("jobReleaseTask") and job.preparation:
+                self.terminate_job(job.id, "AllTasksComplete")  # terminating while the release tasks run
+            else:
+                self._mark_completed(job, "AllTasksComplete")
 
     def _mark_completed(self, job: Job, reason: str) -> None:
         if job.state == "completed":

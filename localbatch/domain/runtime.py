@@ -20,6 +20,7 @@ class Timings:
     job_terminating: float = 0.05
     job_deleting: float = 0.05
     node_rebooting: float = 0.2
+    output_files_uploading: float = 0.0  # before a task's output files go up (its process has exited)
 
 
 STEPS = tuple(field.name for field in fields(Timings))

@@ -18,6 +18,7 @@ from .entities import Job, Pool
 from .jobs import Jobs
 from .nodes import Nodes
 from .pools import Pools
+from .preparation import Preparations
 from .quotas import Quotas
 from .repository import Repository
 from .runtime import Background, Timings, Transitions
@@ -45,7 +46,12 @@ class BatchService:
         self.tasks = Tasks(self.context)
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)
-        self.jobs = Jobs(self.context, self.pools, self.tasks)
+        self.preparations = Preparations(self.context)
+        self.tasks.prepared = self.preparations.prepared
+        self.tasks.prepare = self.preparations.prepare
+        self.tasks.on_node_evicted = self.preparations.stop_on_node
+        self.nodes.on_node_restarted = self.preparations.node_restarted
+        self.jobs = Jobs(self.context, self.pools, self.tasks, self.preparations)
         self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin,
                                    self.tasks.launch)
         self.context.kick = self.scheduler.kick
@@ -69,6 +75,8 @@ class BatchService:
     def load(self) -> None:
         """Read the saved state and bring what was in flight back to a consistent point."""
         self.repo.load()
+        for job in self.repo.jobs.values():
+            self.preparations.recover(job)
         self.tasks.recover()
         self.nodes.recover()
         self.store.flush()

@@ -102,3 +102,16 @@ def job_closed(job) -> BatchServiceError:
     """The error for a change to a job that is completed, terminating or being deleted."""
     return BatchServiceError({"completed": "JobCompleted", "deleting": "JobBeingDeleted"}.get(
         job.state, "JobBeingTerminated"))
+
+
+def check_output_file(path: str, output_file: dict) -> None:
+    container = output_file["destination"].get("container")
+    if not container:
+        raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": f"{path}.destination.container"})
+    if container.get("identityReference"):
+        raise not_emulated(f"{path}.destination.container.identityReference")
+    if not str(container["containerUrl"]).lower().startswith(("http://", "https://")):
+        raise invalid_property(f"{path}.destination.container.containerUrl", "(not shown: it may hold a SAS)",
+                               "Expected the http(s) URL of a blob container.")
+    if not output_file["filePattern"].strip() or "\x00" in output_file["filePattern"]:
+        raise invalid_property(f"{path}.filePattern", output_file["filePattern"], "Expected a file path or pattern.")

@@ -16,6 +16,7 @@ from typing import Callable, MutableMapping, Optional
 from .. import wire
 from . import processes
 from .layout import NodeLayout, TaskPaths
+from .outputfiles import OutputFileError, OutputFileUploader
 from .resourcefiles import ResourceFileDownloader, ResourceFileError
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class NodeAgent:
         # Starts and reaps the programs in companion processes, which also hold every child
         # still running, so none outlives the emulator even if its runner was cancelled.
         self._launcher = launcher or processes.ProcessLauncher()
+        self._uploader = OutputFileUploader()
 
     # ---- environment --------------------------------------------------------------------
     def environment(self, node: NodeIdentity, paths: TaskPaths, settings: list[dict],
@@ -211,6 +213,22 @@ class NodeAgent:
                                   f"The program cannot be executed: {exc.strerror}: {exc.filename}")
             return ProgramOutcome.agent_fault(f"cannot start the process: {exc}")
 
+    async def upload_output_files(self, output_files: list[dict], outcome: ProgramOutcome,
+                                  paths: TaskPaths) -> ProgramOutcome:
+        """Upload the output files that apply once the process has exited; a failed upload makes the
+        task fail with a FileUpload... failure (keeping its exit code), as on Azure."""
+        if not output_files or outcome.exit_code is None or outcome.stop_reason not in (None, "timeout"):
+            return outcome
+        try:
+            await self._uploader.upload_all(output_files, outcome.exit_code, paths)
+        except OutputFileError as exc:
+            return ProgramOutcome(outcome.exit_code, Failure("usererror", exc.code, exc.message), outcome.stop_reason)
+        except OSError as exc:
+            return ProgramOutcome(outcome.exit_code, Failure("usererror", "FileUploadMiscError",
+                                                             f"Could not upload the output files: {exc.strerror or exc}"),
+                                  outcome.stop_reason)
+        return outcome
+
     def stop(self, key: str, reason: str) -> bool:
         """Kill a running program and remember why.
 
@@ -233,6 +251,7 @@ class NodeAgent:
             self.stop(key, "shutdown")
         await self._launcher.close()
         await self._downloader.close()
+        await self._uploader.close()
 
 
 def _outcome(exit_code: int, reason: Optional[str]) -> ProgramOutcome:

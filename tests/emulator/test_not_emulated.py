@@ -61,13 +61,15 @@ def test_pool_features_not_emulated_are_named(client, extra, feature):
 
 
 @pytest.mark.parametrize("extra, feature", [
-    ({"depends_on": models.BatchTaskDependencies(task_ids=["a"])}, "dependsOn"),
     ({"multi_instance_settings": models.MultiInstanceSettings(coordination_command_line="/bin/true",
                                                               number_of_instances=2)}, "multiInstanceSettings"),
     ({"output_files": [models.OutputFile(file_pattern="*.txt", destination=models.OutputFileDestination(
-        container=models.OutputFileBlobContainerDestination(container_url="http://127.0.0.1:9/c?sig=x")),
-        upload_options=models.OutputFileUploadConfiguration(upload_condition="tasksuccess"))]}, "outputFiles"),
-], ids=["dependencies", "multi-instance", "output-files"])
+        container=models.OutputFileBlobContainerDestination(
+            container_url="http://127.0.0.1:9/c",
+            identity_reference=models.BatchNodeIdentityReference(resource_id="/subscriptions/x/identity"))),
+        upload_options=models.OutputFileUploadConfiguration(upload_condition="tasksuccess"))]},
+     "outputFiles[0].destination.container.identityReference"),
+], ids=["multi-instance", "output-files-through-a-node-identity"])
 def test_task_features_not_emulated_are_named(client, pool_id, extra, feature):
     job_id = create_job(client, pool_id)
     with pytest.raises(HttpResponseError) as caught:
@@ -80,9 +82,9 @@ def test_job_features_not_emulated_are_named(client, pool_id):
     with pytest.raises(HttpResponseError) as caught:
         client.create_job(models.BatchJobCreateOptions(
             id=unique_id("job"), pool_info=models.BatchPoolInfo(pool_id=pool_id),
-            job_preparation_task=models.BatchJobPreparationTask(command_line="/bin/true")))
+            job_manager_task=models.BatchJobManagerTask(id="manager", command_line="/bin/true")))
     assert caught.value.status_code == 501
-    assert _details(caught.value)["Feature"] == "jobPreparationTask"
+    assert _details(caught.value)["Feature"] == "jobManagerTask"
 
 
 def test_account_reads_with_nothing_to_emulate_are_empty(client, pool_id):
