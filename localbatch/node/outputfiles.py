@@ -105,27 +105,25 @@ class OutputFileUploader:
         for header in container.get("uploadHeaders") or []:
             headers[header["name"]] = header.get("value") or ""
         try:
-            data = await asyncio.get_running_loop().run_in_executor(None, _read, upload.local_path)
+            source = await asyncio.get_running_loop().run_in_executor(None, open, upload.local_path, "rb")
         except OSError as exc:
             raise OutputFileError("FileUploadMiscError",
                                   f"Could not read {upload.local_path}: {exc.strerror or exc}") from None
         try:
-            async with self._http().put(url, data=data, headers=headers) as response:
+            # aiohttp streams an open file in chunks with its size as Content-Length: never whole in memory.
+            async with self._http().put(url, data=source, headers=headers) as response:
                 body = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise OutputFileError("FileUploadMiscError",
                                   f"Could not upload {upload.local_path} to {_redact(url)}: {type(exc).__name__}") from None
+        finally:
+            source.close()
         if response.status == 404 and b"ContainerNotFound" in body:
             raise OutputFileError("FileUploadContainerNotFound", "One of the specified Azure container(s) was not "
                                   "found while attempting to upload an output file")
         if response.status not in (200, 201):
             raise OutputFileError("FileUploadMiscError", f"Could not upload {upload.local_path} to {_redact(url)}: "
                                   f"HTTP {response.status} {_storage_error_code(body)}".rstrip())
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as source:
-        return source.read()
 
 
 def _storage_error_code(body: bytes) -> str:
