@@ -2,7 +2,8 @@
 
 Start-up problems end it with one line on stderr and a non-zero exit code, never a traceback:
 
-- exit 2: the accounts in LOCALBATCH_ACCOUNTS cannot be read; ``--location`` cannot be used
+- exit 2: the accounts in LOCALBATCH_ACCOUNTS cannot be read; ``--cert``/``--key`` are not a usable
+  certificate and key, or only one is given; ``--auth-modes`` names an unknown mode; ``--location`` cannot be used
   (it is read-only, full, not a directory, not ours to write...); the state database in it
   cannot be opened (e.g. it is corrupt);
 - exit 1: it cannot listen on ``--host``:``--port`` (the port is taken, the address is not ours).
@@ -16,12 +17,14 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 
 from .accounts import AccountConfigError
 from .connections import ConnectionLimits
 from .domain.runtime import Timings
 from .domain.service import NODES_DIRECTORY, STATE_DIRECTORY
+from .identity.certificates import server_ssl_context
 from .server import LocalBatchServer
 from .store import StateDatabaseError
 
@@ -72,6 +75,13 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              f"or its previous answer (default {defaults.idle_seconds:g})")
     parser.add_argument("--body-timeout", type=_positive_seconds, default=defaults.body_seconds,
                         help=f"seconds a request body may take to arrive (default {defaults.body_seconds:g})")
+    parser.add_argument("--cert", help="PEM certificate (chain) to serve https with; needs --key")
+    parser.add_argument("--key", help="PEM private key of --cert")
+    parser.add_argument("--public-url", help="base of every URL it returns, e.g. https://batch.example:10100 "
+                                             "(default: the scheme and host each client used)")
+    parser.add_argument("--auth-modes", default="SharedKey,AAD",
+                        help="allowed authentication modes, comma-separated: SharedKey, AAD (Entra ID); "
+                             "default SharedKey,AAD")
     return parser.parse_args(argv)
 
 
@@ -165,12 +175,25 @@ def _check_writable(directory: str) -> None:
             os.remove(probe)
 
 
+def check_certificate(cert: str | None, key: str | None) -> None:
+    """Raise ``StartupError`` (exit 2) unless ``cert`` and ``key`` are a usable pair (or both absent)."""
+    if not cert:
+        return
+    try:
+        server_ssl_context(cert, key)
+    except ssl.SSLError as exc:
+        raise StartupError(f"cannot serve https with --cert {cert} and --key {key}: {exc.reason or exc}", 2) from exc
+    except OSError as exc:
+        raise StartupError(f"cannot serve https: {exc.filename or cert}: {exc.strerror or exc}", 2) from exc
+
+
 async def start(server: LocalBatchServer, location: str, host: str, port: int) -> None:
     """Open the state and bind; turn what can go wrong there into a ``StartupError``."""
     try:
         await server.start_async()
     except StateDatabaseError as exc:
         raise StartupError(f"{exc} (move it away to start with no state)", 2) from exc
+
     except OSError as exc:
         if exc.filename is not None:  # the file system, not the socket
             raise StartupError(f"cannot use --location {location}: {describe_location_problem(exc, location)}",
@@ -202,8 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                               idle_seconds=arguments.idle_timeout, body_seconds=arguments.body_timeout)
     raise_descriptor_limit()
     try:
-        server = LocalBatchServer(arguments.location, arguments.host, arguments.port, arguments.debug, timings,
-                                  limits=limits)
+        try:
+            server = LocalBatchServer(
+                arguments.location, arguments.host, arguments.port, arguments.debug, timings, limits=limits,
+                cert=arguments.cert, key=arguments.key, public_url=arguments.public_url,
+                allowed_authentication_modes=[mode.strip() for mode in arguments.auth_modes.split(",") if mode.strip()])
+        except ValueError as exc:  # options that do not go together
+            raise StartupError(str(exc), 2) from exc
+        check_certificate(arguments.cert, arguments.key)
         prepare_location(arguments.location, list(server.account_locations().values()))
         asyncio.run(serve(server, arguments.location, arguments.host, arguments.port))
     except AccountConfigError as exc:

@@ -60,12 +60,14 @@ class BatchServiceError(Exception):
     """An error the emulator answers with, in the Batch error format."""
 
     def __init__(self, code: str, message: Optional[str] = None,
-                 values: Optional[dict[str, str]] = None, status: Optional[int] = None):
+                 values: Optional[dict[str, str]] = None, status: Optional[int] = None,
+                 headers: Optional[dict[str, str]] = None):
         default_status, default_message = ERROR_TABLE[code]
         self.code = code
         self.status = status or default_status
         self.message = message or default_message
         self.values = values or {}
+        self.headers = headers or {}  # sent with the error (e.g. WWW-Authenticate)
         super().__init__(f"{code}: {self.message}")
 
     def body(self, request_id: str, time_text: str, metadata_base: str) -> dict:

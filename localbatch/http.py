@@ -223,14 +223,16 @@ class RequestStatistics:
 
 
 class Pipeline:
-    def __init__(self, services: dict[str, "BatchService"], router: Router, accounts: dict[str, list[bytes]],
-                 debug: bool = False, body_seconds: float = 30.0, send_stall_seconds: float = 60.0):
+    def __init__(self, services: dict[str, "BatchService"], router: Router, authenticator: auth.Authenticator,
+                 debug: bool = False, body_seconds: float = 30.0, send_stall_seconds: float = 60.0,
+                 public_url: Optional[str] = None):
         self.services = services          # account name -> its world
         self.router = router
-        self.accounts = accounts
+        self.authenticator = authenticator
         self.debug = debug
         self.body_seconds = body_seconds
         self.send_stall_seconds = send_stall_seconds
+        self.public_url = public_url.rstrip("/") if public_url else None  # else the scheme and host the client used
         # Per account; requests that were not authenticated are counted under None and shown nowhere.
         self.statistics: dict[Optional[str], RequestStatistics] = defaultdict(RequestStatistics)
         self.started = time.time()
@@ -240,7 +242,7 @@ class Pipeline:
         request_id = str(uuid.uuid4())
         raw_target = request.raw_path  # as sent: still percent-encoded, never normalised
         raw_path, _, raw_query = raw_target.partition("?")
-        base_url = f"{request.scheme}://{request.host}"
+        base_url = self.public_url or f"{request.scheme}://{request.host}"
         operation = "unknown"
         account: Optional[str] = None
         service: Optional["BatchService"] = None
@@ -249,14 +251,14 @@ class Pipeline:
                 operation = "diagnostics"
                 _check_header_text(request.headers)
                 if request.headers.get("Authorization"):
-                    account = auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
+                    account = self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers)
                 reply = self._diagnostics(raw_path, account)
             else:
                 query = {name: values[0] for name, values in parse_qs(raw_query, keep_blank_values=True).items()}
                 _check_api_version(query)
                 _check_timeout(query)
                 _check_header_text(request.headers)
-                account = auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
+                account = self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers)
                 service = self._world_of(account)
                 handler, params, operation = self.router.match(request.method, raw_path)
                 if request.method not in ("GET", "HEAD"):
@@ -428,4 +430,5 @@ def _error_reply(error: BatchServiceError, request_id: str, base_url: str) -> Re
     if error.status == 304:  # a 304 never has a body
         return Reply(304)
     # After a timed-out body the rest of the request is unknown: nothing more can be read from it.
-    return Reply(error.status, error.body(request_id, wire.now_iso(), base_url), close=error.status == 408)
+    return Reply(error.status, error.body(request_id, wire.now_iso(), base_url), dict(error.headers),
+                 close=error.status == 408)

@@ -10,13 +10,18 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from aiohttp import web
 
 from .accounts import WELL_KNOWN_ACCOUNT_NAME, account_location, load_accounts
+from .auth import AUTHENTICATION_MODES, Authenticator
 from .connections import ConnectionLimitedServer, ConnectionLimits
 from .http import Pipeline
+from .https_site import HttpsSite
+from .identity.certificates import server_ssl_context
+from .identity.endpoint import IdentityEndpoint, load_identity_header
+from .identity.tokens import TokenIssuer
 from .domain.runtime import Timings
 from .domain.quotas import Quotas
 from .domain.service import BatchService
@@ -25,6 +30,7 @@ from .routes import build_router
 
 logger = logging.getLogger(__name__)
 AUTO_STORAGE_ENV_VAR = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
+IDENTITY_DIRECTORY = "identity"  # under --location: the token issuer's signing key and endpoint secret
 
 
 class LocalBatchServer:
@@ -32,10 +38,25 @@ class LocalBatchServer:
 
     def __init__(self, location: str, host: str = "127.0.0.1", port: int = 0, debug: bool = False,
                  timings: Optional[Timings] = None, auto_storage_connection_string: Optional[str] = None,
-                 quotas: Optional[Quotas] = None, limits: Optional[ConnectionLimits] = None):
+                 quotas: Optional[Quotas] = None, limits: Optional[ConnectionLimits] = None,
+                 cert: Optional[str] = None, key: Optional[str] = None, public_url: Optional[str] = None,
+                 allowed_authentication_modes: Iterable[str] = AUTHENTICATION_MODES):
+        """``cert`` and ``key`` (PEM files): serve https. ``public_url``: the base of every URL it
+        returns (default: the scheme and host each client used). ``allowed_authentication_modes``:
+        ``SharedKey`` and/or ``AAD`` (Entra ID bearer tokens), as an account's allowedAuthenticationModes."""
+        if bool(cert) != bool(key):
+            raise ValueError("--cert and --key go together: give both to serve https, or neither")
         self.location = os.path.abspath(location)
         self.host = host
         self.port = port
+        self.cert, self.key = cert, key
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.allowed_authentication_modes = frozenset(allowed_authentication_modes)
+        unknown = self.allowed_authentication_modes - set(AUTHENTICATION_MODES)
+        if unknown or not self.allowed_authentication_modes:
+            raise ValueError(f"authentication modes are {' and '.join(AUTHENTICATION_MODES)}; got "
+                             f"{', '.join(sorted(unknown)) or 'none'}")
+        self.identity: Optional[TokenIssuer] = None  # the token issuer, while running
         self.debug = debug
         self.timings = timings or Timings()
         self.quotas = quotas or Quotas()
@@ -48,12 +69,19 @@ class LocalBatchServer:
         self.pipeline: Optional[Pipeline] = None
         self.http_server: Optional[ConnectionLimitedServer] = None
         self._runner: Optional[web.ServerRunner] = None
+        self._https_site: Optional[HttpsSite] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.cert else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """Where it listens, e.g. ``https://127.0.0.1:10100``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def service(self) -> Optional[BatchService]:
@@ -71,25 +99,42 @@ class LocalBatchServer:
                 service = BatchService(location, name, self.timings, self.auto_storage, self.quotas)
                 self.services[name] = service
                 service.load()
-            self.pipeline = Pipeline(self.services, build_router(), self.accounts, self.debug,
+            identity_directory = os.path.join(self.location, IDENTITY_DIRECTORY)
+            self.identity = TokenIssuer.open(identity_directory)
+            identity_endpoint = IdentityEndpoint(self.identity, load_identity_header(identity_directory))
+            authenticator = Authenticator(self.accounts, self.account_name, self.identity,
+                                          self.allowed_authentication_modes)
+            self.pipeline = Pipeline(self.services, build_router(), authenticator, self.debug,
                                      body_seconds=self.limits.body_seconds,
-                                     send_stall_seconds=self.limits.send_stall_seconds)
-            # aiohttp's low-level server: every path, newlines included, reaches the pipeline.
-            self.http_server = ConnectionLimitedServer(self.pipeline.__call__, self.limits, access_log=None)
+                                     send_stall_seconds=self.limits.send_stall_seconds, public_url=self.public_url)
+            # aiohttp's low-level server: the token endpoint's few paths go to it, every other path
+            # (newlines included) reaches the pipeline.
+            self.http_server = ConnectionLimitedServer(identity_endpoint.in_front_of(self.pipeline.__call__),
+                                                       self.limits, access_log=None)
             self._runner = web.ServerRunner(self.http_server, handle_signals=False,
                                             shutdown_timeout=self.limits.shutdown_seconds)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-            await site.start()
+            if self.cert and self.key:
+                self._https_site = HttpsSite(self._runner, self.host, self.port,
+                                             server_ssl_context(self.cert, self.key),
+                                             max_waiting=self.limits.max_connections)
+                await self._https_site.start()
+                self.port = self._https_site.port
+            else:
+                site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+                await site.start()
+                self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
         except BaseException:
             await self.stop_async()
             raise
-        self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
         for service in self.services.values():
-            service.base_url = self.url
+            service.base_url = self.public_url or self.url  # the account URL tasks are told
             service.start_background_work()
 
     async def stop_async(self) -> None:
+        if self._https_site is not None:
+            await self._https_site.stop()
+            self._https_site = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
