@@ -339,10 +339,10 @@ def _load_local(config: _ConfigFile, batch: BatchAccountSettings, storage: Stora
         data_directory = config.path.parent / data_directory
     if start_local_stack:
         for section, key, url in (("Batch", "endpoint", batch.endpoint), ("Storage", "blob_endpoint", storage.blob_endpoint)):
-            if not is_loopback_url(url) or urlsplit(url).scheme != "http":
+            if not is_loopback_url(url) or urlsplit(url).scheme not in ("http", "https"):
                 raise config.fail(section, key,
-                                  f"[Local] start_local_stack is true, so this must be an http:// URL on "
-                                  f"127.0.0.1 or localhost, got {redact_secrets(url)!r}")
+                                  f"[Local] start_local_stack is true, so this must be an http:// or https:// URL "
+                                  f"on 127.0.0.1 or localhost, got {redact_secrets(url)!r}")
             if urlsplit(url).port is None:
                 raise config.fail(section, key, "the local stack needs an explicit port in this URL")
     return LocalStackSettings(

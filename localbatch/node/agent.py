@@ -22,7 +22,10 @@ from .resourcefiles import ResourceFileDownloader, ResourceFileError
 logger = logging.getLogger(__name__)
 
 # Variables a task inherits from the emulator's own environment; everything else is Batch's.
-INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT")
+# What a task inherits from the emulator: the basics, and the CA bundle that makes the local
+# stack's https (its development CA) trusted by the task's Python, curl and OpenSSL.
+INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT", "SSL_CERT_FILE",
+                       "REQUESTS_CA_BUNDLE")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

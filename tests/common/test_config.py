@@ -42,9 +42,9 @@ def test_the_shipped_files_point_at_the_local_stack() -> None:
     settings = load_settings(None, SAMPLE2_CONFIG, environ=NO_OVERRIDES)
 
     assert settings.configuration_path == REPOSITORY_ROOT / "configuration.cfg"
-    assert settings.batch.endpoint == "http://127.0.0.1:10100"
+    assert settings.batch.endpoint == "https://127.0.0.1:10100"
     assert (settings.batch.account_name, settings.batch.account_key) == ("localbatch", LOCALBATCH_ACCOUNT_KEY)
-    assert settings.storage.blob_endpoint == "http://127.0.0.1:10000/devstoreaccount1"
+    assert settings.storage.blob_endpoint == "https://127.0.0.1:10000/devstoreaccount1"
     assert settings.storage.account_key == AZURITE_ACCOUNT_KEY
     assert settings.local.start_local_stack is True
     assert settings.local.data_directory == REPOSITORY_ROOT / ".localstack"
@@ -196,7 +196,7 @@ def test_entra_id_needs_no_key_but_an_https_endpoint(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="BLOB_ENDPOINT"):  # an empty override is still an error
         load_settings(None, SAMPLE1_CONFIG, environ=azure)
     del azure["BATCHSAMPLES_STORAGE_BLOB_ENDPOINT"]
-    path = shipped_configuration_with(tmp_path, "blob_endpoint = http://127.0.0.1:10000/devstoreaccount1\n", "")
+    path = shipped_configuration_with(tmp_path, "blob_endpoint = https://127.0.0.1:10000/devstoreaccount1\n", "")
     settings = load_settings(path, SAMPLE1_CONFIG, environ=azure)
 
     assert settings.batch.use_entra_id and settings.batch.account_key == ""
