@@ -6,9 +6,9 @@ Everything lives in one directory (the stack's data directory, e.g. ``.localstac
 - ``server.pem`` / ``server-key.pem``: a certificate for ``localhost``, ``127.0.0.1`` and ``::1``
   (and any other names asked for), signed by the CA, re-made when a name is missing or it
   expires within a week;
-- ``trust-bundle.pem``: the public roots this machine trusts (certifi's, or the system's) plus the
-  CA, for ``SSL_CERT_FILE`` / ``REQUESTS_CA_BUNDLE``, so trusting the CA never stops public CAs
-  from being trusted.
+- ``trust-bundle.pem``: the roots this process trusts already (the bundle in ``REQUESTS_CA_BUNDLE``
+  or ``SSL_CERT_FILE``, else certifi's, else the system's) plus the CA, for ``SSL_CERT_FILE`` /
+  ``REQUESTS_CA_BUNDLE``, so trusting the CA never stops other CAs from being trusted.
 
 Private keys are written 0600 from the start (never world-readable, even for a moment).
 """
@@ -71,8 +71,14 @@ def server_ssl_context(certificate: Path | str, key: Path | str) -> ssl.SSLConte
     return context
 
 
-def public_roots_pem() -> bytes:
-    """The public roots to keep trusting: certifi's bundle if installed, else the system's."""
+def public_roots_pem(exclude: Path | None = None) -> bytes:
+    """The roots to keep trusting: the bundle this process was told to use (``REQUESTS_CA_BUNDLE``,
+    ``SSL_CERT_FILE``: e.g. a company's proxy CA), else certifi's, else the system's. ``exclude``
+    is never used (our own bundle, when it is already exported)."""
+    for variable in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        candidate = os.environ.get(variable)
+        if candidate and os.path.isfile(candidate) and (exclude is None or not _same_file(candidate, exclude)):
+            return Path(candidate).read_bytes()
     try:
         import certifi
         return Path(certifi.where()).read_bytes()
@@ -82,6 +88,13 @@ def public_roots_pem() -> bytes:
         if candidate and os.path.isfile(candidate):
             return Path(candidate).read_bytes()
     return b""
+
+
+def _same_file(first: str | Path, second: str | Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _new_key() -> rsa.RSAPrivateKey:
@@ -172,7 +185,7 @@ def _make_server_certificate(paths: DevelopmentCertificates, names: list[str]) -
 
 
 def _write_trust_bundle(paths: DevelopmentCertificates) -> None:
-    roots = public_roots_pem()
+    roots = public_roots_pem(exclude=paths.trust_bundle)
     if roots and not roots.endswith(b"\n"):
         roots += b"\n"
     bundle = roots + b"# localbatch development CA\n" + paths.ca_certificate.read_bytes()

@@ -147,3 +147,24 @@ def test_azurite_takes_storage_tokens_and_refuses_others(https_stack: LocalStack
             list(wrong.list_containers())
     assert caught.value.status_code in (401, 403)
     assert "audience" in str(caught.value).lower()
+
+
+def test_the_stack_keeps_the_users_roots_and_gives_back_the_environment_it_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import certifi
+
+    own_bundle = tmp_path / "company-roots.pem"
+    own_bundle.write_bytes(Path(certifi.where()).read_bytes() + b"# the company's proxy CA would be here\n")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(own_bundle))
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("IDENTITY_ENDPOINT", raising=False)
+    monkeypatch.delenv("IDENTITY_HEADER", raising=False)
+    with LocalStack(tmp_path, "https://127.0.0.1:0", f"https://127.0.0.1:0/{AZURITE_ACCOUNT_NAME}",
+                    startup_timeout_seconds=120) as stack:
+        assert os.environ["REQUESTS_CA_BUNDLE"] == os.environ["SSL_CERT_FILE"] == str(stack.trust_bundle)
+        assert os.environ["IDENTITY_ENDPOINT"] == f"{stack.batch_endpoint}/msi/token"
+        assert stack.trust_bundle.read_bytes().startswith(own_bundle.read_bytes())  # still trusted, CA added
+    assert os.environ["REQUESTS_CA_BUNDLE"] == str(own_bundle)
+    for name in ("SSL_CERT_FILE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER"):
+        assert name not in os.environ
