@@ -1,7 +1,7 @@
 """The route table: every REST operation localbatch serves, by verb and path template."""
 from __future__ import annotations
 
-from .handlers import account, files, jobs, nodes, pools, tasks
+from .handlers import account, files, jobs, jobschedules, nodes, pools, tasks
 from .http import Router
 
 POOL = "/pools/{poolId}"
@@ -20,17 +20,6 @@ NOT_EMULATED = (
     ("POST", NODE + "/uploadbatchservicelogs", "upload_node_logs"),
     ("GET", NODE + "/extensions", "list_node_extensions"),
     ("GET", NODE + "/extensions/{extensionName}", "get_node_extension"),
-    ("POST", "/jobschedules", "create_job_schedule"),
-    ("GET", "/jobschedules", "list_job_schedules"),
-    ("GET", SCHEDULE, "get_job_schedule"),
-    ("HEAD", SCHEDULE, "job_schedule_exists"),
-    ("PATCH", SCHEDULE, "update_job_schedule"),
-    ("PUT", SCHEDULE, "replace_job_schedule"),
-    ("DELETE", SCHEDULE, "delete_job_schedule"),
-    ("POST", SCHEDULE + "/disable", "disable_job_schedule"),
-    ("POST", SCHEDULE + "/enable", "enable_job_schedule"),
-    ("POST", SCHEDULE + "/terminate", "terminate_job_schedule"),
-    ("GET", SCHEDULE + "/jobs", "list_jobs_from_schedule"),
 )
 
 
@@ -86,6 +75,17 @@ def build_router() -> Router:
     add("GET", TASK + "/files/{filePath}", files.get_task_file)
     add("HEAD", TASK + "/files/{filePath}", files.get_task_file, "get_task_file_properties")
     add("DELETE", TASK + "/files/{filePath}", files.delete_task_file)
+    add("POST", "/jobschedules", jobschedules.create_job_schedule)
+    add("GET", "/jobschedules", jobschedules.list_job_schedules)
+    add("GET", SCHEDULE, jobschedules.get_job_schedule)
+    add("HEAD", SCHEDULE, jobschedules.job_schedule_exists)
+    add("PATCH", SCHEDULE, jobschedules.update_job_schedule)
+    add("PUT", SCHEDULE, jobschedules.replace_job_schedule)
+    add("DELETE", SCHEDULE, jobschedules.delete_job_schedule)
+    add("POST", SCHEDULE + "/disable", jobschedules.disable_job_schedule)
+    add("POST", SCHEDULE + "/enable", jobschedules.enable_job_schedule)
+    add("POST", SCHEDULE + "/terminate", jobschedules.terminate_job_schedule)
+    add("GET", SCHEDULE + "/jobs", jobschedules.list_jobs_from_schedule)
     add("GET", "/applications", account.list_applications)
     add("GET", "/applications/{applicationId}", account.get_application)
     add("GET", "/poolusagemetrics", account.list_pool_usage_metrics)

@@ -187,6 +187,11 @@ class LocalBatchServer:
             self._on_loop(lambda: [service.transitions.release(step) for service in self.services.values()
                                    for step in steps])
 
+    def advance_clock(self, seconds: float) -> None:
+        """For tests: move every account's recurrence clock (job schedules, autoscale) forward, as if
+        `seconds` had passed, so what became due happens now (see domain.runtime.Clock)."""
+        self._on_loop(lambda: [service.clock.advance(seconds) for service in self.services.values()])
+
     def _on_loop(self, function: Callable[[], object]) -> None:
         if self._loop is None or not self.services:
             raise RuntimeError("the server is not running")

@@ -1,4 +1,4 @@
-"""Pools, nodes, jobs and tasks: in-memory entities that mark themselves changed.
+"""Pools, nodes, jobs, job schedules and tasks: in-memory entities that mark themselves changed.
 
 `data` holds the wire form (camelCase, as GET returns it, minus `url`); the other public
 attributes are the emulator's own bookkeeping. Both are persisted: any assignment to a public
@@ -289,3 +289,29 @@ class Job(_TrackedHistoryEntity):
     @classmethod
     def from_record(cls, record: dict) -> "Job":
         return cls(record["data"], record.get("preparation"))
+
+
+class JobSchedule(_TrackedHistoryEntity):
+    """A job schedule; `job_ids` are the jobs it created (oldest first), `last_run` the opportunity
+    (ISO time) its most recent job was created for, `pool_id` its auto-pool when the pool lives as
+    long as the schedule (poolLifetimeOption `jobschedule`)."""
+    kind = "jobschedule"
+    machine = states.JOB_SCHEDULE
+
+    def __init__(self, data: dict, job_ids: Optional[list] = None, last_run: Optional[str] = None,
+                 pool_id: Optional[str] = None):
+        self.data = data
+        self.job_ids = job_ids or []
+        self.last_run = last_run
+        self.pool_id = pool_id
+
+    @property
+    def key(self) -> str:
+        return self.id.lower()
+
+    def record(self) -> dict:
+        return {"data": self.data, "jobIds": self.job_ids, "lastRun": self.last_run, "poolId": self.pool_id}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "JobSchedule":
+        return cls(record["data"], record.get("jobIds"), record.get("lastRun"), record.get("poolId"))

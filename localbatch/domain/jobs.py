@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import wire
 from ..errors import BatchServiceError, invalid_property
@@ -37,18 +37,19 @@ class Jobs:
         self.tasks = tasks
         self.preparations = preparations
         tasks.on_task_ended = self._task_completed
+        # Told when a job completes or is gone (job schedules wait for their jobs).
+        self.on_job_finished: Callable[[Job], None] = lambda job: None
 
-    def create_job(self, body: dict) -> Job:
-        check_id("id", body["id"])
+    def create_job(self, body: dict, scheduled: bool = False, auto_pool_id: Optional[str] = None) -> Job:
+        """Create a job. `scheduled`: a job schedule creates it, with an id of its own making
+        (`<schedule>:job-<n>`) and perhaps its auto-pool (`auto_pool_id`, lifetime `jobschedule`)."""
+        if not scheduled:
+            check_id("id", body["id"])
         existing = self.repo.find_job(body["id"])
         if existing is not None:
             raise BatchServiceError("JobBeingDeleted" if existing.state == "deleting" else "JobExists")
-        for unsupported in NOT_EMULATED_JOB_PROPERTIES:
-            if body.get(unsupported):
-                raise not_emulated(unsupported)
+        self.check_job_specification(body)
         pool_info = body["poolInfo"]
-        if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
-            raise invalid_property("poolInfo", "{}", "Specify either poolId or autoPoolSpecification.")
         constraints = _constraints(body.get("constraints"))
         preparation_and_release = job_tasks(body)
         now = wire.now_iso()
@@ -66,7 +67,8 @@ class Jobs:
         for optional in ("displayName", "commonEnvironmentSettings", "metadata", "networkConfiguration"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
-        pool_id = pool_info.get("poolId") or self._create_auto_pool(body["id"], pool_info["autoPoolSpecification"])
+        pool_id = (pool_info.get("poolId") or auto_pool_id
+                   or self._create_auto_pool(body["id"], pool_info["autoPoolSpecification"]))
         data["executionInfo"] = {"startTime": now, "poolId": pool_id}
         job = Job(data)
         job.touch()
@@ -75,10 +77,24 @@ class Jobs:
         self._complete_if_all_tasks_done(job)  # terminatejob with no tasks yet: complete at once
         return job
 
+    def check_job_specification(self, body: dict) -> None:
+        """What a job (or a job schedule's jobSpecification) must satisfy before anything is created."""
+        for unsupported in NOT_EMULATED_JOB_PROPERTIES:
+            if body.get(unsupported):
+                raise not_emulated(unsupported)
+        pool_info = body["poolInfo"]
+        if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
+            raise invalid_property("poolInfo", "{}", "Specify either poolId or autoPoolSpecification.")
+        job_tasks(body)  # the preparation and release tasks are checked too
+
     def _create_auto_pool(self, job_id: str, spec: dict) -> str:
         if spec.get("poolLifetimeOption", "").lower() != "job":
             raise invalid_property("poolInfo.autoPoolSpecification.poolLifetimeOption",
                                    spec.get("poolLifetimeOption"), "Use 'job' for a job's auto-pool.")
+        return self.create_auto_pool(spec, job_id)
+
+    def create_auto_pool(self, spec: dict, job_id: Optional[str] = None) -> str:
+        """An auto-pool of `spec`, with the service's id (prefix, underscore, upper-case GUID)."""
         guid = str(uuid.uuid4()).upper()
         pool_id = f"{spec['autoPoolIdPrefix']}_{guid}" if spec.get("autoPoolIdPrefix") else guid
         try:
@@ -196,6 +212,7 @@ class Jobs:
         pool = self.repo.find_pool(job.pool_id)
         self._release_auto_pool(job)
         self.repo.remove_job(job)
+        self.on_job_finished(job)
         if pool is not None:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.context.agent.layout.remove_job, pool.id, list(pool.nodes), job.id)
@@ -249,6 +266,7 @@ class Jobs:
         job.data["executionInfo"]["terminateReason"] = reason
         self.context.background.cancel_timer(f"job-wall-clock:{job.key}")
         self._release_auto_pool(job)
+        self.on_job_finished(job)
 
     def _release_auto_pool(self, job: Job) -> None:
         spec = job.data["poolInfo"].get("autoPoolSpecification") or {}

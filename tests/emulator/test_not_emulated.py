@@ -2,8 +2,6 @@
 failing obscurely; account-wide reads with nothing to emulate answer empty."""
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -23,14 +21,7 @@ def _details(error: HttpResponseError) -> dict[str, str]:
     (lambda c, p, n: c.begin_deallocate_node(p, n, models._models.BatchNodeDeallocateOptions(
         node_deallocate_option="requeue"), polling_interval=LRO_POLLING), "deallocate_node"),
     (lambda c, p, n: list(c.list_node_extensions(p, n)), "list_node_extensions"),
-    (lambda c, p, n: list(c.list_job_schedules()), "list_job_schedules"),
-    (lambda c, p, n: c.create_job_schedule(models.BatchJobScheduleCreateOptions(
-        id="s", schedule=models.BatchJobScheduleConfiguration(recurrence_interval=dt.timedelta(hours=1)),
-        job_specification=models.BatchJobSpecification(pool_info=models.BatchPoolInfo(pool_id=p)))),
-     "create_job_schedule"),
-    (lambda c, p, n: c.get_job_schedule("s"), "get_job_schedule"),
-], ids=["enable-autoscale", "evaluate-autoscale", "deallocate", "extensions", "list-schedules",
-        "create-schedule", "get-schedule"])
+], ids=["enable-autoscale", "evaluate-autoscale", "deallocate", "extensions"])
 def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id, call, operation):
     node_id = next(iter(client.list_nodes(pool_id))).id
     with pytest.raises(HttpResponseError) as caught:
