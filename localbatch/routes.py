@@ -1,7 +1,7 @@
 """The route table: every REST operation localbatch serves, by verb and path template."""
 from __future__ import annotations
 
-from .handlers import account, files, jobs, jobschedules, nodes, pools, tasks
+from .handlers import account, autoscale, files, jobs, jobschedules, nodes, pools, tasks
 from .http import Router
 
 POOL = "/pools/{poolId}"
@@ -12,9 +12,6 @@ SCHEDULE = "/jobschedules/{jobScheduleId}"
 
 # Operations of the SDK whose feature is not emulated: they answer 501 FeatureNotEmulated.
 NOT_EMULATED = (
-    ("POST", POOL + "/enableautoscale", "enable_pool_auto_scale"),
-    ("POST", POOL + "/disableautoscale", "disable_pool_auto_scale"),
-    ("POST", POOL + "/evaluateautoscale", "evaluate_pool_auto_scale"),
     ("POST", NODE + "/start", "start_node"),
     ("POST", NODE + "/deallocate", "deallocate_node"),
     ("POST", NODE + "/uploadbatchservicelogs", "upload_node_logs"),
@@ -38,6 +35,9 @@ def build_router() -> Router:
     add("POST", POOL + "/resize", pools.resize_pool)
     add("POST", POOL + "/stopresize", pools.stop_pool_resize)
     add("POST", POOL + "/removenodes", pools.remove_nodes)
+    add("POST", POOL + "/enableautoscale", autoscale.enable_pool_auto_scale)
+    add("POST", POOL + "/disableautoscale", autoscale.disable_pool_auto_scale)
+    add("POST", POOL + "/evaluateautoscale", autoscale.evaluate_pool_auto_scale)
     add("GET", POOL + "/nodes", nodes.list_nodes)
     add("GET", NODE, nodes.get_node)
     add("POST", NODE + "/reboot", nodes.reboot_node)

@@ -6,7 +6,7 @@ the way when a resize is stopped). A new pool reports `resizing` until its nodes
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import wire
 from ..errors import BatchServiceError, invalid_property
@@ -15,6 +15,7 @@ from .entities import Pool
 from .nodes import Nodes, count_nodes, node_counts
 from .quotas import cores_of, quota_error
 from .tasks import Tasks
+from .autoscale.checks import check_interval
 from .validation import check_id, check_pool_body, without_secrets
 
 UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
@@ -30,6 +31,8 @@ class Pools:
         self.repo = context.repo
         self.nodes = nodes
         self.tasks = tasks
+        # Set by the autoscaler: start evaluating a pool created with enableAutoScale.
+        self.start_auto_scale: Callable[[Pool], None] = lambda pool: None
 
     def create_pool(self, body: dict, auto_pool_job_id: Optional[str] = None) -> Pool:
         check_id("id", body["id"])
@@ -61,11 +64,23 @@ class Pools:
                 data[optional] = body[optional]
         if body.get("userAccounts") is not None:
             data["userAccounts"] = without_secrets(body["userAccounts"])
+        if data["enableAutoScale"]:
+            data["autoScaleFormula"] = body["autoScaleFormula"]
+            data["autoScaleEvaluationInterval"] = check_interval(body.get("autoScaleEvaluationInterval"))
         pool = Pool(data, auto_pool_job_id=auto_pool_job_id)
         pool.touch()
         self.repo.add_pool(pool)
         self._resize_to_target(pool)
+        if data["enableAutoScale"]:
+            self.start_auto_scale(pool)  # evaluates the formula now: its targets replace the zeros above
         return pool
+
+    def resize_to(self, pool: Pool, dedicated: int, low_priority: int, deallocation: str) -> None:
+        """New targets (an autoscale run's), met as a resize would meet them."""
+        pool.data["targetDedicatedNodes"] = dedicated
+        pool.data["targetLowPriorityNodes"] = low_priority
+        pool.touch()
+        self._resize_to_target(pool, deallocation)
 
     def update_pool(self, pool_id: str, body: dict) -> Pool:
         return self._update(pool_id, body, replace=False)

@@ -13,6 +13,7 @@ from ..node.agent import NodeAgent
 from ..node.layout import NodeLayout
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
 from ..store import Store
+from .autoscale.scaler import AutoScale
 from .context import DomainContext
 from .entities import Job, JobSchedule, Pool
 from .jobs import Jobs
@@ -55,6 +56,7 @@ class BatchService:
         self.nodes.on_node_restarted = self.preparations.node_restarted
         self.jobs = Jobs(self.context, self.pools, self.tasks, self.preparations)
         self.job_schedules = JobSchedules(self.context, self.jobs, self.clock)
+        self.autoscale = AutoScale(self.context, self.pools, self.clock)
         self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin,
                                    self.tasks.launch)
         self.context.kick = self.scheduler.kick
@@ -90,6 +92,7 @@ class BatchService:
     def start_background_work(self) -> None:
         """Resume timers, node boots, deletions and scheduling; called on the loop once the server runs."""
         self.pools.resume()
+        self.autoscale.resume()
         self.jobs.resume()
         self.job_schedules.resume()
 

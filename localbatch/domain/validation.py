@@ -4,6 +4,7 @@ from __future__ import annotations
 from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
 from ..node.resourcefiles import check_relative_path
+from .autoscale.checks import check_formula, check_interval
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -50,7 +51,13 @@ def check_pool_body(body: dict) -> None:
     if vm_config.get("containerConfiguration"):
         raise not_emulated("virtualMachineConfiguration.containerConfiguration")
     if body.get("enableAutoScale"):
-        raise not_emulated("enableAutoScale")
+        check_formula(body.get("autoScaleFormula"))
+        check_interval(body.get("autoScaleEvaluationInterval"))
+        for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+            if body.get(name) is not None:
+                raise invalid_property(name, body[name], "Target node counts cannot be set when enableAutoScale is true.")
+    elif body.get("autoScaleFormula") is not None:
+        raise invalid_property("autoScaleFormula", body["autoScaleFormula"], "A formula needs enableAutoScale set to true.")
     for name in ("mountConfiguration", "applicationPackageReferences"):
         if body.get(name):
             raise not_emulated(name)

@@ -1,0 +1,175 @@
+"""Autoscale of pools: enable, disable, evaluate, and the evaluation every autoScaleEvaluationInterval.
+
+An enabled pool is evaluated at once and then every interval of the domain's clock (tests move the
+clock; the service's shortest interval is five minutes). Each run is recorded in the pool's
+`autoScaleRun` ({timestamp, results} or {timestamp, error}); a successful run sets the pool's
+targets and resizes it. A formula that does not parse is refused when it is set (400 naming it);
+one that fails while it runs (a metric without enough samples, a division by zero) leaves the
+pool as it is and says why in `autoScaleRun.error`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Optional
+
+from ... import wire
+from ...errors import BatchServiceError
+from ..context import DomainContext
+from ..entities import Pool
+from ..pools import Pools
+from ..runtime import Clock
+from .checks import check_formula, check_interval
+from .formula import DEALLOCATION_OPTIONS, Environment, FormulaError, Keyword, evaluate, format_value, parse
+from .samples import NOT_PROVIDED, SAMPLE_PERIOD_SECONDS, PoolSamples, plain_variables
+
+logger = logging.getLogger(__name__)
+
+SETTABLE = ("$TargetDedicatedNodes", "$TargetLowPriorityNodes", "$NodeDeallocationOption")
+ERROR_MESSAGES = {
+    "InsufficientSampleData": "Autoscale evaluation failed due to insufficient sample data",
+    "InvalidFormula": "The autoscale formula is not valid",
+}
+
+
+class AutoScale:
+    def __init__(self, context: DomainContext, pools: Pools, clock: Clock):
+        self.context = context
+        self.repo = context.repo
+        self.pools = pools
+        self.clock = clock
+        self.samples: dict[str, PoolSamples] = {}
+        pools.start_auto_scale = self._start
+
+    # ---- operations ---------------------------------------------------------------------------------
+    def enable_pool_auto_scale(self, pool_id: str, body: dict) -> Pool:
+        pool = self.repo.get_pool(pool_id)
+        if pool.state == "deleting":
+            raise BatchServiceError("PoolBeingDeleted")
+        formula = body.get("autoScaleFormula") or (pool.data.get("autoScaleFormula") if pool.data.get("enableAutoScale") else None)
+        check_formula(formula)
+        interval = check_interval(body.get("autoScaleEvaluationInterval")
+                                  or (pool.data.get("autoScaleEvaluationInterval") if pool.data.get("enableAutoScale") else None))
+        if not pool.data.get("enableAutoScale") and pool.allocation_state != "steady":
+            raise BatchServiceError("PoolBeingResized", "Automatic scaling cannot be enabled while the pool resizes.")
+        pool.data.update({"enableAutoScale": True, "autoScaleFormula": formula, "autoScaleEvaluationInterval": interval})
+        pool.touch()
+        self._start(pool)
+        return pool
+
+    def disable_pool_auto_scale(self, pool_id: str) -> Pool:
+        """The pool keeps its current targets and takes manual resizes again."""
+        pool = self.repo.get_pool(pool_id)
+        if pool.state == "deleting":
+            raise BatchServiceError("PoolBeingDeleted")
+        pool.data["enableAutoScale"] = False
+        for name in ("autoScaleFormula", "autoScaleEvaluationInterval", "autoScaleRun"):
+            pool.data.pop(name, None)
+        pool.touch()
+        self._stop(pool)
+        return pool
+
+    def evaluate_pool_auto_scale(self, pool_id: str, formula: str) -> dict:
+        """The run the formula would give now, without applying it."""
+        pool = self.repo.get_pool(pool_id)
+        if not pool.data.get("enableAutoScale"):
+            raise BatchServiceError("OperationInvalidForCurrentState",
+                                    "The pool must have automatic scaling enabled to evaluate a formula.")
+        check_formula(formula)
+        run, _ = self._run(pool, formula)
+        return run
+
+    # ---- the periodic evaluation -----------------------------------------------------------------------
+    def _start(self, pool: Pool) -> None:
+        """Evaluate now, then every interval; sample the pool's metrics meanwhile."""
+        self.samples.setdefault(pool.key, PoolSamples())
+        self._sample(pool)
+        self._evaluate(pool)
+
+    def _stop(self, pool: Pool) -> None:
+        self.clock.cancel(f"autoscale:{pool.key}")
+        self.clock.cancel(f"autoscale-sample:{pool.key}")
+        self.samples.pop(pool.key, None)
+
+    def _active(self, pool: Pool) -> bool:
+        return (pool.attached and pool.state == "active" and bool(pool.data.get("enableAutoScale"))
+                and self.repo.find_pool(pool.id) is pool)
+
+    def _sample(self, pool: Pool) -> None:
+        if not self._active(pool):
+            self._stop(pool)
+            return
+        now = self.clock.now()
+        self.samples.setdefault(pool.key, PoolSamples()).record(now, self.repo.jobs_on_pool(pool.key))
+        self.clock.alarm(f"autoscale-sample:{pool.key}", now + dt.timedelta(seconds=SAMPLE_PERIOD_SECONDS),
+                         lambda: self._sample(pool))
+
+    def _evaluate(self, pool: Pool) -> None:
+        if not self._active(pool):
+            self._stop(pool)
+            return
+        self._sample_now(pool)  # the samples due since the last one (the two alarms may fire in either order)
+        run, targets = self._run(pool, pool.data["autoScaleFormula"])
+        pool.data["autoScaleRun"] = run
+        if targets is not None:
+            dedicated, low_priority, deallocation = targets
+            if (dedicated, low_priority) != (pool.data["targetDedicatedNodes"], pool.data["targetLowPriorityNodes"]):
+                self.pools.resize_to(pool, dedicated, low_priority, deallocation)
+        interval = wire.parse_duration(pool.data["autoScaleEvaluationInterval"])
+        self.clock.alarm(f"autoscale:{pool.key}", self.clock.now() + dt.timedelta(seconds=interval),
+                         lambda: self._evaluate(pool))
+
+    def _sample_now(self, pool: Pool) -> None:
+        self.samples.setdefault(pool.key, PoolSamples()).record(self.clock.now(), self.repo.jobs_on_pool(pool.key))
+
+    def _run(self, pool: Pool, formula: str) -> tuple[dict, Optional[tuple[int, int, str]]]:
+        """The autoScaleRun of `formula` on the pool now, and the targets it sets (None on error)."""
+        now = self.clock.now()
+        samples = self.samples.get(pool.key) or PoolSamples()
+        environment = Environment(
+            now=now, plain=plain_variables(pool), sampled=samples.sampled(now), not_provided=NOT_PROVIDED,
+            settable={"$TargetDedicatedNodes": float(pool.data["targetDedicatedNodes"]),
+                      "$TargetLowPriorityNodes": float(pool.data["targetLowPriorityNodes"]),
+                      "$NodeDeallocationOption": Keyword("requeue")})
+        timestamp = wire.iso(now)
+        try:
+            values = evaluate(parse(formula), environment)
+            targets = (_node_count(values, "$TargetDedicatedNodes"), _node_count(values, "$TargetLowPriorityNodes"),
+                       _deallocation(values))
+        except FormulaError as exc:
+            return {"timestamp": timestamp, "error": {
+                "code": exc.code, "message": ERROR_MESSAGES.get(exc.code, "Autoscale formula evaluation failed"),
+                "values": [{"name": "Message", "value": exc.detail}]}}, None
+        shown = [*SETTABLE, *(name for name in environment.assigned if name not in SETTABLE)]
+        results = ";".join(f"{name}={format_value(values[name])}" for name in shown)
+        return {"timestamp": timestamp, "results": results}, targets
+
+    # ---- start-up ------------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Once the loop runs: evaluate each autoscale pool when its next run is due."""
+        for pool in list(self.repo.pools.values()):
+            if not pool.data.get("enableAutoScale") or pool.state != "active":
+                continue
+            self._sample(pool)
+            last = (pool.data.get("autoScaleRun") or {}).get("timestamp")
+            if last is None:
+                self._evaluate(pool)
+                continue
+            due = wire.parse_iso(last) + dt.timedelta(seconds=wire.parse_duration(pool.data["autoScaleEvaluationInterval"]))
+            self.clock.alarm(f"autoscale:{pool.key}", due, lambda pool=pool: self._evaluate(pool))
+
+
+def _node_count(values: dict, name: str) -> int:
+    value = values[name]
+    if not isinstance(value, float):
+        raise FormulaError(f"{name} must be a number")
+    if value < 0:
+        raise FormulaError(f"{name} must not be negative, got {format_value(value)}")
+    return int(value)
+
+
+def _deallocation(values: dict) -> str:
+    value = values["$NodeDeallocationOption"]
+    if not isinstance(value, Keyword) or value.name not in DEALLOCATION_OPTIONS:
+        raise FormulaError("$NodeDeallocationOption must be one of " + ", ".join(DEALLOCATION_OPTIONS))
+    return value.name
