@@ -14,14 +14,10 @@ def _details(error: HttpResponseError) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("call, operation", [
-    (lambda c, p, n: c.enable_pool_auto_scale(p, models.BatchPoolEnableAutoScaleOptions(
-        auto_scale_formula="$TargetDedicatedNodes=1;")), "enable_pool_auto_scale"),
-    (lambda c, p, n: c.evaluate_pool_auto_scale(p, models.BatchPoolEvaluateAutoScaleOptions(
-        auto_scale_formula="$TargetDedicatedNodes=1;")), "evaluate_pool_auto_scale"),
     (lambda c, p, n: c.begin_deallocate_node(p, n, models._models.BatchNodeDeallocateOptions(
         node_deallocate_option="requeue"), polling_interval=LRO_POLLING), "deallocate_node"),
     (lambda c, p, n: list(c.list_node_extensions(p, n)), "list_node_extensions"),
-], ids=["enable-autoscale", "evaluate-autoscale", "deallocate", "extensions"])
+], ids=["deallocate", "extensions"])
 def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id, call, operation):
     node_id = next(iter(client.list_nodes(pool_id))).id
     with pytest.raises(HttpResponseError) as caught:
@@ -32,19 +28,16 @@ def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id
 
 
 @pytest.mark.parametrize("extra, feature", [
-    ({"enable_auto_scale": True, "auto_scale_formula": "$TargetDedicatedNodes=1;"}, "enableAutoScale"),
     ({"virtual_machine_configuration": models.VirtualMachineConfiguration(
         image_reference=models.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
         node_agent_sku_id="batch.node.ubuntu 22.04",
         container_configuration=models.BatchContainerConfiguration(type="dockerCompatible"))},
      "virtualMachineConfiguration.containerConfiguration"),
-], ids=["autoscale", "containers"])
+], ids=["containers"])
 def test_pool_features_not_emulated_are_named(client, extra, feature):
     options = pool_options(unique_id("pool"), nodes=0)
     for name, value in extra.items():
         setattr(options, name, value)
-    if "enable_auto_scale" in extra:
-        options.target_dedicated_nodes = None
     with pytest.raises(HttpResponseError) as caught:
         client.create_pool(options)
     assert caught.value.status_code == 501

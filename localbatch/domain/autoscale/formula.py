@@ -9,8 +9,8 @@ sampled variable: GetSample(count | interval [, interval] [, percent]), GetSampl
 [, interval]), GetSamplePeriod(), Count(), HistoryBeginTime(). Anything else is a FormulaError
 that names it and where it is (`Line 1, Col 5: ...`), as the service reports errors.
 
-The text is bounded (MAX_FORMULA_LENGTH) and so is nesting (MAX_DEPTH), so no formula can make
-the parser recurse without end or the evaluator build something huge.
+The text is bounded (MAX_FORMULA_LENGTH), and so are nesting (MAX_DEPTH) and the expression
+tree's depth (MAX_HEIGHT), so no formula can make the parser or the evaluator recurse too deep.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 MAX_FORMULA_LENGTH = 8192
-MAX_DEPTH = 64
+MAX_DEPTH = 64     # nesting of parentheses, conditionals and unary operators, while parsing
+MAX_HEIGHT = 256   # depth of the expression tree (long operator chains), before evaluating
 
 INTERVALS = {"TimeInterval_Zero": 0.0, "TimeInterval_Second": 1.0, "TimeInterval_Minute": 60.0,
              "TimeInterval_Hour": 3600.0, "TimeInterval_Day": 86400.0, "TimeInterval_Week": 604800.0,
@@ -165,6 +166,9 @@ class Assignment:
     column: int
 
 
+PRECEDENCE = {"||": 0, "&&": 1, "<": 2, "<=": 2, "==": 2, "!=": 2, ">=": 2, ">": 2, "+": 3, "-": 3, "*": 4, "/": 4}
+
+
 class Parser:
     """Recursive descent over the tokens, one method per precedence level."""
 
@@ -233,7 +237,7 @@ class Parser:
         return self.nested(self.conditional)
 
     def conditional(self) -> Node:
-        test = self.logical_or()
+        test = self.binary(0)
         token = self.accept("?")
         if token is None:
             return test
@@ -241,30 +245,16 @@ class Parser:
         self.expect(":")
         return Conditional(token.line, token.column, test, then, self.expression())
 
-    def _left_associative(self, operand: Callable[[], Node], operators: tuple[str, ...]) -> Node:
-        left = operand()
+    def binary(self, weakest: int) -> Node:
+        """Binary operators by precedence climbing (all left-associative), so nesting costs few frames."""
+        left = self.unary()
         while True:
             token = self.peek()
-            if token.kind == "op" and token.text in operators:
-                self.advance()
-                left = Binary(token.line, token.column, token.text, left, operand())
-            else:
+            strength = PRECEDENCE.get(token.text) if token.kind == "op" else None
+            if strength is None or strength < weakest:
                 return left
-
-    def logical_or(self) -> Node:
-        return self._left_associative(self.logical_and, ("||",))
-
-    def logical_and(self) -> Node:
-        return self._left_associative(self.comparison, ("&&",))
-
-    def comparison(self) -> Node:
-        return self._left_associative(self.additive, ("<", "<=", "==", "!=", ">=", ">"))
-
-    def additive(self) -> Node:
-        return self._left_associative(self.multiplicative, ("+", "-"))
-
-    def multiplicative(self) -> Node:
-        return self._left_associative(self.unary, ("*", "/"))
+            self.advance()
+            left = Binary(token.line, token.column, token.text, left, self.binary(strength + 1))
 
     def unary(self) -> Node:
         token = self.peek()
@@ -317,7 +307,25 @@ def _describe(token: Token) -> str:
 
 def parse(text: str) -> list[Assignment]:
     """The formula's statements, or a FormulaError (code InvalidFormula) naming what is wrong."""
-    return Parser(text).parse()
+    statements = Parser(text).parse()
+    for statement in statements:
+        if _height(statement.value) > MAX_HEIGHT:
+            raise FormulaError(f"The expression has more than {MAX_HEIGHT} operations in a chain", statement.line,
+                               statement.column, "InvalidFormula")
+    return statements
+
+
+def _height(root: Node) -> int:
+    """How deep the expression tree is (counted without recursion: the evaluator recurses that deep)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = {Unary: lambda n: [n.operand], Binary: lambda n: [n.left, n.right],
+                    Conditional: lambda n: [n.test, n.then, n.otherwise],
+                    Call: lambda n: [*n.arguments, *([n.target] if n.target else [])]}.get(type(node), lambda n: [])(node)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------

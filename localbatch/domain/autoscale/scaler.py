@@ -46,11 +46,15 @@ class AutoScale:
         pool = self.repo.get_pool(pool_id)
         if pool.state == "deleting":
             raise BatchServiceError("PoolBeingDeleted")
-        formula = body.get("autoScaleFormula") or (pool.data.get("autoScaleFormula") if pool.data.get("enableAutoScale") else None)
+        enabled = bool(pool.data.get("enableAutoScale"))
+        # Already enabled: what the body leaves out stays as it was.
+        formula = body.get("autoScaleFormula")
+        if formula is None and enabled:
+            formula = pool.data.get("autoScaleFormula")
         check_formula(formula)
-        interval = check_interval(body.get("autoScaleEvaluationInterval")
-                                  or (pool.data.get("autoScaleEvaluationInterval") if pool.data.get("enableAutoScale") else None))
-        if not pool.data.get("enableAutoScale") and pool.allocation_state != "steady":
+        interval = body.get("autoScaleEvaluationInterval")
+        interval = check_interval(pool.data.get("autoScaleEvaluationInterval") if interval is None and enabled else interval)
+        if not enabled and pool.allocation_state != "steady":
             raise BatchServiceError("PoolBeingResized", "Automatic scaling cannot be enabled while the pool resizes.")
         pool.data.update({"enableAutoScale": True, "autoScaleFormula": formula, "autoScaleEvaluationInterval": interval})
         pool.touch()
