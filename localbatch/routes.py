@@ -1,7 +1,7 @@
 """The route table: every REST operation localbatch serves, by verb and path template."""
 from __future__ import annotations
 
-from .handlers import account, autoscale, files, jobs, jobschedules, nodes, pools, tasks
+from .handlers import account, autoscale, files, jobs, jobschedules, nodeextras, nodes, pools, tasks
 from .http import Router
 
 POOL = "/pools/{poolId}"
@@ -14,9 +14,6 @@ SCHEDULE = "/jobschedules/{jobScheduleId}"
 NOT_EMULATED = (
     ("POST", NODE + "/start", "start_node"),
     ("POST", NODE + "/deallocate", "deallocate_node"),
-    ("POST", NODE + "/uploadbatchservicelogs", "upload_node_logs"),
-    ("GET", NODE + "/extensions", "list_node_extensions"),
-    ("GET", NODE + "/extensions/{extensionName}", "get_node_extension"),
 )
 
 
@@ -48,6 +45,9 @@ def build_router() -> Router:
     add("PUT", NODE + "/users/{userName}", nodes.replace_node_user)
     add("DELETE", NODE + "/users/{userName}", nodes.delete_node_user)
     add("GET", NODE + "/remoteloginsettings", nodes.get_node_remote_login_settings)
+    add("GET", NODE + "/extensions", nodeextras.list_node_extensions)
+    add("GET", NODE + "/extensions/{extensionName}", nodeextras.get_node_extension)
+    add("POST", NODE + "/uploadbatchservicelogs", nodeextras.upload_node_logs)
     add("GET", NODE + "/files", files.list_node_files)
     add("GET", NODE + "/files/{filePath}", files.get_node_file)
     add("HEAD", NODE + "/files/{filePath}", files.get_node_file, "get_node_file_properties")

@@ -16,6 +16,7 @@ from .nodes import Nodes, count_nodes, node_counts
 from .quotas import cores_of, quota_error
 from .tasks import Tasks
 from .autoscale.checks import check_interval
+from .extensions import without_protected_settings
 from .validation import check_id, check_pool_body, without_secrets
 
 UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
@@ -55,7 +56,7 @@ class Pools:
             # pool created without a policy (azure-sdk-for-python's recording test_batch_update_pools[sync]).
             "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "Spread"},
         }
-        vm_config = dict(body["virtualMachineConfiguration"])
+        vm_config = without_protected_settings(dict(body["virtualMachineConfiguration"]))
         vm_config["imageReference"] = {"version": "latest", **vm_config["imageReference"]}
         data["virtualMachineConfiguration"] = vm_config
         for optional in ("displayName", "startTask", "metadata", "networkConfiguration", "upgradePolicy",
@@ -94,7 +95,8 @@ class Pools:
             raise BatchServiceError("PoolBeingDeleted")
         for name in UPDATABLE_PROPERTIES:
             if body.get(name) is not None:
-                pool.data[name] = body[name]
+                pool.data[name] = (without_protected_settings(body[name]) if name == "virtualMachineConfiguration"
+                                   else body[name])
             elif replace and name in REPLACED_PROPERTIES:
                 pool.data.pop(name, None)
         if body.get("userAccounts") is not None:
