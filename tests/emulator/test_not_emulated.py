@@ -16,8 +16,7 @@ def _details(error: HttpResponseError) -> dict[str, str]:
 @pytest.mark.parametrize("call, operation", [
     (lambda c, p, n: c.begin_deallocate_node(p, n, models._models.BatchNodeDeallocateOptions(
         node_deallocate_option="requeue"), polling_interval=LRO_POLLING), "deallocate_node"),
-    (lambda c, p, n: list(c.list_node_extensions(p, n)), "list_node_extensions"),
-], ids=["deallocate", "extensions"])
+], ids=["deallocate"])
 def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id, call, operation):
     node_id = next(iter(client.list_nodes(pool_id))).id
     with pytest.raises(HttpResponseError) as caught:
