@@ -15,6 +15,7 @@ from ..errors import BatchServiceError, invalid_property
 from . import exitconditions
 from .context import DomainContext
 from .entities import Job, Task
+from .networking import check_subnet
 from .pools import Pools
 from .preparation import Preparations, job_tasks
 from .states import RUNNING_TASK_STATES, UNFINISHED_TASK_STATES
@@ -86,6 +87,7 @@ class Jobs:
         if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
             raise invalid_property("poolInfo", "{}", "Specify either poolId or autoPoolSpecification.")
         job_tasks(body)  # the preparation and release tasks are checked too
+        check_subnet("networkConfiguration", body.get("networkConfiguration"))
 
     def _create_auto_pool(self, job_id: str, spec: dict) -> str:
         if spec.get("poolLifetimeOption", "").lower() != "job":
@@ -115,6 +117,7 @@ class Jobs:
         job = self.repo.get_job(job_id)
         if job.state in ("deleting", "terminating", "completed"):
             raise job_closed(job)
+        check_subnet("networkConfiguration", body.get("networkConfiguration"))
         requested = body.get("onAllTasksComplete") or ("noaction" if replace else None)  # PUT: absent = noaction
         if requested and requested.lower() != "terminatejob" and job.data["onAllTasksComplete"].lower() == "terminatejob":
             raise invalid_property("onAllTasksComplete", requested,

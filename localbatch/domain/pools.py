@@ -17,6 +17,7 @@ from .quotas import cores_of, quota_error
 from .tasks import Tasks
 from .autoscale.checks import check_interval
 from .extensions import without_protected_settings
+from .networking import check_pool_network
 from .validation import check_id, check_pool_body, without_secrets
 
 UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
@@ -93,6 +94,7 @@ class Pools:
         pool = self.repo.get_pool(pool_id)
         if pool.state == "deleting":
             raise BatchServiceError("PoolBeingDeleted")
+        check_pool_network(body.get("networkConfiguration"))
         for name in UPDATABLE_PROPERTIES:
             if body.get(name) is not None:
                 pool.data[name] = (without_protected_settings(body[name]) if name == "virtualMachineConfiguration"

@@ -5,6 +5,7 @@ from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
 from ..node.resourcefiles import check_relative_path
 from .autoscale.checks import check_formula, check_interval
+from .networking import check_pool_network
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -48,6 +49,7 @@ def check_pool_body(body: dict) -> None:
     if not vm_config:
         raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": "virtualMachineConfiguration"})
     images.check_virtual_machine_configuration(vm_config)
+    check_pool_network(body.get("networkConfiguration"))
     if vm_config.get("containerConfiguration"):
         raise not_emulated("virtualMachineConfiguration.containerConfiguration")
     if body.get("enableAutoScale"):
