@@ -172,6 +172,12 @@ class JobSchedules:
 
     def _due_opportunity(self, schedule: JobSchedule, now: dt.datetime) -> Optional[dt.datetime]:
         """The latest opportunity at or before `now` that has no job yet and whose window is open."""
+        try:
+            return self._due_opportunity_of(schedule, now)
+        except OverflowError:  # a window or interval that reaches past the year 9999
+            return None
+
+    def _due_opportunity_of(self, schedule: JobSchedule, now: dt.datetime) -> Optional[dt.datetime]:
         config = schedule.data["schedule"]
         start, interval = self._opportunities_from(schedule)
         if now < start:
@@ -180,7 +186,7 @@ class JobSchedules:
         if schedule.last_run is not None and latest <= wire.parse_iso(schedule.last_run):
             return None
         window = wire.parse_duration(config["startWindow"]) if config.get("startWindow") else None
-        if window is not None and now > latest + dt.timedelta(seconds=window):
+        if window is not None and (now - latest).total_seconds() > window:
             return None  # the opportunity is lost
         not_after = _moment(config.get("doNotRunAfter"))
         if not_after is not None and now > not_after:
@@ -188,7 +194,13 @@ class JobSchedules:
         return latest
 
     def _next_opportunity(self, schedule: JobSchedule, now: dt.datetime) -> Optional[dt.datetime]:
-        """The first opportunity after `now` (and after the last job's), before doNotRunAfter."""
+        """The first opportunity after `now`, before doNotRunAfter (none past the year 9999)."""
+        try:
+            return self._next_opportunity_of(schedule, now)
+        except OverflowError:
+            return None
+
+    def _next_opportunity_of(self, schedule: JobSchedule, now: dt.datetime) -> Optional[dt.datetime]:
         config = schedule.data["schedule"]
         start, interval = self._opportunities_from(schedule)
         if start > now:

@@ -151,10 +151,16 @@ def test_the_formula_subset(client, scaled_pool, formula, results):
     ("$TargetDedicatedNodes = rand();", "FormulaEvaluationError", "Unknown function rand"),
     ("$CurrentDedicatedNodes = 3;", "FormulaEvaluationError", "$CurrentDedicatedNodes is a read-only"),
     ("$Bogus = 3;", "FormulaEvaluationError", "Unknown service variable $Bogus"),
-    ("$TargetDedicatedNodes = -1;", "FormulaEvaluationError", "must not be negative"),
+    ("$TargetDedicatedNodes = -1;", "FormulaEvaluationError", "must be between 0 and 2147483647, got -1"),
+    ("$TargetDedicatedNodes = 1e999;", "FormulaEvaluationError", "must be between 0 and 2147483647, got inf"),
+    ("$TargetDedicatedNodes = val($PendingTasks.GetSample(1), 1e999);", "FormulaEvaluationError",
+     "cannot be computed"),
+    ("$TargetDedicatedNodes = time() + TimeInterval_Year * 1e9 > time();", "FormulaEvaluationError",
+     "not a finite number"),
     ("$NodeDeallocationOption = 2;", "FormulaEvaluationError", "$NodeDeallocationOption must be one of"),
 ], ids=["metric-not-provided", "insufficient-samples", "sampled-used-directly", "division-by-zero",
         "unassigned", "unknown-function", "read-only", "unknown-service-variable", "negative-target",
+        "infinite-target", "infinite-index", "timestamp-overflow",
         "bad-deallocation"])
 def test_evaluation_errors_name_what_is_wrong(client, scaled_pool, formula, code, message):
     run = _evaluate(client, scaled_pool, formula)

@@ -305,3 +305,31 @@ def test_the_aio_client_drives_a_schedule(server, pool_id):
             return schedule_id, jobs, state
     schedule_id, jobs, state = asyncio.run(scenario())
     assert jobs == [f"{schedule_id}:job-1"] and state == "gone"
+
+
+def test_the_longest_durations_the_service_accepts_do_not_break_the_recurrence(client, pool_id):
+    longest = dt.timedelta(days=10675199, hours=2, minutes=48, seconds=5)
+    schedule_id = _create(client, pool_id, models.BatchJobScheduleConfiguration(
+        recurrence_interval=longest, start_window=longest))
+    assert _wait_for_jobs(client, schedule_id, 1) == [f"{schedule_id}:job-1"]
+    schedule = client.get_job_schedule(schedule_id)
+    assert schedule.state == "active" and schedule.execution_info.next_run_time is None  # past the year 9999
+
+
+@pytest.mark.parametrize("schedule, prop", [
+    ({"doNotRunUntil": "not a time"}, "schedule.doNotRunUntil"),
+    ({"recurrenceInterval": "every hour"}, "schedule.recurrenceInterval"),
+    ({"startWindow": "PT30S"}, "schedule.startWindow"),
+], ids=["time", "duration", "short-window"])
+def test_raw_bodies_the_sdk_would_not_send_are_400s_naming_the_property(raw, pool_id, schedule, prop):
+    response = raw.request("POST", "/jobschedules", {"id": unique_id("sched"), "schedule": schedule,
+                                                     "jobSpecification": {"poolInfo": {"poolId": pool_id}}})
+    assert response.status == 400 and response.error_code == "InvalidPropertyValue"
+    assert response.detail("PropertyName") == prop
+
+
+def test_force_must_be_a_boolean(raw, client, pool_id):
+    schedule_id = _create(client, pool_id, models.BatchJobScheduleConfiguration(recurrence_interval=MINUTE))
+    response = raw.request("DELETE", f"/jobschedules/{schedule_id}?force=maybe")
+    assert response.status == 400 and response.error_code == "InvalidQueryParameterValue"
+    assert client.get_job_schedule(schedule_id).state == "active"

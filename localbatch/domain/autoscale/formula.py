@@ -349,7 +349,11 @@ def evaluate(statements: list[Assignment], environment: Environment) -> dict[str
             if name in environment.plain or name in environment.sampled or name in environment.not_provided:
                 raise FormulaError(f"{name} is a read-only service variable", statement.line, statement.column)
             raise FormulaError(f"Unknown service variable {name}", statement.line, statement.column)
-        values[name] = _Evaluator(environment, values).value(statement.value)
+        try:
+            values[name] = _Evaluator(environment, values).value(statement.value)
+        except (OverflowError, ValueError, ZeroDivisionError) as exc:  # e.g. int() of an infinite count
+            raise FormulaError(f"The value of {name} cannot be computed: {exc}", statement.line,
+                               statement.column) from None
         environment.assigned.setdefault(name, None)
     return values
 

@@ -25,6 +25,7 @@ from .samples import NOT_PROVIDED, SAMPLE_PERIOD_SECONDS, PoolSamples, plain_var
 
 logger = logging.getLogger(__name__)
 
+MAXIMUM_NODES = 2 ** 31 - 1  # beyond a 32-bit count; the account's core quota stops allocation far earlier
 SETTABLE = ("$TargetDedicatedNodes", "$TargetLowPriorityNodes", "$NodeDeallocationOption")
 ERROR_MESSAGES = {
     "InsufficientSampleData": "Autoscale evaluation failed due to insufficient sample data",
@@ -167,8 +168,8 @@ def _node_count(values: dict, name: str) -> int:
     value = values[name]
     if not isinstance(value, float):
         raise FormulaError(f"{name} must be a number")
-    if value < 0:
-        raise FormulaError(f"{name} must not be negative, got {format_value(value)}")
+    if not 0 <= value <= MAXIMUM_NODES:
+        raise FormulaError(f"{name} must be between 0 and {MAXIMUM_NODES}, got {format_value(value)}")
     return int(value)
 
 
