@@ -25,7 +25,7 @@ from .context import DomainContext
 from .entities import Job, JobSchedule
 from .jobs import Jobs
 from .runtime import Clock
-from .validation import check_durations, check_id
+from .validation import check_durations, check_id, pool_info_without_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class JobSchedules:
         self._check_job_specification(body["jobSpecification"])
         now = wire.iso(self.clock.now())
         data = {"id": body["id"], "creationTime": now, "state": "active", "stateTransitionTime": now,
-                "schedule": schedule_config, "jobSpecification": body["jobSpecification"], "executionInfo": {}}
+                "schedule": schedule_config, "jobSpecification": _without_secrets(body["jobSpecification"]),
+                "executionInfo": {}}
         for optional in ("displayName", "metadata"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
@@ -75,7 +76,7 @@ class JobSchedules:
             schedule.data["schedule"] = _checked_schedule(body.get("schedule") or {})
         if body.get("jobSpecification") is not None:
             self._check_job_specification(body["jobSpecification"])
-            schedule.data["jobSpecification"] = body["jobSpecification"]
+            schedule.data["jobSpecification"] = _without_secrets(body["jobSpecification"])
         if body.get("metadata") is not None:
             schedule.data["metadata"] = body["metadata"]
         elif replace:
@@ -293,6 +294,11 @@ class JobSchedules:
                 self.context.background.spawn(self._finish_terminate(schedule))
             else:
                 self._evaluate(schedule)
+
+
+def _without_secrets(spec: dict) -> dict:
+    """The job specification as kept and shown (its auto-pool's secrets are neither)."""
+    return {**spec, "poolInfo": pool_info_without_secrets(spec["poolInfo"])}
 
 
 def _alarm(schedule: JobSchedule) -> str:

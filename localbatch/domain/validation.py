@@ -5,6 +5,7 @@ from .. import images, wire
 from ..errors import BatchServiceError, invalid_property
 from ..node.resourcefiles import check_relative_path
 from .autoscale.checks import check_formula, check_interval
+from .extensions import without_protected_settings
 from .networking import check_pool_network
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -90,11 +91,18 @@ def without_secrets(user_accounts: list[dict]) -> list[dict]:
 
 
 def pool_info_without_secrets(pool_info: dict) -> dict:
+    """A job's poolInfo as kept and shown: its auto-pool's user passwords, private keys and
+    extensions' protectedSettings are never stored or echoed."""
     pool = ((pool_info or {}).get("autoPoolSpecification") or {}).get("pool") or {}
-    if not pool.get("userAccounts"):
+    vm_configuration = pool.get("virtualMachineConfiguration") or {}
+    if not pool.get("userAccounts") and not vm_configuration.get("extensions"):
         return pool_info
-    return {**pool_info, "autoPoolSpecification": {**pool_info["autoPoolSpecification"],
-                                                   "pool": {**pool, "userAccounts": without_secrets(pool["userAccounts"])}}}
+    kept = dict(pool)
+    if pool.get("userAccounts"):
+        kept["userAccounts"] = without_secrets(pool["userAccounts"])
+    if vm_configuration.get("extensions"):
+        kept["virtualMachineConfiguration"] = without_protected_settings(vm_configuration)
+    return {**pool_info, "autoPoolSpecification": {**pool_info["autoPoolSpecification"], "pool": kept}}
 
 
 def not_emulated(feature: str) -> BatchServiceError:

@@ -333,3 +333,26 @@ def test_force_must_be_a_boolean(raw, client, pool_id):
     response = raw.request("DELETE", f"/jobschedules/{schedule_id}?force=maybe")
     assert response.status == 400 and response.error_code == "InvalidQueryParameterValue"
     assert client.get_job_schedule(schedule_id).state == "active"
+
+
+def test_secrets_of_the_job_specification_are_never_echoed(client, raw):
+    schedule_id = unique_id("sched")
+    pool = models.BatchPoolSpecification(
+        vm_size="standard_d2s_v3", target_dedicated_nodes=0,
+        virtual_machine_configuration=models.VirtualMachineConfiguration(
+            image_reference=models.BatchVmImageReference(publisher="canonical", offer="0001-com-ubuntu-server-jammy",
+                                                         sku="22_04-lts"),
+            node_agent_sku_id="batch.node.ubuntu 22.04",
+            extensions=[models.VMExtension(name="e", publisher="p", type="t",
+                                           protected_settings={"key": "extension-secret-1"})]),
+        user_accounts=[models.UserAccount(name="u", password="user-password-2")])
+    client.create_job_schedule(models.BatchJobScheduleCreateOptions(
+        id=schedule_id, schedule=models.BatchJobScheduleConfiguration(recurrence_interval=MINUTE),
+        job_specification=models.BatchJobSpecification(pool_info=models.BatchPoolInfo(
+            auto_pool_specification=models.BatchAutoPoolSpecification(pool_lifetime_option="job", pool=pool)))))
+    _wait_for_jobs(client, schedule_id, 1)
+    for path in (f"/jobschedules/{schedule_id}", f"/jobschedules/{schedule_id}/jobs", f"/jobs/{schedule_id}%3Ajob-1"):
+        body = raw.request("GET", path).body
+        assert b"extension-secret-1" not in body and b"user-password-2" not in body, path
+    auto_pool = client.get_job(f"{schedule_id}:job-1").execution_info.pool_id
+    assert client.get_pool(auto_pool).user_accounts[0].name == "u"
