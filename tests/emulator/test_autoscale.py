@@ -248,3 +248,16 @@ def test_the_aio_client_enables_evaluates_and_disables(server, client):
     run, enabled = asyncio.run(scenario())
     assert run.results.startswith("$TargetDedicatedNodes=4;") and enabled is False
     assert client.get_pool(pool_id).target_dedicated_nodes == 0  # evaluate applies nothing
+
+
+def test_a_jobs_auto_pool_may_autoscale(client):
+    job_id = unique_id("job")
+    pool = models.BatchPoolSpecification(
+        vm_size="standard_d2s_v3", enable_auto_scale=True, auto_scale_formula="$TargetDedicatedNodes = 1;",
+        auto_scale_evaluation_interval=FIVE_MINUTES,
+        virtual_machine_configuration=pool_options("x").virtual_machine_configuration)
+    client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(
+        auto_pool_specification=models.BatchAutoPoolSpecification(pool_lifetime_option="job", pool=pool))))
+    pool_id = client.get_job(job_id).execution_info.pool_id
+    assert client.get_pool(pool_id).auto_scale_run.results.startswith("$TargetDedicatedNodes=1;")
+    wait_for_nodes(client, pool_id, 1)
