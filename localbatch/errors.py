@@ -22,6 +22,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "RequestTimeout": (408, "The request was not received within the time the server allows."),
     "OperationTimedOut": (500, "The operation could not be completed within the permitted time."),
     "InternalError": (500, "Server encountered an internal error. Please try the request again."),
+    "TooManyEnableAutoScaleRequests": (503, "Too many Enable Pool AutoScale requests are issued on the pool."),
     "ServerBusy": (503, "The server is currently unable to receive requests. Please retry your request."),
     "PoolNotFound": (404, "The specified pool does not exist."),
     "NodeNotFound": (404, "The specified node does not exist."),

@@ -87,7 +87,7 @@ def test_the_formula_runs_again_every_interval_on_pending_tasks(server, client):
     wait_for(lambda: not list(client.list_tasks(job_id, filter="state ne 'completed'")), "the tasks to run")
 
 
-def test_enable_on_a_fixed_pool_then_disable(client):
+def test_enable_on_a_fixed_pool_then_disable(server, client):
     pool_id = unique_id("pool")
     client.create_pool(pool_options(pool_id, nodes=1))
     wait_for_nodes(client, pool_id, 1)
@@ -105,7 +105,8 @@ def test_enable_on_a_fixed_pool_then_disable(client):
         client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=5),
                                  polling_interval=LRO_POLLING).result()
     assert caught.value.status_code == 409
-    # Enabled already: a new interval alone keeps the formula.
+    # Enabled already: a new interval alone keeps the formula (30 s later: the service's spacing).
+    server.advance_clock(30)
     client.enable_pool_auto_scale(pool_id, models.BatchPoolEnableAutoScaleOptions(
         auto_scale_evaluation_interval=dt.timedelta(minutes=20)))
     assert client.get_pool(pool_id).auto_scale_formula == "$TargetDedicatedNodes = $CurrentDedicatedNodes + 1;"
@@ -142,30 +143,43 @@ def test_the_formula_subset(client, scaled_pool, formula, results):
 
 
 @pytest.mark.parametrize("formula, code, message", [
-    ("$TargetDedicatedNodes = $CPUPercent.GetSample(1);", "MetricNotProvided", "$CPUPercent is not provided"),
+    ("$TargetDedicatedNodes = $CPUPercent.GetSample(1);", "AutoScalingFormulaEvaluationError",
+     "$CPUPercent is not provided"),
     ("$TargetDedicatedNodes = avg($PendingTasks.GetSample(TimeInterval_Hour, 90));", "InsufficientSampleData",
      "Insufficient data from data set: $PendingTasks wanted 90%"),
-    ("$TargetDedicatedNodes = $PendingTasks + 1;", "FormulaEvaluationError", "is a sampled variable"),
-    ("$TargetDedicatedNodes = 1 / 0;", "FormulaEvaluationError", "Line 1, Col 27: Division by zero"),
-    ("$TargetDedicatedNodes = unknownVariable;", "FormulaEvaluationError", "unknownVariable is used before"),
-    ("$TargetDedicatedNodes = rand();", "FormulaEvaluationError", "Unknown function rand"),
-    ("$CurrentDedicatedNodes = 3;", "FormulaEvaluationError", "$CurrentDedicatedNodes is a read-only"),
-    ("$Bogus = 3;", "FormulaEvaluationError", "Unknown service variable $Bogus"),
-    ("$TargetDedicatedNodes = -1;", "FormulaEvaluationError", "must be between 0 and 2147483647, got -1"),
-    ("$TargetDedicatedNodes = 1e999;", "FormulaEvaluationError", "must be between 0 and 2147483647, got inf"),
-    ("$TargetDedicatedNodes = val($PendingTasks.GetSample(1), 1e999);", "FormulaEvaluationError",
+    ("$TargetDedicatedNodes = $PendingTasks + 1;", "AutoScalingFormulaEvaluationError", "is a sampled variable"),
+    ("$TargetDedicatedNodes = 1 / 0;", "AutoScalingFormulaEvaluationError", "Line 1, Col 27: Division by zero"),
+    ("$TargetDedicatedNodes = unknownVariable;", "AutoScalingFormulaEvaluationError", "unknownVariable is used before"),
+    ("$TargetDedicatedNodes = rand();", "AutoScalingFormulaEvaluationError", "Unknown function rand"),
+    ("$CurrentDedicatedNodes = 3;", "AutoScalingFormulaEvaluationError", "$CurrentDedicatedNodes is a read-only"),
+    ("$Bogus = 3;", "AutoScalingFormulaEvaluationError", "Unknown service variable $Bogus"),
+    ("$TargetDedicatedNodes = -1;", "AutoScalingFormulaEvaluationError", "must be between 0 and 2147483647, got -1"),
+    ("$TargetDedicatedNodes = 1e999;", "AutoScalingFormulaEvaluationError", "must be between 0 and 2147483647, got inf"),
+    ("$TargetDedicatedNodes = val($PendingTasks.GetSample(1), 1e999);", "AutoScalingFormulaEvaluationError",
      "cannot be computed"),
-    ("$TargetDedicatedNodes = time() + TimeInterval_Year * 1e9 > time();", "FormulaEvaluationError",
+    ("$TargetDedicatedNodes = time() + TimeInterval_Year * 1e9 > time();", "AutoScalingFormulaEvaluationError",
      "not a finite number"),
-    ("$NodeDeallocationOption = 2;", "FormulaEvaluationError", "$NodeDeallocationOption must be one of"),
+    ("$NodeDeallocationOption = 2;", "AutoScalingFormulaEvaluationError", "$NodeDeallocationOption must be one of"),
 ], ids=["metric-not-provided", "insufficient-samples", "sampled-used-directly", "division-by-zero",
         "unassigned", "unknown-function", "read-only", "unknown-service-variable", "negative-target",
         "infinite-target", "infinite-index", "timestamp-overflow",
         "bad-deallocation"])
 def test_evaluation_errors_name_what_is_wrong(client, scaled_pool, formula, code, message):
     run = _evaluate(client, scaled_pool, formula)
-    assert run.results is None
     assert _run_error(run)[0] == code and message in _run_error(run)[1]
+    # As on the service, a failed run reports the variables it would set, as they were.
+    assert run.results == "$TargetDedicatedNodes=0;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue"
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("$something_useless", "Line 1, Col 19: Expected '=' but found the end of the formula"),
+    ("$TargetDedicatedNodes = (1", "Expected ')'"),
+    ("$TargetDedicatedNodes = " + "(" * 100 + "1" + ")" * 100, "nests more than 64 levels"),
+], ids=["no-assignment", "unclosed", "too-deep"])
+def test_evaluating_a_formula_that_does_not_parse_is_an_error_run(client, scaled_pool, formula, message):
+    run = _evaluate(client, scaled_pool, formula)
+    assert _run_error(run)[0] == "AutoScalingFormulaEvaluationError" and message in _run_error(run)[1]
+    assert run.results == "$TargetDedicatedNodes=0;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue"
 
 
 def test_a_failing_run_leaves_the_pool_as_it_is(server, client):
@@ -174,7 +188,8 @@ def test_a_failing_run_leaves_the_pool_as_it_is(server, client):
     client.enable_pool_auto_scale(pool_id, models.BatchPoolEnableAutoScaleOptions(
         auto_scale_formula="$TargetDedicatedNodes = 4 / ($CurrentDedicatedNodes - 1);"))
     pool = client.get_pool(pool_id)
-    assert pool.auto_scale_run.error.code == "FormulaEvaluationError" and pool.auto_scale_run.results is None
+    assert pool.auto_scale_run.error.code == "AutoScalingFormulaEvaluationError"
+    assert pool.auto_scale_run.results.startswith("$TargetDedicatedNodes=1;")
     assert pool.target_dedicated_nodes == 1 and len(list(client.list_nodes(pool_id))) == 1
 
 
@@ -261,3 +276,13 @@ def test_a_jobs_auto_pool_may_autoscale(client):
     pool_id = client.get_job(job_id).execution_info.pool_id
     assert client.get_pool(pool_id).auto_scale_run.results.startswith("$TargetDedicatedNodes=1;")
     wait_for_nodes(client, pool_id, 1)
+
+
+def test_enable_requests_for_a_pool_are_at_least_30_seconds_apart(server, client, raw):
+    pool_id = _autoscale_pool(client, "$TargetDedicatedNodes = 0;")
+    body = {"autoScaleFormula": "$TargetDedicatedNodes = 0;"}
+    assert raw.request("POST", f"/pools/{pool_id}/enableautoscale", body).status == 200
+    refused = raw.request("POST", f"/pools/{pool_id}/enableautoscale", body)
+    assert refused.status == 503 and refused.error_code == "TooManyEnableAutoScaleRequests"
+    server.advance_clock(30)
+    assert raw.request("POST", f"/pools/{pool_id}/enableautoscale", body).status == 200

@@ -31,9 +31,10 @@ DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata"
 
 
 class FormulaError(Exception):
-    """A formula that cannot be parsed or evaluated; `code` is the autoScaleRun error code."""
+    """A formula that cannot be parsed or evaluated; `code` is the autoScaleRun error code (the
+    service's AutoScalingFormulaEvaluationError, or InsufficientSampleData)."""
 
-    def __init__(self, message: str, line: int = 0, column: int = 0, code: str = "FormulaEvaluationError"):
+    def __init__(self, message: str, line: int = 0, column: int = 0, code: str = "AutoScalingFormulaEvaluationError"):
         self.code = code
         self.detail = f"Line {line}, Col {column}: {message}" if line else message
         super().__init__(self.detail)
@@ -94,14 +95,13 @@ _TOKEN = re.compile(r"""
 
 def tokenize(text: str) -> list[Token]:
     if len(text) > MAX_FORMULA_LENGTH:
-        raise FormulaError(f"The formula is {len(text)} characters long; at most {MAX_FORMULA_LENGTH} are allowed.",
-                           code="InvalidFormula")
+        raise FormulaError(f"The formula is {len(text)} characters long; at most {MAX_FORMULA_LENGTH} are allowed.")
     tokens, position, line, line_start = [], 0, 1, 0
     while position < len(text):
         match = _TOKEN.match(text, position)
         column = position - line_start + 1
         if match is None:
-            raise FormulaError(f"Unexpected character '{text[position]}'", line, column, "InvalidFormula")
+            raise FormulaError(f"Unexpected character '{text[position]}'", line, column)
         kind = match.lastgroup
         if kind not in ("space", "comment"):
             tokens.append(Token(kind, match.group(), line, column))
@@ -187,7 +187,7 @@ class Parser:
                 self.expect(";")
         if not statements:
             token = self.peek()
-            raise FormulaError("The formula has no statement", token.line, token.column, "InvalidFormula")
+            raise FormulaError("The formula has no statement", token.line, token.column)
         return statements
 
     # helpers
@@ -209,16 +209,14 @@ class Parser:
         token = self.accept(text)
         if token is None:
             found = self.peek()
-            raise FormulaError(f"Expected '{text}' but found {_describe(found)}", found.line, found.column,
-                               "InvalidFormula")
+            raise FormulaError(f"Expected '{text}' but found {_describe(found)}", found.line, found.column)
         return token
 
     def nested(self, parse: Callable[[], Node]) -> Node:
         self.depth += 1
         if self.depth > MAX_DEPTH:
             token = self.peek()
-            raise FormulaError(f"The formula nests more than {MAX_DEPTH} levels deep", token.line, token.column,
-                               "InvalidFormula")
+            raise FormulaError(f"The formula nests more than {MAX_DEPTH} levels deep", token.line, token.column)
         try:
             return parse()
         finally:
@@ -229,7 +227,7 @@ class Parser:
         token = self.advance()
         if token.kind != "name":
             raise FormulaError(f"Expected a variable to assign but found {_describe(token)}", token.line,
-                               token.column, "InvalidFormula")
+                               token.column)
         self.expect("=")
         return Assignment(token.text, self.expression(), token.line, token.column)
 
@@ -268,8 +266,7 @@ class Parser:
         while self.accept("."):
             name = self.advance()
             if name.kind != "name" or name.text.startswith("$"):
-                raise FormulaError(f"Expected a method name but found {_describe(name)}", name.line, name.column,
-                                   "InvalidFormula")
+                raise FormulaError(f"Expected a method name but found {_describe(name)}", name.line, name.column)
             self.expect("(")
             node = Call(name.line, name.column, name.text, self.arguments(), target=node)
         return node
@@ -298,7 +295,7 @@ class Parser:
             inner = self.expression()
             self.expect(")")
             return inner
-        raise FormulaError(f"Unexpected {_describe(token)}", token.line, token.column, "InvalidFormula")
+        raise FormulaError(f"Unexpected {_describe(token)}", token.line, token.column)
 
 
 def _describe(token: Token) -> str:
@@ -311,7 +308,7 @@ def parse(text: str) -> list[Assignment]:
     for statement in statements:
         if _height(statement.value) > MAX_HEIGHT:
             raise FormulaError(f"The expression has more than {MAX_HEIGHT} operations in a chain", statement.line,
-                               statement.column, "InvalidFormula")
+                               statement.column)
     return statements
 
 
@@ -392,7 +389,7 @@ class _Evaluator:
             return self.env.sampled[name]
         if name in self.env.not_provided:
             raise FormulaError(f"{name} is not provided by localbatch: local nodes report no such metric",
-                               node.line, node.column, "MetricNotProvided")
+                               node.line, node.column)
         if name in INTERVALS:
             return Interval(INTERVALS[name])
         if name.lower() in DEALLOCATION_OPTIONS:

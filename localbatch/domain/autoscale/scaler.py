@@ -29,8 +29,9 @@ MAXIMUM_NODES = 2 ** 31 - 1  # beyond a 32-bit count; the account's core quota s
 SETTABLE = ("$TargetDedicatedNodes", "$TargetLowPriorityNodes", "$NodeDeallocationOption")
 ERROR_MESSAGES = {
     "InsufficientSampleData": "Autoscale evaluation failed due to insufficient sample data",
-    "InvalidFormula": "The autoscale formula is not valid",
+    "AutoScalingFormulaEvaluationError": "The autoscale formula could not be evaluated",
 }
+ENABLE_SPACING_SECONDS = 30  # "You cannot call this API for the same Pool more than once every 30 seconds."
 
 
 class AutoScale:
@@ -40,6 +41,7 @@ class AutoScale:
         self.pools = pools
         self.clock = clock
         self.samples: dict[str, PoolSamples] = {}
+        self.last_enable: dict[str, dt.datetime] = {}  # pool key -> its last enable request (in memory)
         pools.start_auto_scale = self._start
 
     # ---- operations ---------------------------------------------------------------------------------
@@ -57,6 +59,11 @@ class AutoScale:
         interval = check_interval(pool.data.get("autoScaleEvaluationInterval") if interval is None and enabled else interval)
         if not enabled and pool.allocation_state != "steady":
             raise BatchServiceError("PoolBeingResized", "Automatic scaling cannot be enabled while the pool resizes.")
+        now = self.clock.now()
+        last = self.last_enable.get(pool.key)
+        if last is not None and (now - last).total_seconds() < ENABLE_SPACING_SECONDS:
+            raise BatchServiceError("TooManyEnableAutoScaleRequests")
+        self.last_enable[pool.key] = now
         pool.data.update({"enableAutoScale": True, "autoScaleFormula": formula, "autoScaleEvaluationInterval": interval})
         pool.touch()
         self._start(pool)
@@ -80,8 +87,9 @@ class AutoScale:
         if not pool.data.get("enableAutoScale"):
             raise BatchServiceError("OperationInvalidForCurrentState",
                                     "The pool must have automatic scaling enabled to evaluate a formula.")
-        check_formula(formula)
-        run, _ = self._run(pool, formula)
+        if not formula:
+            check_formula(formula)  # 400 naming the missing formula
+        run, _ = self._run(pool, formula)  # one that does not parse is an error run, as on the service
         return run
 
     # ---- the periodic evaluation -----------------------------------------------------------------------
@@ -142,12 +150,12 @@ class AutoScale:
             targets = (_node_count(values, "$TargetDedicatedNodes"), _node_count(values, "$TargetLowPriorityNodes"),
                        _deallocation(values))
         except FormulaError as exc:
-            return {"timestamp": timestamp, "error": {
-                "code": exc.code, "message": ERROR_MESSAGES.get(exc.code, "Autoscale formula evaluation failed"),
+            # As the service does, a failed run still reports the variables it would have set, as they were.
+            return {"timestamp": timestamp, "results": _results(environment.settable, SETTABLE), "error": {
+                "code": exc.code, "message": ERROR_MESSAGES[exc.code],
                 "values": [{"name": "Message", "value": exc.detail}]}}, None
         shown = [*SETTABLE, *(name for name in environment.assigned if name not in SETTABLE)]
-        results = ";".join(f"{name}={format_value(values[name])}" for name in shown)
-        return {"timestamp": timestamp, "results": results}, targets
+        return {"timestamp": timestamp, "results": _results(values, shown)}, targets
 
     # ---- start-up ------------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -162,6 +170,11 @@ class AutoScale:
                 continue
             due = wire.parse_iso(last) + dt.timedelta(seconds=wire.parse_duration(pool.data["autoScaleEvaluationInterval"]))
             self.clock.alarm(f"autoscale:{pool.key}", due, lambda pool=pool: self._evaluate(pool))
+
+
+def _results(values: dict, names) -> str:
+    """autoScaleRun.results: `name=value` for each variable, `;` between them."""
+    return ";".join(f"{name}={format_value(values[name])}" for name in names)
 
 
 def _node_count(values: dict, name: str) -> int:
