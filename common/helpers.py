@@ -14,16 +14,20 @@ import shlex
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Collection, Iterable, Optional, Sequence, TextIO, Union
+from typing import Callable, Collection, Iterable, Optional, Sequence, TextIO, TypeVar, Union
 
 from azure.batch import BatchClient, models
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError, ServiceResponseError
 
-from common.config import redact_secrets
+from common.redaction import redact_secrets
 
 logger = logging.getLogger(__name__)
 
 NodeState = Union[str, models.BatchNodeState]
+_T = TypeVar("_T")
+
+CREATE_ATTEMPTS = 3
+"""How many times a create helper sends its request when the answer is lost (connection reset, read timeout)."""
 
 _NODE_STATES_THAT_NEED_ATTENTION = {
     models.BatchNodeState.START_TASK_FAILED,
@@ -180,6 +184,34 @@ def select_verified_linux_image(
     )
 
 
+def retry_if_the_answer_is_lost(send: Callable[[], _T], what: str, attempts: int = CREATE_ATTEMPTS) -> _T:
+    """Call ``send`` again (up to ``attempts`` times in all) when its answer is lost after the request left.
+
+    The SDK does not retry a POST whose connection was reset or whose answer timed out
+    (``ServiceResponseError``): the service may have done the work. Only use this for requests
+    that are safe to repeat, such as the create-if-not-exists helpers here, which treat "already
+    exists" as success.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return send()
+        except (ServiceResponseError, models.CreateTasksError) as error:
+            if attempt == attempts or not _only_answers_were_lost(error):
+                raise
+            logger.warning("%s: the answer was lost (%s); sending it again (attempt %d of %d)",
+                           what, describe_batch_error(error), attempt + 1, attempts)
+    raise AssertionError("unreachable")
+
+
+def _only_answers_were_lost(error: BaseException) -> bool:
+    """True for a lost answer, or a ``CreateTasksError`` made only of lost answers (no task was refused)."""
+    if isinstance(error, models.CreateTasksError):
+        return not error.failure_tasks and bool(error.errors) and all(
+            isinstance(inner, ServiceResponseError) for inner in error.errors
+        )
+    return isinstance(error, ServiceResponseError)
+
+
 def pool_exists(batch_client: BatchClient, pool_id: str) -> bool:
     """Return whether a pool exists.
 
@@ -201,7 +233,7 @@ def create_pool_if_not_exists(batch_client: BatchClient, pool: models.BatchPoolC
         logger.info("Pool %s already exists; reusing it", pool.id)
         return False
     try:
-        batch_client.create_pool(pool)
+        retry_if_the_answer_is_lost(lambda: batch_client.create_pool(pool), f"create pool {pool.id}")
     except ResourceExistsError:
         logger.info("Pool %s was created concurrently; reusing it", pool.id)
         return False
@@ -212,7 +244,7 @@ def create_pool_if_not_exists(batch_client: BatchClient, pool: models.BatchPoolC
 def create_job_if_not_exists(batch_client: BatchClient, job: models.BatchJobCreateOptions) -> bool:
     """Create ``job`` unless a job with its id exists. Return True if this call created it."""
     try:
-        batch_client.create_job(job)
+        retry_if_the_answer_is_lost(lambda: batch_client.create_job(job), f"create job {job.id}")
     except ResourceExistsError:
         logger.info("Job %s already exists; reusing it", job.id)
         return False
@@ -224,12 +256,13 @@ def add_tasks(batch_client: BatchClient, job_id: str, tasks: Sequence[models.Bat
     """Add tasks to a job, in chunks of up to 100 per request. Return their ids.
 
     Uses ``BatchClient.create_tasks``, which retries server errors, splits chunks that are too
-    large and treats a task that already exists as added. Raises ``CreateTasksError`` (see
+    large and treats a task that already exists as added (so a request whose answer was lost is
+    simply sent again). Raises ``CreateTasksError`` (see
     ``describe_batch_error``) if any task could not be added.
     """
     if not tasks:
         return []
-    batch_client.create_tasks(job_id, list(tasks))
+    retry_if_the_answer_is_lost(lambda: batch_client.create_tasks(job_id, list(tasks)), f"add tasks to job {job_id}")
     task_ids = [task.id for task in tasks]
     logger.info("Added %d task(s) to job %s", len(task_ids), job_id)
     return task_ids

@@ -47,11 +47,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 from common import REPOSITORY_ROOT
-from common.config import SampleSettings, redact_secrets
+from common.config import AccountSettings, SampleSettings, redact_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -527,7 +527,7 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def local_stack_if_configured(settings: SampleSettings) -> Iterator[Optional[LocalStack]]:
+def local_stack_if_configured(settings: Union[SampleSettings, AccountSettings]) -> Iterator[Optional[LocalStack]]:
     """Run the block with the local stack up when ``[Local] start_local_stack`` is true.
 
     Yields the ``LocalStack`` (or None when the configuration points at Azure). Emulators that
