@@ -119,7 +119,8 @@ def run_hello_world(
 
         with step(f"wait for the task of job {job_id}"):
             tasks = wait_for_tasks_to_complete(
-                batch_client, job_id, timeouts.tasks_complete, settings.batch.poll_interval_seconds
+                batch_client, job_id, timeouts.tasks_complete, settings.batch.poll_interval_seconds,
+                report_progress=print,
             )
         for task in tasks:
             print(describe_task_result(task))

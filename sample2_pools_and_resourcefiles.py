@@ -160,6 +160,7 @@ def run_pools_and_resource_files(
         with step(f"wait for the nodes of pool {pool_id}"):
             nodes = wait_for_all_nodes_to_reach_state(
                 batch_client, pool_id, timeouts.nodes_ready, poll_interval_seconds=poll_interval_seconds,
+                report_progress=print,
             )
         print(f"{len(nodes)} node(s) idle: {', '.join(node.id for node in nodes)}")
 
@@ -172,7 +173,9 @@ def run_pools_and_resource_files(
         print(f"Created job {job_id} with task {task_id}; waiting up to {timeouts.tasks_complete}")
 
         with step(f"wait for the task of job {job_id}"):
-            tasks = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_interval_seconds)
+            tasks = wait_for_tasks_to_complete(
+                batch_client, job_id, timeouts.tasks_complete, poll_interval_seconds, report_progress=print
+            )
         for task in tasks:
             print(describe_task_result(task))
         with step(f"read the output of task {task_id}"):

@@ -278,15 +278,18 @@ def wait_for_all_nodes_to_reach_state(
     timeout: timedelta,
     node_states: Collection[NodeState] = (models.BatchNodeState.IDLE,),
     poll_interval_seconds: float = 5.0,
+    report_progress: Optional[Callable[[str], None]] = None,
 ) -> list[models.BatchNode]:
     """Wait until the pool has allocated all its nodes and every node is in one of ``node_states``.
 
-    Returns the nodes. Raises ``RuntimeError`` as soon as the pool reports a resize error or a
+    ``report_progress`` (e.g. ``print``) is called with one line whenever the pool's allocation
+    state or its nodes' states change, so a long wait shows where it is. Returns the nodes. Raises ``RuntimeError`` as soon as the pool reports a resize error or a
     node fails its start task or becomes unusable (waiting longer would not help), and
     ``TimeoutError`` when ``timeout`` passes first.
     """
     wanted = {enum_value(state) for state in node_states}
     deadline = time.monotonic() + timeout.total_seconds()
+    last_progress = ""
     while True:
         pool = batch_client.get_pool(pool_id)
         if pool.resize_errors:
@@ -311,7 +314,12 @@ def wait_for_all_nodes_to_reach_state(
                 f"timed out after {timeout} waiting for the {target} node(s) of pool {pool_id} to be "
                 f"{' or '.join(sorted(wanted))} (allocation {enum_value(pool.allocation_state)}; nodes: {seen})"
             )
-        logger.debug("Pool %s: allocation %s, nodes: %s", pool_id, enum_value(pool.allocation_state), states)
+        seen = ", ".join(f"{states.count(state)} {state}" for state in sorted(set(states))) or "no nodes yet"
+        progress = f"pool {pool_id}: allocation {enum_value(pool.allocation_state)}, nodes: {seen}"
+        logger.debug("%s", progress)
+        if report_progress is not None and progress != last_progress:
+            report_progress(progress)
+        last_progress = progress
         _sleep_before_next_poll(deadline, poll_interval_seconds)
 
 
@@ -333,8 +341,12 @@ def wait_for_tasks_to_complete(
     job_id: str,
     timeout: timedelta,
     poll_interval_seconds: float = 5.0,
+    report_progress: Optional[Callable[[str], None]] = None,
 ) -> list[models.BatchTask]:
     """Wait until every task of the job is completed. Return all the job's tasks.
+
+    ``report_progress`` (e.g. ``print``) is called with one line whenever the number of tasks
+    in each state changes, so a long wait shows where it is.
 
     Each poll is one ``list_tasks`` call that asks only for the tasks not yet completed
     (``$filter``) and only their id and state (``$select``), so the cost of a poll does not grow
@@ -343,6 +355,7 @@ def wait_for_tasks_to_complete(
     ``task.execution_info.result``. Raises ``TimeoutError`` naming the tasks still running.
     """
     deadline = time.monotonic() + timeout.total_seconds()
+    last_progress = ""
     while True:
         incomplete = list(
             batch_client.list_tasks(job_id, filter="state ne 'completed'", select=["id", "state"])
@@ -356,7 +369,13 @@ def wait_for_tasks_to_complete(
                 f"timed out after {timeout} waiting for the tasks of job {job_id} to complete; "
                 f"{len(incomplete)} still not completed: {listed}{more}"
             )
-        logger.debug("Job %s: %d task(s) not completed yet", job_id, len(incomplete))
+        states = [enum_value(task.state) for task in incomplete]
+        counts = ", ".join(f"{states.count(state)} {state}" for state in sorted(set(states)))
+        progress = f"job {job_id}: {len(incomplete)} task(s) not completed yet ({counts})"
+        logger.debug("%s", progress)
+        if report_progress is not None and progress != last_progress:
+            report_progress(progress)
+        last_progress = progress
         _sleep_before_next_poll(deadline, poll_interval_seconds)
     tasks = list(batch_client.list_tasks(job_id, select=["id", "state", "commandLine", "executionInfo", "nodeInfo"]))
     logger.info("All %d task(s) of job %s completed", len(tasks), job_id)

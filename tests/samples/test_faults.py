@@ -92,6 +92,10 @@ FAULTS = [
           last_line=r"^sample2_pools_and_resourcefiles\.py: error: interrupted; could not delete container "
                     r"sample2-resources-\S+: ",
           left=frozenset({"container"})),
+    Fault(SAMPLE2, "Storage down at the upload", STORAGE, "PUT", r"^/devstoreaccount1/sample2-resources-[^/]+$", RESET,
+          forward=False, goes_down=STORAGE, exit_code=1,
+          last_line=r"^sample2_pools_and_resourcefiles\.py: error: upload simple_task\.py to container "
+                    r"sample2-resources-\S+: ServiceRequestError: .*; could not delete container sample2-resources-"),
     # second Ctrl-C: cleanup is stuck on a request that gets no answer; the second one ends the run at once
     Fault(SAMPLE1, "second Ctrl-C (cleanup stuck)", BATCH, "DELETE", ONE_JOB, STALL, forward=False,
           then=CTRL_C_TWICE, exit_code=130,
