@@ -232,9 +232,18 @@ def create_pool_if_not_exists(batch_client: BatchClient, pool: models.BatchPoolC
     if pool_exists(batch_client, pool.id):
         logger.info("Pool %s already exists; reusing it", pool.id)
         return False
+    attempts = []
+
+    def send() -> None:
+        attempts.append(pool.id)
+        batch_client.create_pool(pool)
+
     try:
-        retry_if_the_answer_is_lost(lambda: batch_client.create_pool(pool), f"create pool {pool.id}")
+        retry_if_the_answer_is_lost(send, f"create pool {pool.id}")
     except ResourceExistsError:
+        if len(attempts) > 1:  # the request whose answer was lost created it
+            logger.info("Created pool %s (the first answer was lost)", pool.id)
+            return True
         logger.info("Pool %s was created concurrently; reusing it", pool.id)
         return False
     logger.info("Created pool %s (%s x %s)", pool.id, pool.target_dedicated_nodes, pool.vm_size)
@@ -243,9 +252,18 @@ def create_pool_if_not_exists(batch_client: BatchClient, pool: models.BatchPoolC
 
 def create_job_if_not_exists(batch_client: BatchClient, job: models.BatchJobCreateOptions) -> bool:
     """Create ``job`` unless a job with its id exists. Return True if this call created it."""
+    attempts = []
+
+    def send() -> None:
+        attempts.append(job.id)
+        batch_client.create_job(job)
+
     try:
-        retry_if_the_answer_is_lost(lambda: batch_client.create_job(job), f"create job {job.id}")
+        retry_if_the_answer_is_lost(send, f"create job {job.id}")
     except ResourceExistsError:
+        if len(attempts) > 1:  # the request whose answer was lost created it
+            logger.info("Created job %s (the first answer was lost)", job.id)
+            return True
         logger.info("Job %s already exists; reusing it", job.id)
         return False
     logger.info("Created job %s", job.id)

@@ -206,6 +206,7 @@ def test_a_network_fault_at_one_step(
     else:
         assert errors == [], sample.describe()
         assert "Deleted job " in "".join(sample.stdout), sample.describe()
+        assert "Reusing pool " not in "".join(sample.stdout), sample.describe()  # it made the pool, answer lost or not
     left = wait_for(lambda: take_inventory(local_backend).minus(before), "deletions to finish",
                     local_backend.inventory_timeout_seconds, poll=0.2,
                     until=lambda seen: kinds_left(seen) == set(fault.left))
