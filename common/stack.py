@@ -60,8 +60,21 @@ def describe_stack(settings: AccountSettings, stack: LocalStack) -> list[str]:
         f"credential=AzureNamedKeyCredential({settings.batch.account_name!r}, <account key>)) and "
         f"BlobServiceClient(account_url={stack.blob_endpoint!r}, credential={{'account_name': "
         f"{settings.storage.account_name!r}, 'account_key': <account key>}})",
-        "It holds:",
-    ]
+    ] + _trust_lines(stack) + ["It holds:"]
+
+
+def _trust_lines(stack: LocalStack) -> list[str]:
+    """For an https stack: how a client trusts its development CA and gets Entra ID tokens from it."""
+    if stack.trust_bundle is None:
+        return []
+    bundle = stack.trust_bundle
+    lines = [f"  https: trust the stack's development CA with export REQUESTS_CA_BUNDLE={bundle} SSL_CERT_FILE={bundle}"]
+    environment = stack.client_environment()
+    if "IDENTITY_ENDPOINT" in environment:
+        header_file = stack.data_directory / "localbatch" / "identity" / "identity-header"
+        lines.append(f"  Entra ID (DefaultAzureCredential): export IDENTITY_ENDPOINT={environment['IDENTITY_ENDPOINT']} "
+                     f"IDENTITY_HEADER=\"$(cat {header_file})\"")
+    return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
