@@ -169,3 +169,25 @@ def test_ctrl_c_before_cleanup_ran_lists_what_may_be_left(capsys: pytest.Capture
 
     assert run_sample_main("sample.py", fail_with(KeyboardInterrupt()), resources) == EXIT_INTERRUPTED
     assert capsys.readouterr().err == "sample.py: error: interrupted; cleanup did not run; may be left: job j1\n"
+
+
+def test_what_is_left_is_followed_by_how_to_look_at_it_and_delete_it() -> None:
+    from common.cli import how_to_inspect_and_delete
+    from common.config import environment_variable_name, load_settings, sample_configuration_path
+
+    local = load_settings(None, sample_configuration_path("sample1_helloworld.py"), environ={})
+    azure = load_settings(None, sample_configuration_path("sample1_helloworld.py"), environ={
+        environment_variable_name("Local", "start_local_stack"): "false",
+        environment_variable_name("Batch", "endpoint"): "https://mybatch.westeurope.batch.azure.com",
+        environment_variable_name("Batch", "account_name"): "mybatch",
+    })
+    report = CleanupReport(kept=["job j1"], failed=["pool p1: ServiceRequestError: refused"], not_reached=["container c1"])
+
+    local_lines = how_to_inspect_and_delete(local, report)
+    azure_lines = how_to_inspect_and_delete(azure, report)
+
+    assert local_lines[0].startswith("To look at them: 'make stack' in ")
+    assert azure_lines[0] == "To look at them: the Azure portal (Batch account mybatch), or 'az batch job list' / 'az batch pool list'"
+    for lines in (local_lines, azure_lines):
+        assert lines[1].endswith(" -m common.delete_resources --job j1 --pool p1 --container c1")
+    assert how_to_inspect_and_delete(local, CleanupReport(deleted=["job j1"])) == []
