@@ -7,12 +7,14 @@ settings object, a module constant or another function of the sample fails here.
 
 from __future__ import annotations
 
+import contextlib
 import urllib.request
 from datetime import timedelta
 from typing import Iterator
 
 import pytest
-from azure.batch import BatchClient, models
+from azure.batch import BatchClient
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 import sample1_helloworld
@@ -38,8 +40,9 @@ def test_every_copyable_function_of_the_samples_is_exercised_here() -> None:
 def job_ids(local_batch_client: BatchClient) -> Iterator[list[str]]:
     created: list[str] = []
     yield created
-    for job_id in created:
-        local_batch_client.begin_delete_job(job_id, polling_interval=0.1).result()
+    for job_id in created:  # a job the function under test failed to create is not an error here
+        with contextlib.suppress(ResourceNotFoundError):
+            local_batch_client.begin_delete_job(job_id, polling_interval=0.1).result()
 
 
 def test_sample1_functions_on_their_own(local_batch_client: BatchClient, job_ids: list[str]) -> None:
@@ -88,5 +91,7 @@ def test_sample2_functions_on_their_own(
         [task] = wait_for_tasks_to_complete(local_batch_client, job_id, WAIT, 0.1)
         assert (task.id, task.execution_info.exit_code) == ("copied-task", 0)
     finally:
-        local_batch_client.begin_delete_pool(pool_id, polling_interval=0.1).result()
-        local_blob_service_client.delete_container(container_name)
+        with contextlib.suppress(ResourceNotFoundError):
+            local_batch_client.begin_delete_pool(pool_id, polling_interval=0.1).result()
+        with contextlib.suppress(ResourceNotFoundError):
+            local_blob_service_client.delete_container(container_name)
