@@ -109,16 +109,17 @@ def how_to_inspect_and_delete(settings: SampleSettings, report: CleanupReport) -
         return []
     arguments = " ".join(f"--{kind} {identifier}" for kind, identifier in (name.split(" ", 1) for name in left))
     config = "" if settings.configuration_path == DEFAULT_CONFIGURATION else f" --config {settings.configuration_path}"
+    python = Path(sys.executable)
+    if python.is_relative_to(REPOSITORY_ROOT):
+        python = python.relative_to(REPOSITORY_ROOT)
     lines = []
     if settings.local.start_local_stack:
-        lines.append(f"To look at them: 'make stack' in {REPOSITORY_ROOT} starts the local stack on the same data "
+        command = f"'{python} -m common.stack{config}'" if config else "'make stack'"
+        lines.append(f"To look at them: {command} in {REPOSITORY_ROOT} starts the local stack on the same data "
                      f"and keeps it running, with the endpoints and how to point a client at them")
     else:
         lines.append(f"To look at them: the Azure portal (Batch account {settings.batch.account_name or settings.batch.endpoint}), "
                      f"or 'az batch job list' / 'az batch pool list'")
-    python = Path(sys.executable)
-    if python.is_relative_to(REPOSITORY_ROOT):
-        python = python.relative_to(REPOSITORY_ROOT)
     lines.append(f"To delete them: cd {REPOSITORY_ROOT} && {python} -m common.delete_resources{config} {arguments}")
     return lines
 
