@@ -75,6 +75,7 @@ FAULTS = [
     Fault(SAMPLE1, "reset on create (job)", BATCH, "POST", JOBS, RESET),
     Fault(SAMPLE2, "reset on create (pool)", BATCH, "POST", POOLS, RESET),
     Fault(SAMPLE2, "reset on create (job)", BATCH, "POST", JOBS, RESET),
+    Fault(SAMPLE1, "reset on create (task)", BATCH, "POST", r"^/jobs/[^/]+/addtaskcollection$", RESET),
     # a failure that does not go away names the step it stopped
     Fault(SAMPLE1, "reset on every create of the job", BATCH, "POST", JOBS, RESET, times=99, exit_code=1,
           last_line=r"^sample1_helloworld\.py: error: create job helloworld-\S+: ServiceResponseError: "),
