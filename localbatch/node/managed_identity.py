@@ -20,12 +20,12 @@ import hashlib
 import hmac
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from ..domain.repository import Repository
+    from ..domain.entities import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -37,43 +37,55 @@ HEADER_NAME = "X-IDENTITY-HEADER"
 class NodeIdentityEndpoint:
     """The per-node managed identity endpoint, and the environment that points a node's programs at it."""
 
-    def __init__(self, repo: "Repository", issue: Callable[[str, Any], Any], find_identity: Callable[..., Any]):
-        """`issue(resource, identity)` signs a token; `find_identity(client_id=, object_id=, resource_id=)`
-        finds a registered identity (both from the local token issuer)."""
-        self._repo = repo
+    def __init__(self, find_pool: Callable[[str, str], Optional["Pool"]], issue: Callable[[str, Any], Any],
+                 find_identity: Callable[..., Any]):
+        """`find_pool(account, pool_id)` finds a pool of an account; `issue(resource, identity)` signs a
+        token; `find_identity(client_id=, object_id=, resource_id=)` finds a registered identity."""
+        self._find_pool = find_pool
         self._issue = issue
         self._find_identity = find_identity
         self._key = secrets.token_bytes(32)
         self.base_url = ""  # the emulator's URL, known once it listens
 
     # ---- what a node's programs get -------------------------------------------------------
-    def environment(self, pool_id: str, node_id: str) -> dict[str, str]:
+    def environment(self, account: str, pool_id: str, node_id: str) -> dict[str, str]:
         if not self.base_url:
             return {}
-        return {"IDENTITY_ENDPOINT": f"{self.base_url}{TOKEN_PATH}", "IDENTITY_HEADER": self._header(pool_id, node_id)}
+        return {"IDENTITY_ENDPOINT": f"{self.base_url}{TOKEN_PATH}",
+                "IDENTITY_HEADER": self._header(account, pool_id, node_id)}
 
-    def _header(self, pool_id: str, node_id: str) -> str:
-        named = ".".join(base64.urlsafe_b64encode(part.encode("utf-8")).decode("ascii") for part in (pool_id, node_id))
+    def _header(self, account: str, pool_id: str, node_id: str) -> str:
+        named = ".".join(base64.urlsafe_b64encode(part.encode("utf-8")).decode("ascii")
+                         for part in (account, pool_id, node_id))
         return f"{named}.{self._mac(named)}"
 
     def _mac(self, named: str) -> str:
         return hmac.new(self._key, named.encode("ascii"), hashlib.sha256).hexdigest()
 
-    def _node_of(self, header: str) -> Optional[tuple[str, str]]:
+    def _node_of(self, header: str) -> Optional[tuple[str, str, str]]:
+        """(account, pool id, node id) of a header this endpoint made, else None."""
         named, _, mac = header.rpartition(".")
-        if not named or not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(named).encode("ascii")):
+        if not named.isascii() or not mac.isascii():
+            return None
+        if not named or not hmac.compare_digest(mac.encode("ascii"), self._mac(named).encode("ascii")):
             return None
         try:
-            pool_id, node_id = (base64.urlsafe_b64decode(part).decode("utf-8") for part in named.split("."))
+            account, pool_id, node_id = (base64.urlsafe_b64decode(part).decode("utf-8") for part in named.split("."))
         except ValueError:
             return None
-        return pool_id, node_id
+        return account, pool_id, node_id
 
     # ---- the endpoint ---------------------------------------------------------------------
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get(TOKEN_PATH, self.token)
+    def in_front_of(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+                    ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+        """A request handler that serves GET TOKEN_PATH and passes anything else to ``handler``."""
+        async def serve(request: web.BaseRequest) -> web.StreamResponse:
+            if request.method == "GET" and request.path == TOKEN_PATH:
+                return await self.token(request)
+            return await handler(request)
+        return serve
 
-    async def token(self, request: web.Request) -> web.Response:
+    async def token(self, request: web.BaseRequest) -> web.Response:
         header = request.headers.get(HEADER_NAME, "")
         if not header:
             return _error(400, "invalid_request", f"Required metadata header not specified: {HEADER_NAME}")
@@ -85,8 +97,9 @@ class NodeIdentityEndpoint:
         resource = request.query.get("resource", "")
         if not resource.startswith("https://"):
             return _error(400, "invalid_resource", "The resource query parameter must be an https:// resource URI.")
-        pool = self._repo.find_pool(node[0])
-        if pool is None or node[1] not in pool.nodes:
+        account, pool_id, node_id = node
+        pool = self._find_pool(account, pool_id)
+        if pool is None or node_id not in pool.nodes:
             return _error(400, "invalid_request", "Identity not found: this node no longer exists.")
         assigned = (pool.data.get("identity") or {}).get("userAssignedIdentities") or []
         if not assigned:
@@ -104,7 +117,7 @@ class NodeIdentityEndpoint:
         if identity is None:
             return _error(400, "invalid_request", "Identity not found")
         issued = self._issue(resource, identity)
-        logger.info("issued a token for %s to a task on node %s of pool %s", resource, node[1], node[0])
+        logger.info("issued a token for %s to a task on node %s of pool %s", resource, node_id, pool_id)
         return web.json_response({
             "access_token": issued.access_token, "expires_on": str(issued.expires_on),
             "resource": issued.resource, "token_type": issued.token_type, "client_id": issued.client_id,
