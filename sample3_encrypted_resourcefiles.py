@@ -276,8 +276,8 @@ def run_encrypted_resource_files(
         blob_name = upload_encrypted_file(blob_service_client, container_name, SECRET_PATH, key_wrapper)
         blob_url = create_read_only_blob_sas_url(
             blob_service_client, container_name, blob_name, settings.timeouts.sas_expiry)
-        print(f"Uploaded {SECRET_PATH.name} to container {container_name}, encrypted on this machine "
-              f"(client-side encryption v2, AES-256-GCM, content key wrapped with RSA-OAEP-256)")
+        print(f"Uploaded {SECRET_PATH.name} to container {container_name} encrypted on this machine "
+              f"(client-side encryption v2: AES-256-GCM, content key wrapped with RSA-OAEP-256 by the vault key)")
         start_task_files = upload_node_files(
             blob_service_client, container_name, [RESOURCES / name for name in NODE_FILES], settings.timeouts.sas_expiry)
 

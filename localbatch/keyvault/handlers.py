@@ -1,5 +1,5 @@
-"""The Key Vault REST subset over HTTP: keys (create RSA, get, list versions, delete, get deleted,
-purge, wrap and unwrap) and secrets (set, get, delete, get deleted, purge).
+"""The Key Vault REST subset over HTTP: keys (create RSA, get, list, list versions, delete, get and
+list deleted, purge, wrap and unwrap) and secrets (set, get, delete, get deleted, purge).
 
 Every request passes, in this order: api-version, the bearer token (401 with the challenge a real
 vault sends when it is missing or not acceptable), route, role-based access for the token's
@@ -89,9 +89,16 @@ class KeyVaultApi:
 
     def list_key_versions(self, base: str, claims: Claims, body: dict, name: str) -> dict:
         self.assignments.check(claims, rbac.KEY_READ, f"keys/{name}")
-        items = [{"kid": _kid(base, key), "attributes": key.attributes, "tags": key.tags} if key.tags else
-                 {"kid": _kid(base, key), "attributes": key.attributes} for key in self.vault.key_versions(name)]
-        return {"value": items, "nextLink": None}
+        return {"value": [_key_item(base, key) for key in self.vault.key_versions(name)], "nextLink": None}
+
+    def list_keys(self, base: str, claims: Claims, body: dict) -> dict:
+        self.assignments.check(claims, rbac.KEY_READ, "keys")
+        return {"value": [_key_item(base, key) for key, _ in self.vault.list_keys()], "nextLink": None}
+
+    def list_deleted_keys(self, base: str, claims: Claims, body: dict) -> dict:
+        self.assignments.check(claims, rbac.DELETED_KEY_READ, "deletedkeys")
+        return {"value": [{"recoveryId": f"{base}/deletedkeys/{key.name}", **deletion, **_key_item(base, key)}
+                          for key, deletion in self.vault.list_keys(deleted=True)], "nextLink": None}
 
     def delete_key(self, base: str, claims: Claims, body: dict, name: str) -> dict:
         self.assignments.check(claims, rbac.KEY_DELETE, f"keys/{name}")
@@ -142,15 +149,17 @@ class _Challenge(Exception):
 
 
 Operation = Callable[..., Optional[dict]]
-_ROUTES: list[tuple[str, re.Pattern, Operation, tuple[Any, ...]]] = []
+_ROUTES: list[tuple[str, re.Pattern, Operation]] = []
 
 
-def _add(method: str, pattern: str, operation: Operation, *fixed: Any) -> None:
-    _ROUTES.append((method, re.compile("^" + pattern + "$", re.IGNORECASE), operation, fixed))
+def _add(method: str, pattern: str, operation: Operation) -> None:
+    _ROUTES.append((method, re.compile("^" + pattern + "$", re.IGNORECASE), operation))
 
 
 _NAME = r"([^/]+)"
 _VERSION = r"([^/]*)"
+_add("GET", r"/keys/?", KeyVaultApi.list_keys)
+_add("GET", r"/deletedkeys/?", KeyVaultApi.list_deleted_keys)
 _add("POST", rf"/keys/{_NAME}/create", KeyVaultApi.create_key)
 _add("GET", rf"/keys/{_NAME}/versions", KeyVaultApi.list_key_versions)
 _add("GET", rf"/keys/{_NAME}/?", KeyVaultApi.get_key)
@@ -168,16 +177,15 @@ _add("DELETE", rf"/deletedsecrets/{_NAME}", KeyVaultApi.purge_deleted_secret)
 
 
 def _route(method: str, raw_path: str) -> tuple[Operation, list[str]]:
-    path = raw_path.rstrip("/") if raw_path.count("/") > 2 else raw_path
-    for route_method, pattern, operation, fixed in _ROUTES:
-        match = pattern.match(raw_path) or pattern.match(path)
+    for route_method, pattern, operation in _ROUTES:
+        match = pattern.match(raw_path)
         if match and route_method == method:
             arguments = [unquote(group) for group in match.groups()]
             if operation is KeyVaultApi.key_operation:
                 arguments[-1] = arguments[-1].lower()
             return operation, arguments
     raise VaultError(501, "FeatureNotEmulated", f"The local vault does not emulate {method} {raw_path[:200]}: it "
-                     "serves create, get, versions, delete, purge, wrapkey and unwrapkey of RSA keys, and set, get, "
+                     "serves create, get, list, versions, delete, purge, wrapkey and unwrapkey of RSA keys, and set, get, "
                      "delete and purge of secrets.")
 
 
@@ -208,6 +216,14 @@ def _base_url(request: web.Request) -> str:
 
 def _kid(base: str, key: KeyVersion) -> str:
     return f"{base}/keys/{key.name}/{key.version}"
+
+
+def _key_item(base: str, key: KeyVersion) -> dict:
+    """A key in a list: its id and attributes, never its key material."""
+    item = {"kid": _kid(base, key), "attributes": key.attributes}
+    if key.tags:
+        item["tags"] = key.tags
+    return item
 
 
 def _key_bundle(base: str, key: KeyVersion) -> dict:

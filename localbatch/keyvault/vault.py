@@ -227,6 +227,13 @@ class Vault:
     def key_versions(self, name: str) -> list[KeyVersion]:
         return [KeyVersion(**record) for record in self._live("key", name)["versions"]]
 
+    def list_keys(self, deleted: bool = False) -> list[tuple[KeyVersion, dict]]:
+        """The latest version of every key (or of every deleted key), by name, with its deletion record."""
+        rows = self._db.execute("SELECT body FROM objects WHERE kind='key' ORDER BY name").fetchall()
+        bodies = [json.loads(row[0]) for row in rows]
+        return [(KeyVersion(**body["versions"][-1]), body.get("deleted") or {}) for body in bodies
+                if bool(body.get("deleted")) == deleted]
+
     def delete_key(self, name: str) -> tuple[KeyVersion, dict]:
         with self._lock:
             body = self._live("key", name)
