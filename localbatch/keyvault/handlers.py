@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 KEY_VAULT_AUDIENCE = "https://vault.azure.net"
 # Key Vault accepts the resource with or without the trailing slash.
 ACCEPTED_AUDIENCES = (KEY_VAULT_AUDIENCE, KEY_VAULT_AUDIENCE + "/")
-SUPPORTED_API_VERSIONS = ("7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01")
+SUPPORTED_API_VERSIONS = ("7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01")
 PATH_PREFIXES = ("/keys", "/deletedkeys", "/secrets", "/deletedsecrets")
 MAX_BODY_BYTES = 256 * 1024
 
