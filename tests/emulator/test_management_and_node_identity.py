@@ -230,3 +230,30 @@ def _arm_request(services: ServicesStack, method: str, relative: str, body: dict
             f"/batchAccounts/{ACCOUNT}/{relative}")
     return raw.request(method, path, body=body, sign=False, api_version="2025-06-01",
                        authorization=f"Bearer {services.token(ARM_AUDIENCE)}")
+
+
+def test_the_services_port_without_a_certificate_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import REPOSITORY_ROOT
+    from .support import WAIT
+    result = subprocess.run([sys.executable, "-m", "localbatch", "--port", "0", "--services-port", "0",
+                             "--location", str(tmp_path)], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+                            timeout=WAIT, env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)})
+
+    assert result.returncode == 2
+    assert "--services-port needs a certificate and key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_services_listener_starts_from_the_command_line(tmp_path: Path, services: ServicesStack) -> None:
+    from common.local import start_localbatch
+
+    with start_localbatch(tmp_path / "state", extra_args=[
+            "--services-port", "0", "--services-cert", str(services.certificates.server_certificate),
+            "--services-key", str(services.certificates.server_key)]) as running:
+        answer = RawClient(running.services_url, ssl_context=services.ssl_context()).request(
+            "GET", "/keys/x", sign=False, api_version="7.6")
+
+    assert running.services_url.startswith("https://127.0.0.1:")
+    assert answer.status == 401 and "resource=\"https://vault.azure.net\"" in answer.headers["www-authenticate"]
