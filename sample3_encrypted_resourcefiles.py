@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from azure.batch import BatchClient, models
+from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.keyvault.keys import KeyClient, KeyOperation, KeyVaultKey
 from azure.keyvault.keys.crypto import CryptographyClient
 from azure.mgmt.batch import BatchManagementClient
@@ -173,6 +174,8 @@ def create_pool_with_managed_identity(
     Only the management plane can give a pool an identity; the data plane sees the same pool
     (its ``identity`` is read-only there). The start task, run as admin, prepares each node with
     ``prepare_node.sh``; ``wait_for_success`` keeps tasks off a node until it has succeeded.
+    ``If-None-Match: *`` makes an existing pool of that name an error (``ResourceExistsError``)
+    instead of an update of it.
     """
     image = virtual_machine_configuration.image_reference
     pool = management_models.Pool(
@@ -207,7 +210,8 @@ def create_pool_with_managed_identity(
             ),
         ),
     )
-    return management_client.pool.create(resource_group, account_name, pool_id, pool)
+    return management_client.pool.create(resource_group, account_name, pool_id, pool,
+                                         match_condition=MatchConditions.IfMissing)
 
 
 def add_decrypt_task(
@@ -283,14 +287,19 @@ def run_encrypted_resource_files(
 
         pool_id = settings.pool.pool_id or unique_resource_name("sample3-pool")
         resources.pool_ids.append(pool_id)
-        pool = create_pool_with_managed_identity(
-            management_client, encryption.resource_group, settings.batch.account_name, pool_id,
-            settings.pool.vm_size, settings.pool.node_count, virtual_machine_configuration,
-            encryption.identity_resource_id, start_task_files,
-        )
-        print(f"Created pool {pool.name} ({settings.pool.node_count} x {settings.pool.vm_size}) through the "
-              f"management plane, with user-assigned identity {encryption.identity_resource_id.rsplit('/', 1)[-1]}; "
-              f"waiting for its start task to install the Azure SDK on the nodes")
+        try:
+            create_pool_with_managed_identity(
+                management_client, encryption.resource_group, settings.batch.account_name, pool_id,
+                settings.pool.vm_size, settings.pool.node_count, virtual_machine_configuration,
+                encryption.identity_resource_id, start_task_files,
+            )
+            print(f"Created pool {pool_id} ({settings.pool.node_count} x {settings.pool.vm_size}) through the "
+                  f"management plane, with user-assigned identity "
+                  f"{encryption.identity_resource_id.rsplit('/', 1)[-1]}; waiting for its start task to install "
+                  f"the Azure SDK on the nodes")
+        except ResourceExistsError:
+            print(f"Reusing pool {pool_id} as it is (its identity and start task were set when it was made); "
+                  f"waiting for its nodes to be idle")
         nodes = wait_for_all_nodes_to_reach_state(
             batch_client, pool_id, settings.timeouts.nodes_ready,
             poll_interval_seconds=settings.batch.poll_interval_seconds,

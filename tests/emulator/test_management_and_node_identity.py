@@ -257,3 +257,24 @@ def test_the_services_listener_starts_from_the_command_line(tmp_path: Path, serv
 
     assert running.services_url.startswith("https://127.0.0.1:")
     assert answer.status == 401 and "resource=\"https://vault.azure.net\"" in answer.headers["www-authenticate"]
+
+
+def test_put_on_an_existing_pool_honours_if_none_match_and_is_otherwise_a_conflict(services: ServicesStack) -> None:
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError
+
+    management = services.management_client()
+    pool_id = unique_id("arm-twice")
+    management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool(), match_condition=MatchConditions.IfMissing)
+
+    with pytest.raises(ResourceExistsError) as precondition:
+        management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool(), match_condition=MatchConditions.IfMissing)
+    with pytest.raises(ResourceExistsError) as conflict:
+        management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool())
+    with pytest.raises(ResourceNotFoundError):
+        management.pool.create(RESOURCE_GROUP, ACCOUNT, unique_id("absent"), _arm_pool(),
+                               match_condition=MatchConditions.IfPresent)
+
+    assert precondition.value.status_code == 412
+    assert conflict.value.status_code == 409 and conflict.value.error.code == "PoolExists"
+    management.pool.begin_delete(RESOURCE_GROUP, ACCOUNT, pool_id, polling_interval=0.05).result()
