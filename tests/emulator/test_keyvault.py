@@ -286,3 +286,43 @@ def _connection_string(container) -> str:
     credential = container.credential
     return (f"DefaultEndpointsProtocol=http;AccountName={credential.account_name};"
             f"AccountKey={credential.account_key};BlobEndpoint={container.primary_endpoint.rsplit('/', 1)[0]};")
+
+
+def test_the_aio_clients_create_wrap_and_unwrap(services: ServicesStack) -> None:
+    import asyncio
+
+    from azure.core.credentials import AccessToken
+    from azure.keyvault.keys.aio import KeyClient as AsyncKeyClient
+    from azure.keyvault.keys.crypto.aio import CryptographyClient as AsyncCryptographyClient
+
+    class AsyncIssuerCredential:
+        def __init__(self, identity):
+            self.sync = services.credential(identity)
+
+        async def get_token(self, *scopes: str, **options) -> AccessToken:
+            return self.sync.get_token(*scopes, **options)
+
+        async def close(self) -> None:
+            pass
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc_info) -> None:
+            pass
+
+    async def scenario() -> tuple[bytes, str]:
+        from localbatch.arm.identities import LOCAL_DEVELOPER
+        async with AsyncKeyClient(services.url, AsyncIssuerCredential(LOCAL_DEVELOPER), verify_challenge_resource=False,
+                                  connection_verify=services.trust_bundle) as keys:
+            key = await keys.create_rsa_key(unique_id("aio-key"), key_operations=WRAP_ONLY)
+        async with AsyncCryptographyClient(key.id, AsyncIssuerCredential(POOL_IDENTITY),
+                                           verify_challenge_resource=False,
+                                           connection_verify=services.trust_bundle) as crypto:
+            wrapped = await crypto.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, b"a" * 32)
+            unwrapped = await crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped.encrypted_key)
+        return unwrapped.key, wrapped.key_id
+
+    content_key, key_id = asyncio.run(scenario())
+
+    assert content_key == b"a" * 32 and key_id.startswith(f"{services.url}/keys/aio-key-")
