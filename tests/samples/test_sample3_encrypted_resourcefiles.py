@@ -35,7 +35,7 @@ PLAINTEXT = sample3.SECRET_PATH.read_bytes()
 @pytest.fixture
 def stack_credentials(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[DefaultAzureCredential]:
     """DefaultAzureCredential in this process, getting its tokens from the suite's local stack."""
-    for name, value in local_stack.credential_environment().items():
+    for name, value in local_stack.client_environment().items():
         monkeypatch.setenv(name, value)
     with DefaultAzureCredential() as credential:
         yield credential
