@@ -36,7 +36,7 @@ class AzureServices:
                                      lambda token: issuer.verify(token, KEY_VAULT_AUDIENCES), LOCAL_TENANT_ID)
         self.management = ManagementApi(account_service, lambda token: issuer.verify(token, ARM_AUDIENCES), LOCAL_TENANT_ID)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         try:
             if self.key_vault.serves(path):

@@ -80,7 +80,7 @@ class ManagementApi:
     def serves(path: str) -> bool:
         return path.lower().startswith(PATH_PREFIX)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             path = request.raw_path.partition("?")[0]
             claims = self._authenticate(request)
@@ -102,7 +102,7 @@ class ManagementApi:
                                                 + (f" ({details})" if details else "")}}, status=error.status)
 
     # ---- pipeline steps -------------------------------------------------------------------
-    def _authenticate(self, request: web.Request) -> dict:
+    def _authenticate(self, request: web.BaseRequest) -> dict:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         challenge = f'Bearer authorization_uri="https://login.windows.net/{self.tenant_id}", error="invalid_token"'
         if scheme.lower() != "bearer" or not token.strip():
@@ -247,7 +247,7 @@ def _check_api_version(version: Optional[str]) -> None:
                        f"supported versions are '{','.join(SUPPORTED_API_VERSIONS)}'.")
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def _json_body(request: web.BaseRequest) -> dict[str, Any]:
     raw = await request.content.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise ArmError(413, "RequestEntityTooLarge", "The request body is too large.")

@@ -23,6 +23,15 @@ _CAPITALISED_STATES = {"steady": "Steady", "resizing": "Resizing", "stopping": "
 _NODE_FILL_TYPES = {"spread": "Spread", "pack": "Pack"}
 
 
+def _object(value: Any, name: str) -> dict:
+    """`value` when it is a JSON object (None: empty); anything else is an InvalidPropertyValue."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid_property(name, "...", "Expected a JSON object.")
+    return value
+
+
 def data_plane_body(name: str, properties: dict) -> dict:
     """The data plane's pool-create body for an ARM pool's `properties` (raises BatchServiceError)."""
     for key in properties:
@@ -36,19 +45,20 @@ def data_plane_body(name: str, properties: dict) -> dict:
                  "startTask", "mountConfiguration", "upgradePolicy"):
         if properties.get(same) is not None:
             body[same] = properties[same]
-    vm_config = (properties.get("deploymentConfiguration") or {}).get("virtualMachineConfiguration")
+    deployment = _object(properties.get("deploymentConfiguration"), "properties.deploymentConfiguration")
+    vm_config = deployment.get("virtualMachineConfiguration")
     if vm_config is None:
         raise BatchServiceError("MissingRequiredProperty", values={
             "PropertyName": "properties.deploymentConfiguration.virtualMachineConfiguration"})
-    vm_config = dict(vm_config)
+    vm_config = dict(_object(vm_config, "properties.deploymentConfiguration.virtualMachineConfiguration"))
     if "nodeAgentSkuId" in vm_config:
         vm_config["nodeAgentSKUId"] = vm_config.pop("nodeAgentSkuId")
     body["virtualMachineConfiguration"] = vm_config
-    scale = properties.get("scaleSettings") or {}
+    scale = _object(properties.get("scaleSettings"), "properties.scaleSettings")
     if scale.get("autoScale") is not None:
         raise BatchServiceError("FeatureNotEmulated", "Auto-scale is not emulated by localbatch.",
                                 values={"PropertyName": "properties.scaleSettings.autoScale"})
-    fixed = scale.get("fixedScale") or {}
+    fixed = _object(scale.get("fixedScale"), "properties.scaleSettings.fixedScale")
     for key in ("targetDedicatedNodes", "targetLowPriorityNodes", "resizeTimeout"):
         if fixed.get(key) is not None:
             body[key] = fixed[key]
@@ -62,6 +72,7 @@ def data_plane_body(name: str, properties: dict) -> dict:
         body["enableInterNodeCommunication"] = communication == "Enabled"
     policy = properties.get("taskSchedulingPolicy")
     if policy is not None:
+        policy = _object(policy, "properties.taskSchedulingPolicy")
         body["taskSchedulingPolicy"] = {**policy, "nodeFillType": str(policy.get("nodeFillType", "Spread")).lower()}
     return body
 
@@ -70,6 +81,7 @@ def pool_identity(identity: Optional[dict]) -> Optional[dict]:
     """The data plane's `identity` of a pool for an ARM `identity` (None: the pool has none)."""
     if identity is None:
         return None
+    identity = _object(identity, "identity")
     kind = identity.get("type")
     assigned = identity.get("userAssignedIdentities") or {}
     if kind == "None":

@@ -46,7 +46,7 @@ class KeyVaultApi:
     def serves(path: str) -> bool:
         return any(path == prefix or path.startswith(prefix + "/") for prefix in PATH_PREFIXES)
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def __call__(self, request: web.BaseRequest) -> web.Response:
         try:
             _check_api_version(request.query.get("api-version"))
             claims = self._authenticate(request)
@@ -60,7 +60,7 @@ class KeyVaultApi:
             return web.json_response(error.body(), status=error.status)
 
     # ---- authentication ----------------------------------------------------------------
-    def _authenticate(self, request: web.Request) -> Claims:
+    def _authenticate(self, request: web.BaseRequest) -> Claims:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _Challenge("AKV10000: Request is missing a Bearer or PoP token.")
@@ -197,7 +197,7 @@ def _check_api_version(version: Optional[str]) -> None:
                             f"supported version ({SUPPORTED_API_VERSIONS[-1]}).")
 
 
-async def _json_body(request: web.Request) -> dict:
+async def _json_body(request: web.BaseRequest) -> dict:
     raw = await request.content.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise VaultError(413, "RequestEntityTooLarge", "The request body is too large.")
@@ -210,7 +210,7 @@ async def _json_body(request: web.Request) -> dict:
     return body
 
 
-def _base_url(request: web.Request) -> str:
+def _base_url(request: web.BaseRequest) -> str:
     return f"{request.scheme}://{request.host}"
 
 

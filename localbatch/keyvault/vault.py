@@ -83,6 +83,34 @@ def _padding(algorithm: Any) -> padding.AsymmetricPadding:
                         + ", ".join(WRAP_ALGORITHMS) + ".")
 
 
+def _object(request: dict, field: str) -> dict:
+    """``request[field]`` when it is a JSON object (absent: empty); anything else is a BadParameter."""
+    value = request.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_parameter(f"The parameter '{field}' must be a JSON object.")
+    return value
+
+
+def _tags(request: dict) -> dict:
+    tags = _object(request, "tags")
+    if not all(isinstance(value, str) for value in tags.values()):
+        raise bad_parameter("Tag values must be strings.")
+    return dict(tags)
+
+
+def _attributes(request: dict) -> dict:
+    requested = _object(request, "attributes")
+    for field in ("exp", "nbf"):
+        if requested.get(field) is not None and (not isinstance(requested[field], int)
+                                                 or isinstance(requested[field], bool)):
+            raise bad_parameter(f"The attribute '{field}' must be a Unix time in seconds.")
+    if not isinstance(requested.get("enabled", True), bool):
+        raise bad_parameter("The attribute 'enabled' must be true or false.")
+    return requested
+
+
 def check_name(kind: str, name: str) -> None:
     if not _NAME.match(name):
         raise bad_parameter(f"The request URI contains an invalid name: {name!r}. A {kind} name may contain only "
@@ -186,27 +214,28 @@ class Vault:
             raise bad_parameter(f"Unsupported key type '{kty}': the local vault makes RSA keys only." if kty
                                 else "The parameter 'kty' is required.")
         size = request.get("key_size") or 2048
-        if size not in RSA_KEY_SIZES:
+        if isinstance(size, bool) or size not in RSA_KEY_SIZES:
             raise bad_parameter(f"Invalid key size {size}; RSA keys may be 2048, 3072 or 4096 bits.")
         if request.get("public_exponent") not in (None, 65537):
             raise bad_parameter("The local vault makes RSA keys with the public exponent 65537 only.")
         key_ops = request.get("key_ops") or list(KEY_OPERATIONS[:6])
+        if not isinstance(key_ops, list) or not all(isinstance(op, str) for op in key_ops):
+            raise bad_parameter("The parameter 'key_ops' must be a list of key operations.")
         unknown = [op for op in key_ops if op not in KEY_OPERATIONS]
         if unknown:
             raise bad_parameter(f"Invalid key operation(s): {', '.join(map(str, unknown))}.")
         now = int(time.time())
-        requested = request.get("attributes") or {}
+        requested = _attributes(request)
+        tags = _tags(request)
         attributes = {"enabled": requested.get("enabled", True), "created": now, "updated": now,
                       "recoveryLevel": RECOVERY_LEVEL, "recoverableDays": RECOVERABLE_DAYS, "exportable": False}
         for optional in ("exp", "nbf"):
             if requested.get(optional) is not None:
-                if not isinstance(requested[optional], int):
-                    raise bad_parameter(f"The attribute '{optional}' must be a Unix time in seconds.")
                 attributes[optional] = requested[optional]
         private = rsa.generate_private_key(public_exponent=65537, key_size=size)
         pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode("ascii")
-        version = KeyVersion(name, uuid.uuid4().hex, list(key_ops), attributes, dict(request.get("tags") or {}), pem)
+        version = KeyVersion(name, uuid.uuid4().hex, list(key_ops), attributes, tags, pem)
         with self._lock:
             body = self._load("key", name) or {"versions": [], "deleted": None}
             if body.get("deleted"):
@@ -260,14 +289,16 @@ class Vault:
         if not isinstance(value, str):
             raise bad_parameter("The parameter 'value' is required and must be a string.")
         now = int(time.time())
-        requested = request.get("attributes") or {}
+        requested = _attributes(request)
+        tags = _tags(request)
+        if request.get("contentType") is not None and not isinstance(request["contentType"], str):
+            raise bad_parameter("The parameter 'contentType' must be a string.")
         attributes = {"enabled": requested.get("enabled", True), "created": now, "updated": now,
                       "recoveryLevel": RECOVERY_LEVEL, "recoverableDays": RECOVERABLE_DAYS}
         for optional in ("exp", "nbf"):
             if requested.get(optional) is not None:
                 attributes[optional] = requested[optional]
-        record = {"name": name, "version": uuid.uuid4().hex, "value": value, "attributes": attributes,
-                  "tags": dict(request.get("tags") or {})}
+        record = {"name": name, "version": uuid.uuid4().hex, "value": value, "attributes": attributes, "tags": tags}
         if request.get("contentType") is not None:
             record["contentType"] = request["contentType"]
         with self._lock:

@@ -326,3 +326,29 @@ def test_the_aio_clients_create_wrap_and_unwrap(services: ServicesStack) -> None
     content_key, key_id = asyncio.run(scenario())
 
     assert content_key == b"a" * 32 and key_id.startswith(f"{services.url}/keys/aio-key-")
+
+
+@pytest.mark.parametrize("body", [
+    {"kty": "RSA", "attributes": "soon"}, {"kty": "RSA", "attributes": {"exp": "tomorrow"}},
+    {"kty": "RSA", "attributes": {"enabled": "yes"}}, {"kty": "RSA", "tags": ["a"]}, {"kty": "RSA", "tags": {"a": 1}},
+    {"kty": "RSA", "key_ops": "wrapKey"}, {"kty": "RSA", "key_ops": [1]}, {"kty": "RSA", "key_size": True},
+    {"kty": ["RSA"]}, [], "text", 7, {"kty": "RSA", "public_exponent": 3},
+])
+def test_malformed_key_bodies_are_bad_parameters_never_500(services: ServicesStack, body) -> None:
+    answer = _raw(services).request("POST", f"/keys/{unique_id('k')}/create", body=json.dumps(body).encode(),
+                                    sign=False, authorization=f"Bearer {services.token(KEY_VAULT_AUDIENCE)}",
+                                    api_version="7.6")
+
+    assert answer.status == 400, answer.body
+    assert answer.json()["error"]["code"] == "BadParameter"
+
+
+@pytest.mark.parametrize("body", [
+    {"value": 5}, {"value": "x", "attributes": []}, {"value": "x", "tags": "t"}, {"value": "x", "contentType": 1}, [],
+])
+def test_malformed_secret_bodies_are_bad_parameters_never_500(services: ServicesStack, body) -> None:
+    answer = _raw(services).request("PUT", f"/secrets/{unique_id('s')}", body=json.dumps(body).encode(), sign=False,
+                                    authorization=f"Bearer {services.token(KEY_VAULT_AUDIENCE)}", api_version="7.6")
+
+    assert answer.status == 400, answer.body
+    assert answer.json()["error"]["code"] == "BadParameter"

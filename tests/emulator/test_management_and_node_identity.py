@@ -278,3 +278,22 @@ def test_put_on_an_existing_pool_honours_if_none_match_and_is_otherwise_a_confli
     assert precondition.value.status_code == 412
     assert conflict.value.status_code == 409 and conflict.value.error.code == "PoolExists"
     management.pool.begin_delete(RESOURCE_GROUP, ACCOUNT, pool_id, polling_interval=0.05).result()
+
+
+@pytest.mark.parametrize("body", [
+    {"identity": "UserAssigned", "properties": {}},
+    {"properties": "big"},
+    {"properties": {"vmSize": "standard_d2s_v3", "deploymentConfiguration": []}},
+    {"properties": {"vmSize": "standard_d2s_v3", "deploymentConfiguration": {"virtualMachineConfiguration": 1}}},
+    {"properties": {"vmSize": "standard_d2s_v3", "scaleSettings": "fixed", "deploymentConfiguration": {
+        "virtualMachineConfiguration": {"imageReference": {"publisher": "canonical", "offer": "o", "sku": "s"},
+                                        "nodeAgentSkuId": "batch.node.ubuntu 22.04"}}}},
+    {"properties": {"vmSize": 7, "deploymentConfiguration": {"virtualMachineConfiguration": {
+        "imageReference": {"publisher": "canonical", "offer": "o", "sku": "s"}, "nodeAgentSkuId": "n"}}}},
+    {"identity": {"type": "UserAssigned", "userAssignedIdentities": ["x"]}, "properties": {}},
+])
+def test_malformed_arm_pool_bodies_are_4xx_never_500(services: ServicesStack, body) -> None:
+    answer = _arm_request(services, "PUT", f"pools/{unique_id('odd')}", body)
+
+    assert 400 <= answer.status < 500, answer.body
+    assert answer.json()["error"]["code"]
