@@ -27,6 +27,7 @@ from tests.samples.support import (
     run_sample,
     take_inventory,
 )
+from tests.samples.test_entra_id import entra_backend, https_stack  # noqa: F401  (fixtures)
 
 SAMPLE3 = "sample3_encrypted_resourcefiles.py"
 PLAINTEXT = sample3.SECRET_PATH.read_bytes()
@@ -181,3 +182,22 @@ def test_a_failure_at_any_step_still_cleans_up_and_removes_the_key(
         assert "injected failure" in str(raised.value)
     assert_left_behind(local_backend, before, NOTHING)
     assert _sample3_keys(_key_client(local_stack, stack_credentials)) == keys_before
+
+
+def test_runs_with_entra_id_everywhere_and_logs_no_token(entra_backend: Backend, https_stack: LocalStack,
+                                                         tmp_path: Path) -> None:
+    """Batch and Storage with Entra ID too (a user delegation SAS for the blob); no token printed or logged."""
+    before = take_inventory(entra_backend)
+
+    run = run_sample(SAMPLE3, entra_backend, tmp_path, "-v", extra_environment={
+        environment_variable_name("KeyVault", "vault_url"): https_stack.services_endpoint,
+        environment_variable_name("Management", "endpoint"): https_stack.services_endpoint,
+    })
+
+    assert run.returncode == 0, run.describe()
+    assert f"Decrypted secret:\n{PLAINTEXT.decode().strip()}\n" in run.stdout
+    assert "Entra ID (DefaultAzureCredential)" in run.stderr
+    assert "eyJ" not in run.stdout + run.stderr  # no token (a JWT's header) printed or logged
+    logs = "".join(path.read_text(errors="replace") for path in https_stack.data_directory.glob("*.log"))
+    assert "eyJ" not in logs
+    assert_left_behind(entra_backend, before, NOTHING)
