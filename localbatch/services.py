@@ -8,6 +8,7 @@ send bearer tokens over https only. Tokens are the local issuer's (identity/toke
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Callable, Optional
 
 from aiohttp import web
@@ -43,6 +44,11 @@ class AzureServices:
                 return await self.key_vault(request)
             if self.management.serves(path):
                 return await self.management(request)
+        except sqlite3.Error as exc:  # the vault's state cannot be written (a full or read-only disk)
+            logger.error("%s %s: the vault's state could not be written: %s", request.method, path[:200], exc)
+            return web.json_response({"error": {"code": "ServiceUnavailable", "message": "The vault's state could "
+                                                "not be written; nothing was changed. Retry later."}}, status=503,
+                                     headers={"Retry-After": "1"})
         except Exception:  # a defect of ours: never a traceback to the client, always one in the log
             logger.exception("%s %s failed", request.method, path[:200])
             return web.json_response({"error": {"code": "InternalServerError",

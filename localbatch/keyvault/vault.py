@@ -21,6 +21,8 @@ from typing import Any, Optional
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ..store import StateDatabaseError
+
 DATABASE_NAME = "keyvault.sqlite3"
 RECOVERABLE_DAYS = 90
 RECOVERY_LEVEL = "Recoverable+Purgeable"
@@ -173,16 +175,19 @@ class Vault:
         os.makedirs(state_directory, exist_ok=True)
         self.path = os.path.join(state_directory, DATABASE_NAME)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript("""
-            CREATE TABLE IF NOT EXISTS objects (
-                kind TEXT NOT NULL,      -- key | secret
-                name TEXT NOT NULL,      -- compared case-insensitively, as Key Vault does
-                body TEXT NOT NULL,      -- {"versions": [...], "deleted": {...} | null}
-                PRIMARY KEY (kind, name)
-            ) WITHOUT ROWID;
-        """)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript("""
+                CREATE TABLE IF NOT EXISTS objects (
+                    kind TEXT NOT NULL,      -- key | secret
+                    name TEXT NOT NULL,      -- compared case-insensitively, as Key Vault does
+                    body TEXT NOT NULL,      -- {"versions": [...], "deleted": {...} | null}
+                    PRIMARY KEY (kind, name)
+                ) WITHOUT ROWID;
+            """)
+        except sqlite3.Error as exc:
+            raise StateDatabaseError(f"cannot open the vault's database {self.path}: {exc}") from exc
         os.chmod(self.path, 0o600)  # it holds private keys
 
     def close(self) -> None:
