@@ -352,3 +352,15 @@ def test_malformed_secret_bodies_are_bad_parameters_never_500(services: Services
 
     assert answer.status == 400, answer.body
     assert answer.json()["error"]["code"] == "BadParameter"
+
+
+def test_a_vault_database_that_cannot_be_opened_stops_start_up_naming_it(tmp_path, services: ServicesStack) -> None:
+    from localbatch.server import KEY_VAULT_DIRECTORY
+    from localbatch.store import StateDatabaseError
+    (tmp_path / KEY_VAULT_DIRECTORY / "keyvault.sqlite3").mkdir(parents=True)  # a directory where the file goes
+
+    server = LocalBatchServer(str(tmp_path), services_port=0,
+                              services_cert=str(services.certificates.server_certificate),
+                              services_key=str(services.certificates.server_key))
+    with pytest.raises(StateDatabaseError, match="vault's database"):
+        server.start()
