@@ -297,3 +297,26 @@ def test_malformed_arm_pool_bodies_are_4xx_never_500(services: ServicesStack, bo
 
     assert 400 <= answer.status < 500, answer.body
     assert answer.json()["error"]["code"]
+
+
+def test_a_trust_bundle_remade_from_itself_keeps_this_machines_roots(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack that finds the emulators running re-makes the bundle while it is the exported one: the
+    machine's roots (where an administrator adds a proxy's CA) must survive, or tasks' pip fails."""
+    import ssl
+
+    from localbatch.identity.certificates import ensure_development_certificates
+    system = next((Path(path) for path in (ssl.get_default_verify_paths().cafile,
+                                            "/etc/ssl/certs/ca-certificates.crt") if path and Path(path).is_file()),
+                  None)
+    if system is None:
+        pytest.skip("this machine has no system CA bundle to keep")
+    first = ensure_development_certificates(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(first.trust_bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(first.trust_bundle))
+
+    again = ensure_development_certificates(tmp_path)
+
+    bundle = again.trust_bundle.read_bytes()
+    assert system.read_bytes().strip() in bundle
+    assert first.ca_certificate.read_bytes().strip() in bundle
