@@ -81,7 +81,8 @@ def public_roots_pem(exclude: Path | None = None) -> bytes:
         if candidate and os.path.isfile(candidate) and (exclude is None or not _same_file(candidate, exclude)):
             return Path(candidate).read_bytes()
     bundles = []
-    for candidate in (ssl.get_default_verify_paths().cafile, *_SYSTEM_BUNDLES):
+    # openssl_cafile: the machine's own bundle (cafile would be SSL_CERT_FILE again, our own bundle).
+    for candidate in (ssl.get_default_verify_paths().openssl_cafile, *_SYSTEM_BUNDLES):
         if candidate and os.path.isfile(candidate) and (exclude is None or not _same_file(candidate, exclude)):
             bundles.append(Path(candidate).read_bytes())
             break

@@ -306,7 +306,7 @@ def test_a_trust_bundle_remade_from_itself_keeps_this_machines_roots(tmp_path: P
     import ssl
 
     from localbatch.identity.certificates import ensure_development_certificates
-    system = next((Path(path) for path in (ssl.get_default_verify_paths().cafile,
+    system = next((Path(path) for path in (ssl.get_default_verify_paths().openssl_cafile,
                                             "/etc/ssl/certs/ca-certificates.crt") if path and Path(path).is_file()),
                   None)
     if system is None:
