@@ -55,10 +55,15 @@ def data_plane_body(name: str, properties: dict) -> dict:
         vm_config["nodeAgentSKUId"] = vm_config.pop("nodeAgentSkuId")
     body["virtualMachineConfiguration"] = vm_config
     scale = _object(properties.get("scaleSettings"), "properties.scaleSettings")
-    if scale.get("autoScale") is not None:
-        raise BatchServiceError("FeatureNotEmulated", "Auto-scale is not emulated by localbatch.",
-                                values={"PropertyName": "properties.scaleSettings.autoScale"})
+    auto = _object(scale.get("autoScale"), "properties.scaleSettings.autoScale")
     fixed = _object(scale.get("fixedScale"), "properties.scaleSettings.fixedScale")
+    if auto and fixed:
+        raise invalid_property("properties.scaleSettings", "...", "Give fixedScale or autoScale, not both.")
+    if auto:
+        body["enableAutoScale"] = True
+        body["autoScaleFormula"] = auto.get("formula")
+        if auto.get("evaluationInterval") is not None:
+            body["autoScaleEvaluationInterval"] = auto["evaluationInterval"]
     for key in ("targetDedicatedNodes", "targetLowPriorityNodes", "resizeTimeout"):
         if fixed.get(key) is not None:
             body[key] = fixed[key]
@@ -121,8 +126,13 @@ def arm_pool(resource_id: str, pool: Pool) -> dict:
     vm_config = dict(data["virtualMachineConfiguration"])
     if "nodeAgentSKUId" in vm_config:
         vm_config["nodeAgentSkuId"] = vm_config.pop("nodeAgentSKUId")
-    fixed = {"targetDedicatedNodes": data["targetDedicatedNodes"],
-             "targetLowPriorityNodes": data["targetLowPriorityNodes"], "resizeTimeout": data["resizeTimeout"]}
+    if data.get("enableAutoScale"):
+        scale = {"autoScale": {"formula": data.get("autoScaleFormula"),
+                               "evaluationInterval": data.get("autoScaleEvaluationInterval")}}
+    else:
+        scale = {"fixedScale": {"targetDedicatedNodes": data["targetDedicatedNodes"],
+                                "targetLowPriorityNodes": data["targetLowPriorityNodes"],
+                                "resizeTimeout": data["resizeTimeout"]}}
     properties: dict[str, Any] = {
         "lastModified": data.get("lastModified"), "creationTime": data["creationTime"],
         "provisioningState": "Deleting" if pool.state == "deleting" else "Succeeded",
@@ -132,7 +142,7 @@ def arm_pool(resource_id: str, pool: Pool) -> dict:
         "vmSize": data["vmSize"], "deploymentConfiguration": {"virtualMachineConfiguration": vm_config},
         "currentDedicatedNodes": data["currentDedicatedNodes"],
         "currentLowPriorityNodes": data["currentLowPriorityNodes"],
-        "scaleSettings": {"fixedScale": fixed},
+        "scaleSettings": scale,
         "interNodeCommunication": "Enabled" if data.get("enableInterNodeCommunication") else "Disabled",
         "taskSlotsPerNode": data["taskSlotsPerNode"],
         "taskSchedulingPolicy": {**data["taskSchedulingPolicy"], "nodeFillType": _NODE_FILL_TYPES.get(
@@ -142,6 +152,8 @@ def arm_pool(resource_id: str, pool: Pool) -> dict:
                  "mountConfiguration", "upgradePolicy"):
         if data.get(same) is not None:
             properties[same] = data[same]
+    if data.get("autoScaleRun") is not None:
+        properties["autoScaleRun"] = data["autoScaleRun"]
     if data.get("resizeErrors"):
         properties["resizeOperationStatus"] = {"errors": data["resizeErrors"]}
     resource: dict[str, Any] = {"id": resource_id, "name": pool.id, "type": "Microsoft.Batch/batchAccounts/pools",

@@ -99,8 +99,9 @@ def test_the_data_plane_cannot_give_a_pool_an_identity(services: ServicesStack) 
     (lambda pool: pool.__setitem__("identity", {"type": "UserAssigned", "userAssignedIdentities": {
         POOL_IDENTITY.resource_id.replace("localbatch-identity", "nobody"): {}}}), 400, "InvalidPropertyValue", "nobody"),
     (lambda pool: pool.__setitem__("identity", {"type": "SystemAssigned"}), 400, "InvalidPropertyValue", "identity.type"),
-    (lambda pool: pool["properties"].__setitem__("scaleSettings", {"autoScale": {"formula": "$x=1"}}), 501,
-     "FeatureNotEmulated", "autoScale"),
+    (lambda pool: pool["properties"].__setitem__("scaleSettings", {"autoScale": {"formula": "$x=1"},
+                                                                   "fixedScale": {"targetDedicatedNodes": 1}}),
+     400, "InvalidPropertyValue", "scaleSettings"),
     (lambda pool: pool["properties"].__setitem__("applicationPackages", [{"id": "x"}]), 501, "FeatureNotEmulated",
      "applicationPackages"),
     (lambda pool: pool["properties"].__setitem__("vmSizee", "x"), 400, "InvalidPropertyValue", "vmSizee"),
@@ -320,3 +321,21 @@ def test_a_trust_bundle_remade_from_itself_keeps_this_machines_roots(tmp_path: P
     bundle = again.trust_bundle.read_bytes()
     assert system.read_bytes().strip() in bundle
     assert first.ca_certificate.read_bytes().strip() in bundle
+
+
+def test_an_arm_pool_may_autoscale_and_both_planes_say_so(services: ServicesStack, client) -> None:
+    management = services.management_client()
+    pool_id = unique_id("arm-auto")
+    pool = _arm_pool()
+    pool.properties.scale_settings = arm.ScaleSettings(auto_scale=arm.AutoScaleSettings(
+        formula="$TargetDedicatedNodes = 1;", evaluation_interval="PT5M"))
+
+    created = management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, pool)
+
+    assert created.properties.scale_settings.auto_scale.formula == "$TargetDedicatedNodes = 1;"
+    assert created.properties.scale_settings.fixed_scale is None
+    data_plane = client.get_pool(pool_id)
+    assert data_plane.enable_auto_scale and data_plane.auto_scale_formula == "$TargetDedicatedNodes = 1;"
+    wait_for_nodes(client, pool_id, 1)  # the formula's first run sets the target
+    assert management.pool.get(RESOURCE_GROUP, ACCOUNT, pool_id).properties.auto_scale_run is not None
+    management.pool.begin_delete(RESOURCE_GROUP, ACCOUNT, pool_id, polling_interval=0.05).result()
