@@ -465,3 +465,9 @@ def load_settings(
             sas_expiry=_minutes(sample, "sas_expiry_minutes", 60),
         ),
     )
+
+
+def open_configuration_file(path: Path, environ: Optional[Mapping[str, str]] = None) -> "_ConfigFile":
+    """One ``.cfg`` file with environment overrides and typed, validated accessors (``text``,
+    ``boolean``, ``integer``, ``number``, ``url``, ``fail``), for the settings only one sample has."""
+    return _ConfigFile(Path(path).resolve(), os.environ if environ is None else environ)

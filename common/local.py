@@ -258,6 +258,8 @@ class RunningLocalbatch(StartedEmulator):
 
     url: str = ""
     """Its Batch endpoint, e.g. ``http://127.0.0.1:10100``."""
+    services_url: str = ""
+    """Where its Key Vault and management plane answer (https), when started with ``--services-port``."""
 
 
 def _log_path_beside(location: Path) -> Path:
@@ -356,6 +358,9 @@ def start_localbatch(
     try:
         match = running.wait_for_log_line(r"localbatch listening on (https?://\S+)", deadline)
         running.url = match.group(1).rstrip("/")
+        services = re.search(r"localbatch services \(Key Vault, management\) listening on (https://\S+)",
+                             running.log_text())
+        running.services_url = services.group(1).rstrip("/") if services else ""
         running.wait_until_it_answers(lambda: localbatch_answers(running.url), deadline)
     except BaseException:
         running.stop()
@@ -377,9 +382,17 @@ class LocalStack:
         batch_endpoint: str = "http://127.0.0.1:10100",
         blob_endpoint: Optional[str] = None,
         startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        services_endpoint: Optional[str] = None,
     ) -> None:
-        """``blob_endpoint`` defaults to Azurite's usual one, ``http://127.0.0.1:10000/devstoreaccount1``."""
+        """``blob_endpoint`` defaults to Azurite's usual one, ``http://127.0.0.1:10000/devstoreaccount1``.
+        ``services_endpoint`` is where localbatch serves Key Vault and the management plane (https);
+        by default the port after the Batch endpoint's (10101 for 10100; a free one for 0)."""
         self.data_directory = Path(data_directory)
+        if services_endpoint is None:
+            batch = urlsplit(batch_endpoint)
+            port = batch.port + 1 if batch.port else 0
+            services_endpoint = f"https://{batch.hostname or '127.0.0.1'}:{port}"
+        self._services_endpoint = services_endpoint.rstrip("/")
         self._batch_endpoint = batch_endpoint.rstrip("/")
         self._blob_endpoint = (blob_endpoint or _well_known_accounts().AZURITE_DEFAULT_BLOB_ENDPOINT).rstrip("/")
         self.startup_timeout_seconds = startup_timeout_seconds
@@ -396,6 +409,11 @@ class LocalStack:
     def blob_endpoint(self) -> str:
         """Azurite's blob endpoint for the well-known account, e.g. ``http://127.0.0.1:10000/devstoreaccount1``."""
         return self._blob_endpoint
+
+    @property
+    def services_endpoint(self) -> str:
+        """localbatch's Key Vault and management endpoint, e.g. ``https://127.0.0.1:10101``."""
+        return self._services_endpoint
 
     @property
     def storage_connection_string(self) -> str:
@@ -416,12 +434,13 @@ class LocalStack:
 
     @property
     def uses_https(self) -> bool:
-        """True when either endpoint is https (the stack then makes and trusts its development CA)."""
+        """True when either endpoint is https (the development CA is made and trusted in any case,
+        for the Key Vault and management endpoint)."""
         return self._batch_endpoint.startswith("https://") or self._blob_endpoint.startswith("https://")
 
     @property
     def trust_bundle(self) -> Optional[Path]:
-        """The public roots plus the development CA (None when the stack does not use https)."""
+        """The public roots plus the development CA (None before ``start()``)."""
         return self._certificates.trust_bundle if self._certificates is not None else None
 
     def client_environment(self) -> dict[str, str]:
@@ -429,7 +448,7 @@ class LocalStack:
 
         ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` (the trust bundle), and, once localbatch runs with
         its data under this stack's data directory, ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` for
-        ``DefaultAzureCredential``. Empty when the stack uses plain http.
+        ``DefaultAzureCredential``. Empty before ``start()``.
         """
         if self._certificates is None:
             return {}
@@ -448,8 +467,8 @@ class LocalStack:
         """
         deadline = time.monotonic() + self.startup_timeout_seconds
         try:
-            if self.uses_https:
-                self._prepare_https()
+            # Always: Key Vault and the management plane are https whatever the endpoints use.
+            self._prepare_https()
             self._start_azurite(deadline)
             self._start_localbatch(deadline)
             self._export(self.client_environment())
@@ -518,12 +537,19 @@ class LocalStack:
             self.data_directory / "localbatch",
             urlsplit(self._batch_endpoint).hostname or "127.0.0.1",
             self._port(self._batch_endpoint),
-            ["--cert", str(certificate[0]), "--key", str(certificate[1])] if certificate else (),
+            [
+                *(["--cert", str(certificate[0]), "--key", str(certificate[1])] if certificate else []),
+                # Key Vault and the management plane: https, whatever the Batch endpoint uses.
+                "--services-port", str(self._port(self._services_endpoint)),
+                "--services-cert", str(self._certificates.server_certificate),
+                "--services-key", str(self._certificates.server_key),
+            ],
             environment=environment,
             timeout_seconds=deadline - time.monotonic(),
         )
         self._started.append(localbatch)
         self._batch_endpoint = localbatch.url
+        self._services_endpoint = localbatch.services_url
 
 
 @contextlib.contextmanager

@@ -82,6 +82,13 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--auth-modes", default="SharedKey,AAD",
                         help="allowed authentication modes, comma-separated: SharedKey, AAD (Entra ID); "
                              "default SharedKey,AAD")
+    parser.add_argument("--services-port", type=int, default=None,
+                        help="also serve Key Vault and the management plane (ARM) on this port, over https; "
+                             "0 picks a free one (default: not served)")
+    parser.add_argument("--services-cert", help="PEM certificate for --services-port (default: --cert)")
+    parser.add_argument("--services-key", help="PEM private key of --services-cert (default: --key)")
+    parser.add_argument("--node-ca-bundle", help="CA bundle the nodes' programs trust (SSL_CERT_FILE, "
+                                                 "REQUESTS_CA_BUNDLE), e.g. public roots plus the local CA")
     return parser.parse_args(argv)
 
 
@@ -203,6 +210,8 @@ async def start(server: LocalBatchServer, location: str, host: str, port: int) -
 
 async def serve(server: LocalBatchServer, location: str, host: str, port: int) -> None:
     await start(server, location, host, port)
+    if server.services_url:
+        print(f"localbatch services (Key Vault, management) listening on {server.services_url}", flush=True)
     print(f"localbatch listening on {server.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -229,10 +238,14 @@ def main(argv: list[str] | None = None) -> int:
             server = LocalBatchServer(
                 arguments.location, arguments.host, arguments.port, arguments.debug, timings, limits=limits,
                 cert=arguments.cert, key=arguments.key, public_url=arguments.public_url,
-                allowed_authentication_modes=[mode.strip() for mode in arguments.auth_modes.split(",") if mode.strip()])
+                allowed_authentication_modes=[mode.strip() for mode in arguments.auth_modes.split(",") if mode.strip()],
+                services_port=arguments.services_port, services_cert=arguments.services_cert,
+                services_key=arguments.services_key, node_ca_bundle=arguments.node_ca_bundle)
         except ValueError as exc:  # options that do not go together
             raise StartupError(str(exc), 2) from exc
         check_certificate(arguments.cert, arguments.key)
+        if arguments.services_cert:
+            check_certificate(arguments.services_cert, arguments.services_key)
         prepare_location(arguments.location, list(server.account_locations().values()))
         asyncio.run(serve(server, arguments.location, arguments.host, arguments.port))
     except AccountConfigError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -22,6 +23,9 @@ from .https_site import HttpsSite
 from .identity.certificates import server_ssl_context
 from .identity.endpoint import IdentityEndpoint, load_identity_header
 from .identity.tokens import TokenIssuer
+from .arm.identities import UNPRIVILEGED_IDENTITY
+from .node.managed_identity import NodeIdentityEndpoint
+from .services import AzureServices
 from .domain.runtime import Timings
 from .domain.quotas import Quotas
 from .domain.service import BatchService
@@ -31,6 +35,7 @@ from .routes import build_router
 logger = logging.getLogger(__name__)
 AUTO_STORAGE_ENV_VAR = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
 IDENTITY_DIRECTORY = "identity"  # under --location: the token issuer's signing key and endpoint secret
+KEY_VAULT_DIRECTORY = "keyvault"  # under --location: the local vault's keys and secrets
 
 
 class LocalBatchServer:
@@ -40,12 +45,26 @@ class LocalBatchServer:
                  timings: Optional[Timings] = None, auto_storage_connection_string: Optional[str] = None,
                  quotas: Optional[Quotas] = None, limits: Optional[ConnectionLimits] = None,
                  cert: Optional[str] = None, key: Optional[str] = None, public_url: Optional[str] = None,
-                 allowed_authentication_modes: Iterable[str] = AUTHENTICATION_MODES):
+                 allowed_authentication_modes: Iterable[str] = AUTHENTICATION_MODES,
+                 services_port: Optional[int] = None, services_cert: Optional[str] = None,
+                 services_key: Optional[str] = None, node_ca_bundle: Optional[str] = None):
         """``cert`` and ``key`` (PEM files): serve https. ``public_url``: the base of every URL it
         returns (default: the scheme and host each client used). ``allowed_authentication_modes``:
-        ``SharedKey`` and/or ``AAD`` (Entra ID bearer tokens), as an account's allowedAuthenticationModes."""
+        ``SharedKey`` and/or ``AAD`` (Entra ID bearer tokens), as an account's allowedAuthenticationModes.
+        ``services_port``: also serve Key Vault and the management plane there, over https with
+        ``services_cert``/``services_key`` (default: ``cert``/``key``). ``node_ca_bundle``: a CA bundle
+        the nodes' programs trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE), instead of the one inherited."""
         if bool(cert) != bool(key):
             raise ValueError("--cert and --key go together: give both to serve https, or neither")
+        self.services_port = services_port
+        self.services_cert, self.services_key = services_cert or cert, services_key or key
+        if services_port is not None and not (self.services_cert and self.services_key):
+            raise ValueError("--services-port needs a certificate and key (--services-cert and --services-key, or "
+                             "--cert and --key): Key Vault and management clients send tokens over https only")
+        self.node_ca_bundle = os.path.abspath(node_ca_bundle) if node_ca_bundle else None
+        self.azure_services: Optional[AzureServices] = None  # Key Vault and ARM, while served
+        self.node_identity: Optional[NodeIdentityEndpoint] = None
+        self._services_runner: Optional[web.ServerRunner] = None
         self.location = os.path.abspath(location)
         self.host = host
         self.port = port
@@ -102,15 +121,19 @@ class LocalBatchServer:
             identity_directory = os.path.join(self.location, IDENTITY_DIRECTORY)
             self.identity = TokenIssuer.open(identity_directory)
             identity_endpoint = IdentityEndpoint(self.identity, load_identity_header(identity_directory))
+            self.identity.register(UNPRIVILEGED_IDENTITY)
+            self.node_identity = NodeIdentityEndpoint(self._find_pool, self.identity.issue, self.identity.find_identity)
+            for name, service in self.services.items():
+                service.context.node_environment = functools.partial(self._node_environment, name)
             authenticator = Authenticator(self.accounts, self.account_name, self.identity,
                                           self.allowed_authentication_modes)
             self.pipeline = Pipeline(self.services, build_router(), authenticator, self.debug,
                                      body_seconds=self.limits.body_seconds,
                                      send_stall_seconds=self.limits.send_stall_seconds, public_url=self.public_url)
-            # aiohttp's low-level server: the token endpoint's few paths go to it, every other path
+            # aiohttp's low-level server: the token endpoints' few paths go to them, every other path
             # (newlines included) reaches the pipeline.
-            self.http_server = ConnectionLimitedServer(identity_endpoint.in_front_of(self.pipeline.__call__),
-                                                       self.limits, access_log=None)
+            handler = identity_endpoint.in_front_of(self.node_identity.in_front_of(self.pipeline.__call__))
+            self.http_server = ConnectionLimitedServer(handler, self.limits, access_log=None)
             self._runner = web.ServerRunner(self.http_server, handle_signals=False,
                                             shutdown_timeout=self.limits.shutdown_seconds)
             await self._runner.setup()
@@ -124,6 +147,9 @@ class LocalBatchServer:
                 site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
                 await site.start()
                 self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+            self.node_identity.base_url = self.public_url or self.url
+            if self.services_port is not None:
+                await self._start_azure_services()
         except BaseException:
             await self.stop_async()
             raise
@@ -131,7 +157,44 @@ class LocalBatchServer:
             service.base_url = self.public_url or self.url  # the account URL tasks are told
             service.start_background_work()
 
+    async def _start_azure_services(self) -> None:
+        """Key Vault and the management plane, on their own https port."""
+        self.azure_services = AzureServices(self.services.get, self.identity,
+                                            os.path.join(self.location, KEY_VAULT_DIRECTORY))
+        self._services_runner = web.ServerRunner(web.Server(self.azure_services.__call__, access_log=None),
+                                                 handle_signals=False)
+        await self._services_runner.setup()
+        site = web.TCPSite(self._services_runner, self.host, self.services_port, reuse_address=True,
+                           ssl_context=server_ssl_context(self.services_cert, self.services_key))
+        await site.start()
+        self.services_port = site._server.sockets[0].getsockname()[1]
+
+    @property
+    def services_url(self) -> Optional[str]:
+        """Where Key Vault and the management plane answer (None when not served)."""
+        if self.azure_services is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.services_port}"
+
+    def _find_pool(self, account: str, pool_id: str):
+        service = self.services.get(account)
+        return service.repo.find_pool(pool_id) if service is not None else None
+
+    def _node_environment(self, account: str, pool_id: str, node_id: str) -> dict[str, str]:
+        """What every node gives its programs: its managed identity endpoint (and, when told, the CAs to trust)."""
+        environment = self.node_identity.environment(account, pool_id, node_id) if self.node_identity else {}
+        if self.node_ca_bundle:
+            environment.update({"SSL_CERT_FILE": self.node_ca_bundle, "REQUESTS_CA_BUNDLE": self.node_ca_bundle})
+        return environment
+
     async def stop_async(self) -> None:
+        if self._services_runner is not None:
+            await self._services_runner.cleanup()
+            self._services_runner = None
+        if self.azure_services is not None:
+            self.azure_services.close()
+            self.azure_services = None
         if self._https_site is not None:
             await self._https_site.stop()
             self._https_site = None

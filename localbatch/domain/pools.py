@@ -36,7 +36,9 @@ class Pools:
         # Set by the autoscaler: start evaluating a pool created with enableAutoScale.
         self.start_auto_scale: Callable[[Pool], None] = lambda pool: None
 
-    def create_pool(self, body: dict, auto_pool_job_id: Optional[str] = None) -> Pool:
+    def create_pool(self, body: dict, auto_pool_job_id: Optional[str] = None,
+                    identity: Optional[dict] = None) -> Pool:
+        """`identity` (the data plane's BatchPoolIdentity shape) only comes from the management plane."""
         check_id("id", body["id"])
         existing = self.repo.find_pool(body["id"])
         if existing is not None:
@@ -69,6 +71,8 @@ class Pools:
         if data["enableAutoScale"]:
             data["autoScaleFormula"] = body["autoScaleFormula"]
             data["autoScaleEvaluationInterval"] = check_interval(body.get("autoScaleEvaluationInterval"))
+        if identity is not None:
+            data["identity"] = identity
         pool = Pool(data, auto_pool_job_id=auto_pool_job_id)
         pool.touch()
         self.repo.add_pool(pool)

@@ -73,21 +73,25 @@ def server_ssl_context(certificate: Path | str, key: Path | str) -> ssl.SSLConte
 
 def public_roots_pem(exclude: Path | None = None) -> bytes:
     """The roots to keep trusting: the bundle this process was told to use (``REQUESTS_CA_BUNDLE``,
-    ``SSL_CERT_FILE``: e.g. a company's proxy CA), else certifi's, else the system's. ``exclude``
-    is never used (our own bundle, when it is already exported)."""
+    ``SSL_CERT_FILE``: e.g. a company's proxy CA), else this machine's roots (which hold any CA its
+    administrator added) followed by certifi's. ``exclude`` is never used (our own bundle, when it
+    is already exported: re-making it from itself must not lose the machine's roots)."""
     for variable in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         candidate = os.environ.get(variable)
         if candidate and os.path.isfile(candidate) and (exclude is None or not _same_file(candidate, exclude)):
             return Path(candidate).read_bytes()
+    bundles = []
+    # openssl_cafile: the machine's own bundle (cafile would be SSL_CERT_FILE again, our own bundle).
+    for candidate in (ssl.get_default_verify_paths().openssl_cafile, *_SYSTEM_BUNDLES):
+        if candidate and os.path.isfile(candidate) and (exclude is None or not _same_file(candidate, exclude)):
+            bundles.append(Path(candidate).read_bytes())
+            break
     try:
         import certifi
-        return Path(certifi.where()).read_bytes()
+        bundles.append(Path(certifi.where()).read_bytes())
     except ImportError:
         pass
-    for candidate in (ssl.get_default_verify_paths().cafile, *_SYSTEM_BUNDLES):
-        if candidate and os.path.isfile(candidate):
-            return Path(candidate).read_bytes()
-    return b""
+    return b"\n".join(bundle.rstrip(b"\n") + b"\n" for bundle in bundles)
 
 
 def _same_file(first: str | Path, second: str | Path) -> bool:

@@ -10,8 +10,8 @@ import asyncio
 import errno
 import logging
 import os
-from dataclasses import dataclass
-from typing import Callable, MutableMapping, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, MutableMapping, Optional
 
 from .. import wire
 from . import processes
@@ -88,6 +88,8 @@ class NodeIdentity:
     pool_id: str
     node_id: str
     is_dedicated: bool
+    # What the node itself offers its programs, e.g. its managed identity endpoint.
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 class NodeAgent:
@@ -127,6 +129,7 @@ class NodeAgent:
             "AZ_BATCH_TASK_USER": "_azbatch",
             "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         })
+        env.update(node.environment)
         if job_id is not None and task_id is not None:
             preparation = layout.job_preparation(node.pool_id, node.node_id, job_id)
             env["AZ_BATCH_JOB_ID"] = job_id
