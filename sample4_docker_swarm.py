@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from common import REPOSITORY_ROOT
 from common.cleanup import CleanupReport, CreatedResources, clean_up_resources, interrupts_deferred
-from common.cli import configure_logging, parse_sample_arguments, run_sample_main
+from common.cli import configure_logging, parse_sample_arguments, print_cleanup_report, run_sample_main
 from common.clients import create_batch_client
 from common.config import ConfigError, SampleSettings, load_settings, open_configuration_file, sample_configuration_path
 from common.helpers import (
@@ -618,9 +618,14 @@ def run_docker_swarm(
     settings: SampleSettings,
     swarm: SwarmSettings,
     keep_resources: bool = False,
+    resources: Optional[CreatedResources] = None,
 ) -> None:
-    """Run the Docker swarm story and print it; clean up as configured, whatever happens."""
-    resources = CreatedResources()
+    """Run the Docker swarm story and print it; clean up as configured, whatever happens.
+
+    What it creates is recorded in ``resources`` (a new record if not given) before it is
+    created, and the cleanup report is left there too.
+    """
+    resources = CreatedResources() if resources is None else resources
     user_node_ids: list[str] = []  # nodes given the user (recorded before each request)
     pool_id = settings.pool.pool_id or unique_resource_name("sample4-pool")
     timeouts, poll_seconds = settings.timeouts, settings.batch.poll_interval_seconds
@@ -736,12 +741,17 @@ def run_docker_swarm(
             user_report = delete_node_user_from_nodes(
                 batch_client, pool_id, user_node_ids, swarm.user_name, keep=keep_users
             )
+            for line in user_report.lines():
+                print(line)
             report = clean_up_resources(
-                batch_client, None, resources, settings.cleanup, timeouts.cleanup, poll_seconds,
+                batch_client, None, resources,
+                delete_jobs=settings.cleanup.delete_job,
+                delete_pools=settings.cleanup.delete_pool,
+                timeout=timeouts.cleanup,
+                poll_interval_seconds=poll_seconds,
                 keep_everything=keep_resources,
             )
-            for line in user_report.lines() + report.lines():
-                print(line)
+            print_cleanup_report(settings, report)
     user_report.raise_if_incomplete()
     report.raise_if_incomplete()
 
@@ -750,6 +760,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line, start the local stack if configured, run the sample; return the exit code."""
     arguments = parse_sample_arguments(__doc__, sample_configuration_path(__file__), argv)
     configure_logging(arguments.verbose)
+    resources = CreatedResources()
 
     def run() -> None:
         settings = load_settings(arguments.config, arguments.sample_config)
@@ -764,9 +775,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.info("Settings:\n%s", settings.describe())
         with local_stack_if_configured(settings):
             batch_client = create_batch_client(settings.batch)
-            run_docker_swarm(batch_client, settings, swarm, keep_resources=arguments.keep_resources)
+            run_docker_swarm(
+                batch_client, settings, swarm, keep_resources=arguments.keep_resources, resources=resources
+            )
 
-    return run_sample_main(Path(__file__).name, run)
+    return run_sample_main(Path(__file__).name, run, resources)
 
 
 if __name__ == "__main__":

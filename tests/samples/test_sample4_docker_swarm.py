@@ -440,7 +440,7 @@ def test_ctrl_c_in_a_terminal_cleans_up_and_exits_130(
 
     output = "".join(printed)
     assert returncode == 130, f"{output}\n{stderr}"
-    assert stderr == f"{SAMPLE4}: error: interrupted; the resources it created were cleaned up as configured\n"
+    assert stderr == f"{SAMPLE4}: error: interrupted; everything it created was deleted\n"
     assert re.search(r"^Deleted pool sample4-pool-", output, re.MULTILINE)
     assert localbatch_answers(slow_localbatch)
     assert_left_behind(backend, before, NOTHING)
