@@ -34,7 +34,7 @@ def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id
             type="dockerCompatible", container_registries=[models.ContainerRegistryReference(
                 registry_server="contoso.azurecr.io", username="contoso", password="not-a-real-password")]))},
      "virtualMachineConfiguration.containerConfiguration.containerRegistries"),
-], ids=["autoscale", "container-registries"])
+], ids=["container-registries"])
 def test_pool_features_not_emulated_are_named(client, extra, feature):
     options = pool_options(unique_id("pool"), nodes=0)
     for name, value in extra.items():
