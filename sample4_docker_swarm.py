@@ -448,7 +448,7 @@ def connect_with_pinned_host_key(
     except paramiko.AuthenticationException:
         client.close()
         raise
-    except (OSError, paramiko.SSHException) as error:
+    except (OSError, EOFError, paramiko.SSHException) as error:  # paramiko raises EOFError for a cut connection
         client.close()
         raise SshUnreachableError(
             f"no SSH session with {address}:{port} ({type(error).__name__}: {error}); do the pool's network "
