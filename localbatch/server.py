@@ -58,6 +58,7 @@ class LocalBatchServer:
         self.service = BatchService(self.location, self.account_name, self.timings, self.auto_storage, self.quotas,
                                     self.network)
         self.service.load()
+        await self.service.start_node_services()
         self.pipeline = Pipeline(self.service, build_router(), self.accounts, self.debug)
         app = web.Application(client_max_size=MAX_BODY_BYTES * 8)
         # Every path, newlines included (an encoded one decodes to one), reaches the pipeline.
