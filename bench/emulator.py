@@ -1,15 +1,14 @@
 """Run localbatch as its own process for a benchmark, and read what it reports about itself."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
 from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.rest import HttpRequest
 
 from common import REPOSITORY_ROOT  # noqa: F401 - bench/__main__.py and scenarios.py import it from here
 from common.local import RunningLocalbatch, start_localbatch
@@ -48,8 +47,12 @@ class EmulatorProcess:
         return BatchClient(self.url, AzureNamedKeyCredential(WELL_KNOWN_ACCOUNT_NAME, WELL_KNOWN_ACCOUNT_KEY))
 
     def status(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/localbatch/status", timeout=10) as response:
-            return json.load(response)
+        """The well-known account's statistics: the status endpoint gives them to a signed request only
+        (the SDK's client signs it, as it signs every request)."""
+        with self.client() as client:
+            response = client.send_request(HttpRequest("GET", f"{self.url}/localbatch/status"))
+            response.raise_for_status()
+            return response.json()
 
     def peak_rss_mb(self) -> float:
         """The emulator's peak resident set size (VmHWM) so far, in MiB."""

@@ -11,10 +11,11 @@ settings or in ``describe()``; ``redact_secrets`` scrubs them from any text.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import configparser
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlsplit
 
 from common import REPOSITORY_ROOT
+from common.redaction import redact_secrets
 
 DEFAULT_CONFIGURATION_PATH = REPOSITORY_ROOT / "configuration.cfg"
 SAMPLE_CONFIGURATION_DIRECTORY = REPOSITORY_ROOT / "sample_configs"
@@ -44,6 +46,8 @@ class BatchAccountSettings:
     use_entra_id: bool
     account_key: str = field(repr=False)
     poll_interval_seconds: float
+    request_timeout_seconds: float = 30.0
+    """How long one request may take to connect, and then to answer, before the client gives up on it."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class StorageAccountSettings:
     account_key: str = field(repr=False)
     blob_endpoint: str
     connection_string: str = field(repr=False)
+    request_timeout_seconds: float = 30.0
+    """How long one request may take to connect, and then to answer, before the client gives up on it."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,16 @@ class TimeoutSettings:
 
 
 @dataclass(frozen=True)
+class AccountSettings:
+    """The shared configuration alone (configuration.cfg): the accounts and the local stack."""
+
+    configuration_path: Path
+    batch: BatchAccountSettings
+    storage: StorageAccountSettings
+    local: LocalStackSettings
+
+
+@dataclass(frozen=True)
 class SampleSettings:
     """Everything one sample run needs, from both configuration files."""
 
@@ -132,18 +148,6 @@ class SampleSettings:
             f"local stack: {'started when needed' if self.local.start_local_stack else 'not used'}",
         ]
         return "\n".join(lines)
-
-
-def redact_secrets(text: str) -> str:
-    """Return ``text`` with account keys, SAS signatures and SharedKey signatures replaced.
-
-    Safe to call on URLs, connection strings, log lines and error messages.
-    """
-    text = re.sub(r"(?i)\b(sig|signature)=[^&\s\"'<>;]+", r"\1=REDACTED", text)
-    text = re.sub(r"(?i)\b(AccountKey|SharedAccessSignature)=[^;\s\"'<>]+", r"\1=REDACTED", text)
-    text = re.sub(r"(?i)\b(SharedKey(?:Lite)?\s+[^:\s]+):\S+", r"\1:REDACTED", text)
-    text = re.sub(r"(?i)\b(Bearer)\s+[A-Za-z0-9\-_.~+/]+=*", r"\1 REDACTED", text)
-    return text
 
 
 def environment_variable_name(section: str, key: str) -> str:
@@ -224,6 +228,15 @@ class _ConfigFile:
         except ValueError as error:
             raise ConfigError(f"{self._where(section, key, from_environment)}: {error}") from None
 
+    def account_key(self, section: str, key: str, allow_empty: bool = False) -> str:
+        """Return an account key: base64 text, as the portal shows it (empty only if ``allow_empty``)."""
+        value = self.text(section, key, default="" if allow_empty else None, allow_empty=allow_empty)
+        if value:
+            reason = _base64_problem(value)
+            if reason:
+                raise self.fail(section, key, f"an account key is base64 text, as the portal shows it; {reason}")
+        return value
+
     def url(self, section: str, key: str, default: Optional[str] = None) -> str:
         """Return an http(s) URL without a trailing slash."""
         value = self.text(section, key, default)
@@ -239,6 +252,28 @@ class _ConfigFile:
         """Return a ConfigError about ``[section] key`` for checks that involve several keys."""
         from_environment = environment_variable_name(section, key) in self._environ
         return ConfigError(f"{self._where(section, key, from_environment)}: {reason}")
+
+
+def _base64_problem(text: str) -> str:
+    """Return why ``text`` is not valid base64 (never quoting it: it is a secret), or "" if it is."""
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return f"this value ({len(text)} characters) is not valid base64"
+    if not decoded:
+        return "this value decodes to nothing"
+    return ""
+
+
+def _connection_string_fields(text: str) -> dict[str, str]:
+    """Split ``Name=value;Name=value`` into a dict keyed by lower-case name; raise ValueError if malformed."""
+    fields = {}
+    for part in text.strip().rstrip(";").split(";"):
+        name, separator, value = part.partition("=")
+        if not separator or not name.strip():
+            raise ValueError("expected Name=value pairs separated by ';' (as the portal shows it)")
+        fields[name.strip().lower()] = value.strip()
+    return fields
 
 
 def _parse_boolean(text: str) -> bool:
@@ -285,41 +320,55 @@ def _load_batch(config: _ConfigFile) -> BatchAccountSettings:
                               "Entra ID tokens are only sent over https; use an https:// endpoint "
                               "or set use_entra_id = false and give account_key")
     else:
-        account_key = config.text("Batch", "account_key")
+        account_key = config.account_key("Batch", "account_key")
     return BatchAccountSettings(
         endpoint=endpoint,
         account_name=account_name,
         use_entra_id=use_entra_id,
         account_key=account_key,
         poll_interval_seconds=config.number("Batch", "poll_interval_seconds", default=5.0),
+        request_timeout_seconds=config.number("Batch", "request_timeout_seconds", default=30.0),
     )
 
 
 def _load_storage(config: _ConfigFile) -> StorageAccountSettings:
+    request_timeout_seconds = config.number("Storage", "request_timeout_seconds", default=30.0)
     connection_string = config.text("Storage", "connection_string", default="", allow_empty=True)
     if connection_string:
-        fields = dict(
-            part.split("=", 1) for part in connection_string.split(";") if "=" in part
-        )
-        account_name = fields.get("AccountName", "")
-        blob_endpoint = fields.get("BlobEndpoint", "")
+        try:
+            fields = _connection_string_fields(connection_string)
+        except ValueError as error:
+            raise config.fail("Storage", "connection_string", f"the connection string is malformed: {error}") from None
+        account_name = fields.get("accountname", "")
+        blob_endpoint = fields.get("blobendpoint", "")
+        account_key = fields.get("accountkey", "")
         if not account_name:
             raise config.fail("Storage", "connection_string", "the connection string has no AccountName")
+        if not account_key and not fields.get("sharedaccesssignature"):
+            raise config.fail("Storage", "connection_string",
+                              "the connection string has neither AccountKey nor SharedAccessSignature")
+        if account_key and _base64_problem(account_key):
+            raise config.fail("Storage", "connection_string",
+                              "the connection string's AccountKey is not valid base64 (copy it again from the portal)")
         if not blob_endpoint:
-            suffix = fields.get("EndpointSuffix", "core.windows.net")
-            protocol = fields.get("DefaultEndpointsProtocol", "https")
+            suffix = fields.get("endpointsuffix", "core.windows.net")
+            protocol = fields.get("defaultendpointsprotocol", "https")
             blob_endpoint = f"{protocol}://{account_name}.blob.{suffix}"
+        parts = urlsplit(blob_endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise config.fail("Storage", "connection_string",
+                              f"the connection string's blob endpoint is not an http(s) URL: {redact_secrets(blob_endpoint)!r}")
         return StorageAccountSettings(
             account_name=account_name,
             use_entra_id=False,
-            account_key=fields.get("AccountKey", ""),
+            account_key=account_key,
             blob_endpoint=blob_endpoint.rstrip("/"),
             connection_string=connection_string,
+            request_timeout_seconds=request_timeout_seconds,
         )
     account_name = config.text("Storage", "account_name")
     use_entra_id = config.boolean("Storage", "use_entra_id", default=False)
-    account_key = config.text("Storage", "account_key", default="" if use_entra_id else None,
-                              allow_empty=use_entra_id)
+    account_key = config.account_key("Storage", "account_key", allow_empty=use_entra_id)
     blob_endpoint = config.url("Storage", "blob_endpoint", default=f"https://{account_name}.blob.core.windows.net")
     if use_entra_id and urlsplit(blob_endpoint).scheme != "https":
         raise config.fail("Storage", "blob_endpoint", "Entra ID tokens are only sent over https")
@@ -329,6 +378,7 @@ def _load_storage(config: _ConfigFile) -> StorageAccountSettings:
         account_key=account_key,
         blob_endpoint=blob_endpoint,
         connection_string="",
+        request_timeout_seconds=request_timeout_seconds,
     )
 
 
@@ -339,10 +389,10 @@ def _load_local(config: _ConfigFile, batch: BatchAccountSettings, storage: Stora
         data_directory = config.path.parent / data_directory
     if start_local_stack:
         for section, key, url in (("Batch", "endpoint", batch.endpoint), ("Storage", "blob_endpoint", storage.blob_endpoint)):
-            if not is_loopback_url(url) or urlsplit(url).scheme != "http":
+            if not is_loopback_url(url) or urlsplit(url).scheme not in ("http", "https"):
                 raise config.fail(section, key,
-                                  f"[Local] start_local_stack is true, so this must be an http:// URL on "
-                                  f"127.0.0.1 or localhost, got {redact_secrets(url)!r}")
+                                  f"[Local] start_local_stack is true, so this must be an http:// or https:// URL "
+                                  f"on 127.0.0.1 or localhost, got {redact_secrets(url)!r}")
             if urlsplit(url).port is None:
                 raise config.fail(section, key, "the local stack needs an explicit port in this URL")
     return LocalStackSettings(
@@ -365,6 +415,17 @@ def _load_pool(config: _ConfigFile) -> PoolSettings:
 
 def _minutes(config: _ConfigFile, key: str, default: float) -> timedelta:
     return timedelta(minutes=config.number("Timeouts", key, default=default))
+
+
+def load_account_settings(
+    configuration_path: Optional[Path] = None, environ: Optional[Mapping[str, str]] = None
+) -> AccountSettings:
+    """Load and validate ``configuration.cfg`` alone (for tools that need the accounts but no sample)."""
+    environ = os.environ if environ is None else environ
+    shared = _ConfigFile(Path(configuration_path or DEFAULT_CONFIGURATION_PATH).resolve(), environ)
+    batch = _load_batch(shared)
+    storage = _load_storage(shared)
+    return AccountSettings(shared.path, batch, storage, _load_local(shared, batch, storage))
 
 
 def load_settings(
@@ -404,3 +465,9 @@ def load_settings(
             sas_expiry=_minutes(sample, "sas_expiry_minutes", 60),
         ),
     )
+
+
+def open_configuration_file(path: Path, environ: Optional[Mapping[str, str]] = None) -> "_ConfigFile":
+    """One ``.cfg`` file with environment overrides and typed, validated accessors (``text``,
+    ``boolean``, ``integer``, ``number``, ``url``, ``fail``), for the settings only one sample has."""
+    return _ConfigFile(Path(path).resolve(), os.environ if environ is None else environ)

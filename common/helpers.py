@@ -14,16 +14,20 @@ import shlex
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Collection, Iterable, Optional, Sequence, TextIO, Union
+from typing import Callable, Collection, Iterable, Optional, Sequence, TextIO, TypeVar, Union
 
 from azure.batch import BatchClient, models
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError, ServiceResponseError
 
-from common.config import redact_secrets
+from common.redaction import redact_secrets
 
 logger = logging.getLogger(__name__)
 
 NodeState = Union[str, models.BatchNodeState]
+_T = TypeVar("_T")
+
+CREATE_ATTEMPTS = 3
+"""How many times a create helper sends its request when the answer is lost (connection reset, read timeout)."""
 
 _NODE_STATES_THAT_NEED_ATTENTION = {
     models.BatchNodeState.START_TASK_FAILED,
@@ -180,6 +184,34 @@ def select_verified_linux_image(
     )
 
 
+def retry_if_the_answer_is_lost(send: Callable[[], _T], what: str, attempts: int = CREATE_ATTEMPTS) -> _T:
+    """Call ``send`` again (up to ``attempts`` times in all) when its answer is lost after the request left.
+
+    The SDK does not retry a POST whose connection was reset or whose answer timed out
+    (``ServiceResponseError``): the service may have done the work. Only use this for requests
+    that are safe to repeat, such as the create-if-not-exists helpers here, which treat "already
+    exists" as success.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return send()
+        except (ServiceResponseError, models.CreateTasksError) as error:
+            if attempt == attempts or not _only_answers_were_lost(error):
+                raise
+            logger.warning("%s: the answer was lost (%s); sending it again (attempt %d of %d)",
+                           what, describe_batch_error(error), attempt + 1, attempts)
+    raise AssertionError("unreachable")
+
+
+def _only_answers_were_lost(error: BaseException) -> bool:
+    """True for a lost answer, or a ``CreateTasksError`` made only of lost answers (no task was refused)."""
+    if isinstance(error, models.CreateTasksError):
+        return not error.failure_tasks and bool(error.errors) and all(
+            isinstance(inner, ServiceResponseError) for inner in error.errors
+        )
+    return isinstance(error, ServiceResponseError)
+
+
 def pool_exists(batch_client: BatchClient, pool_id: str) -> bool:
     """Return whether a pool exists.
 
@@ -200,9 +232,18 @@ def create_pool_if_not_exists(batch_client: BatchClient, pool: models.BatchPoolC
     if pool_exists(batch_client, pool.id):
         logger.info("Pool %s already exists; reusing it", pool.id)
         return False
-    try:
+    attempts = []
+
+    def send() -> None:
+        attempts.append(pool.id)
         batch_client.create_pool(pool)
+
+    try:
+        retry_if_the_answer_is_lost(send, f"create pool {pool.id}")
     except ResourceExistsError:
+        if len(attempts) > 1:  # the request whose answer was lost created it
+            logger.info("Created pool %s (the first answer was lost)", pool.id)
+            return True
         logger.info("Pool %s was created concurrently; reusing it", pool.id)
         return False
     logger.info("Created pool %s (%s x %s)", pool.id, pool.target_dedicated_nodes, pool.vm_size)
@@ -211,9 +252,18 @@ def create_pool_if_not_exists(batch_client: BatchClient, pool: models.BatchPoolC
 
 def create_job_if_not_exists(batch_client: BatchClient, job: models.BatchJobCreateOptions) -> bool:
     """Create ``job`` unless a job with its id exists. Return True if this call created it."""
-    try:
+    attempts = []
+
+    def send() -> None:
+        attempts.append(job.id)
         batch_client.create_job(job)
+
+    try:
+        retry_if_the_answer_is_lost(send, f"create job {job.id}")
     except ResourceExistsError:
+        if len(attempts) > 1:  # the request whose answer was lost created it
+            logger.info("Created job %s (the first answer was lost)", job.id)
+            return True
         logger.info("Job %s already exists; reusing it", job.id)
         return False
     logger.info("Created job %s", job.id)
@@ -224,12 +274,13 @@ def add_tasks(batch_client: BatchClient, job_id: str, tasks: Sequence[models.Bat
     """Add tasks to a job, in chunks of up to 100 per request. Return their ids.
 
     Uses ``BatchClient.create_tasks``, which retries server errors, splits chunks that are too
-    large and treats a task that already exists as added. Raises ``CreateTasksError`` (see
+    large and treats a task that already exists as added (so a request whose answer was lost is
+    simply sent again). Raises ``CreateTasksError`` (see
     ``describe_batch_error``) if any task could not be added.
     """
     if not tasks:
         return []
-    batch_client.create_tasks(job_id, list(tasks))
+    retry_if_the_answer_is_lost(lambda: batch_client.create_tasks(job_id, list(tasks)), f"add tasks to job {job_id}")
     task_ids = [task.id for task in tasks]
     logger.info("Added %d task(s) to job %s", len(task_ids), job_id)
     return task_ids
@@ -245,15 +296,18 @@ def wait_for_all_nodes_to_reach_state(
     timeout: timedelta,
     node_states: Collection[NodeState] = (models.BatchNodeState.IDLE,),
     poll_interval_seconds: float = 5.0,
+    report_progress: Optional[Callable[[str], None]] = None,
 ) -> list[models.BatchNode]:
     """Wait until the pool has allocated all its nodes and every node is in one of ``node_states``.
 
-    Returns the nodes. Raises ``RuntimeError`` as soon as the pool reports a resize error or a
+    ``report_progress`` (e.g. ``print``) is called with one line whenever the pool's allocation
+    state or its nodes' states change, so a long wait shows where it is. Returns the nodes. Raises ``RuntimeError`` as soon as the pool reports a resize error or a
     node fails its start task or becomes unusable (waiting longer would not help), and
     ``TimeoutError`` when ``timeout`` passes first.
     """
     wanted = {enum_value(state) for state in node_states}
     deadline = time.monotonic() + timeout.total_seconds()
+    last_progress = ""
     while True:
         pool = batch_client.get_pool(pool_id)
         if pool.resize_errors:
@@ -278,7 +332,12 @@ def wait_for_all_nodes_to_reach_state(
                 f"timed out after {timeout} waiting for the {target} node(s) of pool {pool_id} to be "
                 f"{' or '.join(sorted(wanted))} (allocation {enum_value(pool.allocation_state)}; nodes: {seen})"
             )
-        logger.debug("Pool %s: allocation %s, nodes: %s", pool_id, enum_value(pool.allocation_state), states)
+        seen = ", ".join(f"{states.count(state)} {state}" for state in sorted(set(states))) or "no nodes yet"
+        progress = f"pool {pool_id}: allocation {enum_value(pool.allocation_state)}, nodes: {seen}"
+        logger.debug("%s", progress)
+        if report_progress is not None and progress != last_progress:
+            report_progress(progress)
+        last_progress = progress
         _sleep_before_next_poll(deadline, poll_interval_seconds)
 
 
@@ -300,8 +359,12 @@ def wait_for_tasks_to_complete(
     job_id: str,
     timeout: timedelta,
     poll_interval_seconds: float = 5.0,
+    report_progress: Optional[Callable[[str], None]] = None,
 ) -> list[models.BatchTask]:
     """Wait until every task of the job is completed. Return all the job's tasks.
+
+    ``report_progress`` (e.g. ``print``) is called with one line whenever the number of tasks
+    in each state changes, so a long wait shows where it is.
 
     Each poll is one ``list_tasks`` call that asks only for the tasks not yet completed
     (``$filter``) and only their id and state (``$select``), so the cost of a poll does not grow
@@ -310,6 +373,7 @@ def wait_for_tasks_to_complete(
     ``task.execution_info.result``. Raises ``TimeoutError`` naming the tasks still running.
     """
     deadline = time.monotonic() + timeout.total_seconds()
+    last_progress = ""
     while True:
         incomplete = list(
             batch_client.list_tasks(job_id, filter="state ne 'completed'", select=["id", "state"])
@@ -323,7 +387,13 @@ def wait_for_tasks_to_complete(
                 f"timed out after {timeout} waiting for the tasks of job {job_id} to complete; "
                 f"{len(incomplete)} still not completed: {listed}{more}"
             )
-        logger.debug("Job %s: %d task(s) not completed yet", job_id, len(incomplete))
+        states = [enum_value(task.state) for task in incomplete]
+        counts = ", ".join(f"{states.count(state)} {state}" for state in sorted(set(states)))
+        progress = f"job {job_id}: {len(incomplete)} task(s) not completed yet ({counts})"
+        logger.debug("%s", progress)
+        if report_progress is not None and progress != last_progress:
+            report_progress(progress)
+        last_progress = progress
         _sleep_before_next_poll(deadline, poll_interval_seconds)
     tasks = list(batch_client.list_tasks(job_id, select=["id", "state", "commandLine", "executionInfo", "nodeInfo"]))
     logger.info("All %d task(s) of job %s completed", len(tasks), job_id)

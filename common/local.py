@@ -15,6 +15,15 @@ output to a log file next to its location.
 ``LocalStack`` uses them: it starts each emulator only if nothing answers on its port yet, and
 stops exactly the processes it started.
 
+**https and Entra ID.** An emulator whose endpoint is ``https://`` is started with a certificate
+from the stack's development CA (made once under ``DATA_DIRECTORY/tls`` by
+``localbatch.identity.certificates``); Azurite then also accepts bearer tokens (``--oauth basic``).
+While the stack runs, this process's environment trusts that CA and can get tokens
+(``LocalStack.client_environment()``): ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE`` name a bundle of
+the public roots plus the CA, and ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` point
+``DefaultAzureCredential`` at localbatch's token issuer (the managed identity protocol of App
+Service). Task processes inherit the trust bundle from localbatch.
+
 The well-known account names and keys are defined in ``localbatch.accounts``; this module
 hands them on as ``AZURITE_ACCOUNT_NAME``, ``AZURITE_ACCOUNT_KEY``, ``LOCALBATCH_ACCOUNT_NAME``
 and ``LOCALBATCH_ACCOUNT_KEY``. It imports that module only when they are first used, because
@@ -38,15 +47,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 from common import REPOSITORY_ROOT
-from common.config import SampleSettings, redact_secrets
+from common.config import AccountSettings, SampleSettings, redact_secrets
 
 logger = logging.getLogger(__name__)
 
 LOCALBATCH_AUTOSTORAGE_VARIABLE = "LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING"
+TLS_DIRECTORY = "tls"
+TRUST_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+IDENTITY_VARIABLES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 60.0
 _PROBE_TIMEOUT_SECONDS = 2.0
 _STOP_TIMEOUT_SECONDS = 10.0
@@ -78,7 +90,10 @@ class LocalStackError(RuntimeError):
 
 def azurite_connection_string(blob_endpoint: str) -> str:
     """Return the connection string for Azurite's well-known account at ``blob_endpoint``."""
-    return _well_known_accounts().azurite_connection_string(blob_endpoint)
+    connection_string = _well_known_accounts().azurite_connection_string(blob_endpoint)
+    if blob_endpoint.startswith("https://"):
+        connection_string = connection_string.replace("DefaultEndpointsProtocol=http;", "DefaultEndpointsProtocol=https;")
+    return connection_string
 
 
 def _probe(url: str) -> Optional[tuple[int, dict[str, str], bytes]]:
@@ -225,11 +240,12 @@ class RunningAzurite(StartedEmulator):
 
     host: str = ""
     port: int = 0
+    scheme: str = "http"
 
     @property
     def blob_endpoint(self) -> str:
         """The blob endpoint of the well-known account, e.g. ``http://127.0.0.1:10000/devstoreaccount1``."""
-        return f"http://{self.host}:{self.port}/{_well_known_accounts().AZURITE_ACCOUNT_NAME}"
+        return f"{self.scheme}://{self.host}:{self.port}/{_well_known_accounts().AZURITE_ACCOUNT_NAME}"
 
     @property
     def connection_string(self) -> str:
@@ -242,6 +258,8 @@ class RunningLocalbatch(StartedEmulator):
 
     url: str = ""
     """Its Batch endpoint, e.g. ``http://127.0.0.1:10100``."""
+    services_url: str = ""
+    """Where its Key Vault and management plane answer (https), when started with ``--services-port``."""
 
 
 def _log_path_beside(location: Path) -> Path:
@@ -256,10 +274,12 @@ def start_azurite(
     *,
     log_path: Optional[Path] = None,
     timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+    certificate: Optional[tuple[Path, Path]] = None,
 ) -> RunningAzurite:
     """Start Azurite's blob service with its data in ``location``; return it once it answers.
 
-    A ``port`` of 0 picks a free one. Its output goes to ``log_path`` (default: ``location``
+    A ``port`` of 0 picks a free one. With ``certificate`` (a PEM certificate and its key) it
+    serves https and accepts Entra ID bearer tokens (``--oauth basic``) as well as shared key. Its output goes to ``log_path`` (default: ``location``
     with ``.log`` added, beside it). Raises ``LocalStackError`` when Node.js or Azurite is
     missing or Azurite exits while starting, and ``TimeoutError`` when it does not answer in time.
     """
@@ -286,13 +306,14 @@ def start_azurite(
             "--blobPort", str(port),
             "--location", str(location),
             "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry",
+            *(["--cert", str(certificate[0]), "--key", str(certificate[1]), "--oauth", "basic"] if certificate else []),
         ],
         log_path or _log_path_beside(location),
         os.environ,
     )
     try:
-        match = running.wait_for_log_line(r"listens on http://\S+?:(\d+)", deadline)
-        running.host, running.port = host, int(match.group(1))
+        match = running.wait_for_log_line(r"listens on (https?)://\S+?:(\d+)", deadline)
+        running.scheme, running.host, running.port = match.group(1), host, int(match.group(2))
         running.wait_until_it_answers(lambda: azurite_answers(running.blob_endpoint), deadline)
     except BaseException:
         running.stop()
@@ -335,8 +356,11 @@ def start_localbatch(
         os.environ if environment is None else environment,
     )
     try:
-        match = running.wait_for_log_line(r"localbatch listening on (http://\S+)", deadline)
+        match = running.wait_for_log_line(r"localbatch listening on (https?://\S+)", deadline)
         running.url = match.group(1).rstrip("/")
+        services = re.search(r"localbatch services \(Key Vault, management\) listening on (https://\S+)",
+                             running.log_text())
+        running.services_url = services.group(1).rstrip("/") if services else ""
         running.wait_until_it_answers(lambda: localbatch_answers(running.url), deadline)
     except BaseException:
         running.stop()
@@ -358,13 +382,23 @@ class LocalStack:
         batch_endpoint: str = "http://127.0.0.1:10100",
         blob_endpoint: Optional[str] = None,
         startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        services_endpoint: Optional[str] = None,
     ) -> None:
-        """``blob_endpoint`` defaults to Azurite's usual one, ``http://127.0.0.1:10000/devstoreaccount1``."""
+        """``blob_endpoint`` defaults to Azurite's usual one, ``http://127.0.0.1:10000/devstoreaccount1``.
+        ``services_endpoint`` is where localbatch serves Key Vault and the management plane (https);
+        by default the port after the Batch endpoint's (10101 for 10100; a free one for 0)."""
         self.data_directory = Path(data_directory)
+        if services_endpoint is None:
+            batch = urlsplit(batch_endpoint)
+            port = batch.port + 1 if batch.port else 0
+            services_endpoint = f"https://{batch.hostname or '127.0.0.1'}:{port}"
+        self._services_endpoint = services_endpoint.rstrip("/")
         self._batch_endpoint = batch_endpoint.rstrip("/")
         self._blob_endpoint = (blob_endpoint or _well_known_accounts().AZURITE_DEFAULT_BLOB_ENDPOINT).rstrip("/")
         self.startup_timeout_seconds = startup_timeout_seconds
         self._started: list[StartedEmulator] = []
+        self._certificates = None  # localbatch.identity.certificates.DevelopmentCertificates, for https
+        self._environment_before: dict[str, Optional[str]] = {}
 
     @property
     def batch_endpoint(self) -> str:
@@ -375,6 +409,11 @@ class LocalStack:
     def blob_endpoint(self) -> str:
         """Azurite's blob endpoint for the well-known account, e.g. ``http://127.0.0.1:10000/devstoreaccount1``."""
         return self._blob_endpoint
+
+    @property
+    def services_endpoint(self) -> str:
+        """localbatch's Key Vault and management endpoint, e.g. ``https://127.0.0.1:10101``."""
+        return self._services_endpoint
 
     @property
     def storage_connection_string(self) -> str:
@@ -393,20 +432,79 @@ class LocalStack:
     def __exit__(self, *_exception: object) -> None:
         self.stop()
 
+    @property
+    def uses_https(self) -> bool:
+        """True when either endpoint is https (the development CA is made and trusted in any case,
+        for the Key Vault and management endpoint)."""
+        return self._batch_endpoint.startswith("https://") or self._blob_endpoint.startswith("https://")
+
+    @property
+    def trust_bundle(self) -> Optional[Path]:
+        """The public roots plus the development CA (None before ``start()``)."""
+        return self._certificates.trust_bundle if self._certificates is not None else None
+
+    def client_environment(self) -> dict[str, str]:
+        """What a process needs to trust the stack's https and get Entra ID tokens from it.
+
+        ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE`` (the trust bundle), and, once localbatch runs with
+        its data under this stack's data directory, ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` for
+        ``DefaultAzureCredential``. Empty before ``start()``.
+        """
+        if self._certificates is None:
+            return {}
+        environment = {name: str(self._certificates.trust_bundle) for name in TRUST_VARIABLES}
+        header_file = self.data_directory / "localbatch" / "identity" / "identity-header"
+        if header_file.is_file():
+            environment["IDENTITY_ENDPOINT"] = f"{self._batch_endpoint}/msi/token"
+            environment["IDENTITY_HEADER"] = header_file.read_text(encoding="ascii").strip()
+        return environment
+
     def start(self) -> None:
-        """Start Azurite, then localbatch (whose auto-storage is that Azurite), unless they already answer."""
+        """Start Azurite, then localbatch (whose auto-storage is that Azurite), unless they already answer.
+
+        With https endpoints, first make (or reuse) the development certificates and make this
+        process trust them; once localbatch answers, point Entra ID credentials at its issuer.
+        """
         deadline = time.monotonic() + self.startup_timeout_seconds
         try:
+            # Always: Key Vault and the management plane are https whatever the endpoints use.
+            self._prepare_https()
             self._start_azurite(deadline)
             self._start_localbatch(deadline)
+            self._export(self.client_environment())
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Stop what ``start()`` started, newest first. Emulators found running are left alone."""
+        """Stop what ``start()`` started, newest first, and restore the environment it changed.
+
+        Emulators found running are left alone."""
         while self._started:
             self._started.pop().stop()
+        while self._environment_before:
+            name, value = self._environment_before.popitem()
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def _prepare_https(self) -> None:
+        from localbatch.identity.certificates import ensure_development_certificates
+
+        hosts = {urlsplit(url).hostname or "127.0.0.1" for url in (self._batch_endpoint, self._blob_endpoint)}
+        self._certificates = ensure_development_certificates(self.data_directory / TLS_DIRECTORY, hosts)
+        self._export({name: str(self._certificates.trust_bundle) for name in TRUST_VARIABLES})
+
+    def _export(self, environment: Mapping[str, str]) -> None:
+        for name, value in environment.items():
+            self._environment_before.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _certificate_pair(self, endpoint: str) -> Optional[tuple[Path, Path]]:
+        if not endpoint.startswith("https://") or self._certificates is None:
+            return None
+        return self._certificates.server_certificate, self._certificates.server_key
 
     @staticmethod
     def _port(url: str) -> int:
@@ -423,6 +521,7 @@ class LocalStack:
             parts.hostname or "127.0.0.1",
             self._port(self._blob_endpoint),
             timeout_seconds=deadline - time.monotonic(),
+            certificate=self._certificate_pair(self._blob_endpoint),
         )
         self._started.append(azurite)
         account = parts.path.strip("/") or _well_known_accounts().AZURITE_ACCOUNT_NAME
@@ -433,19 +532,28 @@ class LocalStack:
             logger.info("localbatch already answers at %s", self._batch_endpoint)
             return
         environment = {**os.environ, LOCALBATCH_AUTOSTORAGE_VARIABLE: self.storage_connection_string}
+        certificate = self._certificate_pair(self._batch_endpoint)
         localbatch = start_localbatch(
             self.data_directory / "localbatch",
             urlsplit(self._batch_endpoint).hostname or "127.0.0.1",
             self._port(self._batch_endpoint),
+            [
+                *(["--cert", str(certificate[0]), "--key", str(certificate[1])] if certificate else []),
+                # Key Vault and the management plane: https, whatever the Batch endpoint uses.
+                "--services-port", str(self._port(self._services_endpoint)),
+                "--services-cert", str(self._certificates.server_certificate),
+                "--services-key", str(self._certificates.server_key),
+            ],
             environment=environment,
             timeout_seconds=deadline - time.monotonic(),
         )
         self._started.append(localbatch)
         self._batch_endpoint = localbatch.url
+        self._services_endpoint = localbatch.services_url
 
 
 @contextlib.contextmanager
-def local_stack_if_configured(settings: SampleSettings) -> Iterator[Optional[LocalStack]]:
+def local_stack_if_configured(settings: Union[SampleSettings, AccountSettings]) -> Iterator[Optional[LocalStack]]:
     """Run the block with the local stack up when ``[Local] start_local_stack`` is true.
 
     Yields the ``LocalStack`` (or None when the configuration points at Azure). Emulators that

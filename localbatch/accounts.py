@@ -10,11 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 
 WELL_KNOWN_ACCOUNT_NAME = "localbatch"
 # Published on purpose, like Azurite's devstoreaccount1 key: it protects nothing.
 WELL_KNOWN_ACCOUNT_KEY = "MIFi2kO8kwSSKA1uy/WsjEDhbwVQBX6xm+RZ/uNAvcZk9D1JdqWAcq3KNI28KuZsRxEa2PxFSIIByWiP3Anw1Q=="
 ACCOUNTS_ENV_VAR = "LOCALBATCH_ACCOUNTS"
+# As Azure names Batch accounts: 3 to 24 lower-case letters and digits (also safe as a directory name).
+ACCOUNT_NAME_PATTERN = re.compile(r"[a-z0-9]{3,24}")
+# Under --location, the directory of every account other than the well-known one.
+ACCOUNTS_DIRECTORY = "accounts"
 
 AZURITE_ACCOUNT_NAME = "devstoreaccount1"
 # Azurite's published development key: it protects nothing and is safe to ship.
@@ -52,5 +57,20 @@ def load_accounts(environ: dict | None = None) -> dict[str, list[bytes]]:
             except binascii.Error:
                 raise AccountConfigError(
                     f"{ACCOUNTS_ENV_VAR}: key {position} of account {name!r} is not valid base64") from None
+        if not ACCOUNT_NAME_PATTERN.fullmatch(name):
+            raise AccountConfigError(f"{ACCOUNTS_ENV_VAR}: account name {name!r} must be 3 to 24 lower-case "
+                                     "letters and digits, as Batch account names are")
         accounts[name] = decoded
     return accounts
+
+
+def account_location(location: str, account: str) -> str:
+    """The directory that holds one account's world (its state and its nodes).
+
+    Each account is its own world, as separate Batch accounts are. The well-known account
+    keeps the top of ``location`` (where all state lived before there were several accounts, so
+    that state stays readable); every other one has ``location/accounts/<name>``.
+    """
+    if account == WELL_KNOWN_ACCOUNT_NAME:
+        return location
+    return os.path.join(location, ACCOUNTS_DIRECTORY, account)

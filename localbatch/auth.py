@@ -1,4 +1,8 @@
-"""Shared Key verification, computed exactly as azure-batch's BatchSharedKeyAuthPolicy signs."""
+"""Authentication: Shared Key (computed exactly as azure-batch's BatchSharedKeyAuthPolicy signs) and
+Microsoft Entra ID bearer tokens (checked against the local token issuer's key).
+
+A token is a credential: no part of it is ever logged, echoed or put in an error.
+"""
 from __future__ import annotations
 
 import base64
@@ -6,10 +10,19 @@ import datetime as dt
 import email.utils
 import hashlib
 import hmac
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 from urllib.parse import parse_qs
 
 from .errors import BatchServiceError
+from .identity.tokens import BATCH_AUDIENCE, LOCAL_TENANT_ID, TokenIssuer, TokenRejected
+
+SHARED_KEY = "SharedKey"
+ENTRA_ID = "AAD"  # the names of BatchAccount.allowedAuthenticationModes
+AUTHENTICATION_MODES = (SHARED_KEY, ENTRA_ID)
+# What the service says when a bearer token does not pass (Shared Key failures keep the longer wording).
+BEARER_FAILED_MESSAGE = ("Server failed to authenticate the request. Make sure the value of Authorization header "
+                         "is formed correctly.")
 
 # How far a request's ocp-date may be from the server's clock, as on the service: a signed
 # request captured and re-sent later is refused once it is this old.
@@ -48,9 +61,53 @@ def sign(key: bytes, text: str) -> str:
     return base64.b64encode(hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()).decode("ascii")
 
 
+@dataclass
+class Authenticator:
+    """Who may call: the accounts' shared keys, and bearer tokens of ``issuer`` for the Batch audience.
+
+    ``allowed_modes`` is the accounts' ``allowedAuthenticationModes``: ``{"AAD"}`` refuses shared key,
+    ``{"SharedKey"}`` refuses tokens. Without an issuer, tokens cannot be checked and are refused.
+    """
+    accounts: Mapping[str, list[bytes]]
+    account_name: str
+    issuer: Optional[TokenIssuer] = None
+    allowed_modes: frozenset[str] = field(default_factory=lambda: frozenset(AUTHENTICATION_MODES))
+
+    def authenticate(self, method: str, raw_path: str, raw_query: str, headers: Mapping[str, str]) -> str:
+        """Return the authenticated account name, or raise AuthenticationFailed."""
+        authorization = headers.get("Authorization", "")
+        if authorization.partition(" ")[0].lower() == "bearer":
+            return self._authenticate_bearer(authorization)
+        if authorization and SHARED_KEY not in self.allowed_modes:
+            raise _failed("The specified type of authentication SharedKey is not allowed for this account.")
+        return authenticate(method, raw_path, raw_query, headers, self.accounts)
+
+    def _authenticate_bearer(self, authorization: str) -> str:
+        if ENTRA_ID not in self.allowed_modes:
+            raise _failed("The specified type of authentication AAD is not allowed for this account.")
+        token = authorization.partition(" ")[2].strip()
+        if not token:
+            raise _bearer_failed("The authorization header is missing the access token.")
+        if self.issuer is None:
+            raise _bearer_failed("This localbatch has no token issuer, so it cannot verify access tokens.")
+        try:
+            self.issuer.verify(token, BATCH_AUDIENCE)
+        except TokenRejected as rejected:
+            raise _bearer_failed(rejected.reason) from None
+        return self.account_name
+
+
+def _bearer_failed(reason: str) -> BatchServiceError:
+    """401 with the service's challenge: where to get a token (the tenant), and for which resource."""
+    challenge = (f"Bearer authorization_uri=https://login.microsoftonline.com/{LOCAL_TENANT_ID}/oauth2/authorize "
+                 f"resource_id={BATCH_AUDIENCE}")
+    return BatchServiceError("AuthenticationFailed", BEARER_FAILED_MESSAGE, values={"AuthenticationErrorDetail": reason},
+                             status=401, headers={"WWW-Authenticate": challenge})
+
+
 def authenticate(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str],
                  accounts: Mapping[str, list[bytes]]) -> str:
-    """Return the authenticated account name, or raise AuthenticationFailed.
+    """Return the account a Shared Key request is signed for, or raise AuthenticationFailed.
 
     The reason goes into the error's details; the signature itself is never echoed or logged.
     """
@@ -58,9 +115,6 @@ def authenticate(method: str, raw_path: str, raw_query: str, headers: Mapping[st
     if not authorization:
         raise _failed("The Authorization header is missing.")
     scheme, _, credential = authorization.partition(" ")
-    if scheme.lower() == "bearer":
-        raise _failed("localbatch accepts Shared Key authentication only; Microsoft Entra ID tokens "
-                      "cannot be verified by a local emulator.")
     if scheme != "SharedKey" or ":" not in credential:
         raise _failed("The Authorization header must have the form 'SharedKey account:signature'.")
     account, _, signature = credential.partition(":")

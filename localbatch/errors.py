@@ -19,19 +19,26 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "FeatureNotEmulated": (501, "The request uses a Batch feature that localbatch does not emulate."),
     "RequestBodyTooLarge": (413, "The request body is too large and exceeds the maximum permissible limit."),
     "TooManyRequests": (429, "Too many requests."),
+    "RequestTimeout": (408, "The request was not received within the time the server allows."),
     "OperationTimedOut": (500, "The operation could not be completed within the permitted time."),
     "InternalError": (500, "Server encountered an internal error. Please try the request again."),
+    "TooManyEnableAutoScaleRequests": (503, "Too many Enable Pool AutoScale requests are issued on the pool."),
     "ServerBusy": (503, "The server is currently unable to receive requests. Please retry your request."),
     "PoolNotFound": (404, "The specified pool does not exist."),
     "NodeNotFound": (404, "The specified node does not exist."),
     "NodeUserNotFound": (404, "The node user does not exist."),
     "JobNotFound": (404, "The specified job does not exist."),
+    "JobScheduleNotFound": (404, "The specified job schedule does not exist."),
     "TaskNotFound": (404, "The specified task does not exist."),
     "FileNotFound": (404, "The specified file does not exist."),
     "ResourceNotFound": (404, "The specified resource does not exist."),
     "ApplicationNotFound": (404, "The specified application does not exist."),
     "PoolExists": (409, "The specified pool already exists."),
     "JobExists": (409, "The specified job already exists."),
+    "JobScheduleExists": (409, "The specified job schedule already exists."),
+    "JobScheduleBeingDeleted": (409, "The specified job schedule has been marked for deletion and is being reclaimed."),
+    "JobScheduleBeingTerminated": (409, "The specified job schedule is being terminated."),
+    "JobScheduleCompleted": (409, "The specified job schedule is already in a completed state."),
     "TaskExists": (409, "The specified task already exists."),
     "NodeUserExists": (409, "The specified node user already exists."),
     "PoolBeingDeleted": (409, "The specified pool has been marked for deletion and is being reclaimed."),
@@ -41,6 +48,10 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "JobNotActive": (409, "The specified job is not in an active state."),
     "PoolBeingResized": (409, "A pool operation was attempted which is not permitted when the pool is in the "
                                "process of being resized."),
+    "TaskDependenciesNotSpecifiedOnJob": (409, "The specified job does not have task dependencies enabled."),
+    "TaskDependencyListTooLong": (400, "The task's list of dependencies (dependsOn.taskIds) is too long."),
+    "TaskIdSameAsJobPreparationTask": (409, "The specified task id is the same as the job preparation task's id."),
+    "TaskIdSameAsJobReleaseTask": (409, "The specified task id is the same as the job release task's id."),
     "TaskCompleted": (409, "The specified task is already completed."),
     "TaskNotCompleted": (409, "The specified task is not completed."),
     "TaskSucceeded": (409, "The specified task completed successfully and cannot be reactivated."),
@@ -55,12 +66,14 @@ class BatchServiceError(Exception):
     """An error the emulator answers with, in the Batch error format."""
 
     def __init__(self, code: str, message: Optional[str] = None,
-                 values: Optional[dict[str, str]] = None, status: Optional[int] = None):
+                 values: Optional[dict[str, str]] = None, status: Optional[int] = None,
+                 headers: Optional[dict[str, str]] = None):
         default_status, default_message = ERROR_TABLE[code]
         self.code = code
         self.status = status or default_status
         self.message = message or default_message
         self.values = values or {}
+        self.headers = headers or {}  # sent with the error (e.g. WWW-Authenticate)
         super().__init__(f"{code}: {self.message}")
 
     def body(self, request_id: str, time_text: str, metadata_base: str) -> dict:

@@ -1,9 +1,10 @@
 """The request pipeline, in one place and one order:
 
-request id -> diagnostics -> api-version -> authentication -> route -> durable store? -> body
--> handler -> durable store -> headers.
+request id -> diagnostics -> api-version -> authentication (which picks the account's world)
+-> route -> durable store? -> body -> handler -> durable store -> headers.
 Handlers raise BatchServiceError; only `_error_reply` turns errors into responses. No answer
-leaves before the changes it reveals are committed (see store.py).
+leaves before the changes it reveals are committed (see store.py). Each account is its own
+world (its own BatchService: store, entities, nodes); nothing of one is reachable from another.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import asyncio
 import json
 import logging
 import os
+import socket
+import struct
 import time
 import uuid
 from collections import Counter, defaultdict, deque
@@ -52,13 +55,14 @@ class FileRange:
     def close(self) -> None:
         self.file.close()
 
-    async def send(self, request: web.Request, status: int, headers: dict[str, str]) -> web.StreamResponse:
+    async def send(self, request: web.BaseRequest, status: int, headers: dict[str, str],
+                   stall_seconds: float) -> web.StreamResponse:
         """Stream the range with Content-Length announced up front.
 
         A file that shrank under the stream cannot deliver the announced length: the response
         ends with what there was and the connection is closed, so the client sees a short body
-        at once instead of waiting (no 500 after the headers, no hang). A client that goes away
-        just ends the stream.
+        at once instead of waiting (no 500 after the headers, no hang). A client that goes away,
+        or takes nothing for `stall_seconds`, just ends the stream.
         """
         loop = asyncio.get_running_loop()
         response = web.StreamResponse(status=status, headers=headers)
@@ -77,13 +81,18 @@ class FileRange:
                     break
                 offset += len(chunk)
                 remaining -= len(chunk)
-                await response.write(chunk)  # waits for the client to take it (flow control)
+                # Waits for the client to take it (flow control), but not for ever.
+                await asyncio.wait_for(response.write(chunk), stall_seconds)
             if remaining > 0:
                 logger.warning("%s shrank while being sent: %d of %d bytes were not there", self.path,
                                remaining, self.length)
                 response.force_close()
         except ConnectionError:  # the client went away (reset, broken pipe, connection lost)
             response.force_close()
+        except asyncio.TimeoutError:
+            logger.info("dropping the download of %s: its client took nothing for %g s", self.path, stall_seconds)
+            response.force_close()
+            _reset(request.transport)
         except OSError:  # a read failed after the headers went out: all that can be done is to stop
             logger.exception("streaming %s failed", self.path)
             response.force_close()
@@ -95,6 +104,24 @@ class FileRange:
         return response
 
 
+def _reset(transport: Optional[asyncio.BaseTransport]) -> None:
+    """Drop a connection now, with what it still had to send (a reset rather than a close, so that the
+    kernel does not keep trickling the rest to a client that does not read)."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request had arrived: there is no one to answer."""
+
+
 @dataclass
 class Reply:
     status: int = 200
@@ -102,6 +129,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: Optional[str] = None
     stream: Optional[FileRange] = None  # a file range to stream as the body (GET of a file)
+    close: bool = False                 # close the connection after this answer
 
     @classmethod
     def entity(cls, status: int, body: Optional[dict], etag: Optional[str], last_modified: str,
@@ -179,85 +207,127 @@ class Router:
         raise BatchServiceError("InvalidUri")
 
 
+@dataclass
+class RequestStatistics:
+    """Requests served and their recent service times, per operation (for the status endpoint)."""
+    counts: Counter = field(default_factory=Counter)
+    times: dict[str, deque] = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=LATENCY_WINDOW)))
+
+    def record(self, operation: str, seconds: float) -> None:
+        self.counts[operation] += 1
+        self.times[operation].append(seconds)
+
+    def report(self) -> dict:
+        return {"requests": dict(sorted(self.counts.items())),
+                "serviceTimeMs": {operation: _percentiles(times) for operation, times in sorted(self.times.items())}}
+
+
 class Pipeline:
-    def __init__(self, service: "BatchService", router: Router, accounts: dict[str, list[bytes]],
-                 debug: bool = False):
-        self.service = service
+    def __init__(self, services: dict[str, "BatchService"], router: Router, authenticator: auth.Authenticator,
+                 debug: bool = False, body_seconds: float = 30.0, send_stall_seconds: float = 60.0,
+                 public_url: Optional[str] = None):
+        self.services = services          # account name -> its world
         self.router = router
-        self.accounts = accounts
+        self.authenticator = authenticator
         self.debug = debug
-        self.requests_by_operation: Counter[str] = Counter()
-        # Recent service times per operation, for the status endpoint's percentiles.
-        self.service_times: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=LATENCY_WINDOW))
+        self.body_seconds = body_seconds
+        self.send_stall_seconds = send_stall_seconds
+        self.public_url = public_url.rstrip("/") if public_url else None  # else the scheme and host the client used
+        # Per account; requests that were not authenticated are counted under None and shown nowhere.
+        self.statistics: dict[Optional[str], RequestStatistics] = defaultdict(RequestStatistics)
         self.started = time.time()
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         began = time.perf_counter()
         request_id = str(uuid.uuid4())
         raw_target = request.raw_path  # as sent: still percent-encoded, never normalised
         raw_path, _, raw_query = raw_target.partition("?")
-        base_url = f"{request.scheme}://{request.host}"
+        base_url = self.public_url or f"{request.scheme}://{request.host}"
         operation = "unknown"
+        account: Optional[str] = None
+        service: Optional["BatchService"] = None
         try:
             if raw_path.startswith(DIAGNOSTIC_PREFIX):
                 operation = "diagnostics"
-                reply = self._diagnostics(raw_path)
+                _check_header_text(request.headers)
+                if request.headers.get("Authorization"):
+                    account = self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers)
+                reply = self._diagnostics(raw_path, account)
             else:
                 query = {name: values[0] for name, values in parse_qs(raw_query, keep_blank_values=True).items()}
                 _check_api_version(query)
                 _check_timeout(query)
                 _check_header_text(request.headers)
-                auth.authenticate(request.method, raw_path, raw_query, request.headers, self.accounts)
+                account = self.authenticator.authenticate(request.method, raw_path, raw_query, request.headers)
+                service = self._world_of(account)
                 handler, params, operation = self.router.match(request.method, raw_path)
                 if request.method not in ("GET", "HEAD"):
                     # A store that cannot commit takes no new change (it could not be acknowledged).
-                    await self.service.store.settled()
-                raw_body = await _read_body(request)
-                call = Call(self.service, request.method, raw_path, params, query, request.headers, raw_body, base_url)
+                    await service.store.settled()
+                raw_body = await _read_body(request, self.body_seconds)
+                call = Call(service, request.method, raw_path, params, query, request.headers, raw_body, base_url)
                 reply = handler(call)
                 if hasattr(reply, "__await__"):
                     reply = await reply
                 # Whatever this answer reveals (a change it acknowledges, a state it reads) is durable first.
-                await self.service.store.settled()
+                await service.store.settled()
+        except ClientGone:
+            logger.debug("%s %s: the client left before its body had arrived", request.method, raw_path)
+            reply = Reply(400, close=True)  # cannot be delivered; aiohttp drops it quietly
         except StoreUnavailable as unavailable:
             logger.error("answering %s %s with ServerBusy: %s", request.method, raw_path, unavailable)
             reply = _error_reply(BatchServiceError("ServerBusy"), request_id, base_url)
         except BatchServiceError as error:
-            reply = await self._settled_error_reply(error, request_id, base_url)
+            reply = await self._settled_error_reply(error, service, request_id, base_url)
         except Exception:  # an emulator bug: answer like the service would, keep the details in the log
             logger.exception("internal error while serving %s %s", request.method, raw_path)
             reply = _error_reply(BatchServiceError("InternalError"), request_id, base_url)
-        self.requests_by_operation[operation] += 1
         response = await self._send(request, reply, request_id)
         elapsed = time.perf_counter() - began
-        self.service_times[operation].append(elapsed)
+        self.statistics[account].record(operation, elapsed)
         if self.debug:
             logger.debug("%s %s -> %d (%s, %.1f ms)", request.method, raw_path, reply.status, operation,
                          elapsed * 1000)
         return response
 
-    async def _settled_error_reply(self, error: BatchServiceError, request_id: str, base_url: str) -> Reply:
+    def _world_of(self, account: str) -> "BatchService":
+        """The account's own service: nothing of another account is reachable from it."""
+        service = self.services.get(account)
+        if service is None:
+            raise BatchServiceError("AuthenticationFailed", values={
+                "AuthenticationErrorDetail": f"The account '{account}' is not known to this emulator."})
+        return service
+
+    @staticmethod
+    async def _settled_error_reply(error: BatchServiceError, service: Optional["BatchService"], request_id: str,
+                                   base_url: str) -> Reply:
         """An error answer reveals state too (a 409 names what exists): it waits for the store as well."""
-        try:
-            await self.service.store.settled()
-        except StoreUnavailable:
-            error = BatchServiceError("ServerBusy")
+        if service is not None:
+            try:
+                await service.store.settled()
+            except StoreUnavailable:
+                error = BatchServiceError("ServerBusy")
         return _error_reply(error, request_id, base_url)
 
-    def _diagnostics(self, raw_path: str) -> Reply:
-        if raw_path.rstrip("/") == "/localbatch/status":
-            return Reply(200, {
-                "status": "ok", "account": self.service.account_name, "location": self.service.location,
-                "uptimeSeconds": round(time.time() - self.started, 3),
-                "requests": dict(sorted(self.requests_by_operation.items())),
-                "serviceTimeMs": {operation: _percentiles(times) for operation, times in sorted(self.service_times.items())},
-                "pools": len(self.service.repo.pools), "jobs": len(self.service.repo.jobs),
-                "tasks": sum(len(job.tasks) for job in self.service.repo.jobs.values()),
-                "store": "ok" if self.service.store.failure is None else "unavailable",
-            })
-        raise BatchServiceError("InvalidUri")
+    def _diagnostics(self, raw_path: str, account: Optional[str]) -> Reply:
+        """The health check. Without authentication it says only that localbatch runs and whether its
+        state can be saved; signed with an account's key it also describes that account's world."""
+        if raw_path.rstrip("/") != "/localbatch/status":
+            raise BatchServiceError("InvalidUri")
+        if account is None:
+            healthy = all(service.store.failure is None for service in self.services.values())
+            return Reply(200, {"status": "ok", "store": "ok" if healthy else "unavailable"})
+        service = self._world_of(account)
+        return Reply(200, {
+            "status": "ok", "store": "ok" if service.store.failure is None else "unavailable",
+            "account": account, "location": service.location,
+            "uptimeSeconds": round(time.time() - self.started, 3),
+            **self.statistics[account].report(),
+            "pools": len(service.repo.pools), "jobs": len(service.repo.jobs),
+            "tasks": sum(len(job.tasks) for job in service.repo.jobs.values()),
+        })
 
-    async def _send(self, request: web.Request, reply: Reply, request_id: str) -> web.StreamResponse:
+    async def _send(self, request: web.BaseRequest, reply: Reply, request_id: str) -> web.StreamResponse:
         headers = {"request-id": request_id, "DataServiceVersion": "3.0", **reply.headers}
         client_request_id = request.headers.get("client-request-id")
         if client_request_id and _is_text(client_request_id):
@@ -272,14 +342,18 @@ class Pipeline:
             headers["Content-Type"] = content_type
         if reply.stream is not None:
             if request.method != "HEAD":
-                return await reply.stream.send(request, reply.status, headers)
+                return await reply.stream.send(request, reply.status, headers, self.send_stall_seconds)
             reply.stream.close()
             headers.setdefault("Content-Length", str(reply.stream.length))
-            return web.Response(status=reply.status, headers=headers)
-        if request.method == "HEAD":
+            response = web.Response(status=reply.status, headers=headers)
+        elif request.method == "HEAD":
             headers.setdefault("Content-Length", str(len(body)))
-            return web.Response(status=reply.status, headers=headers)
-        return web.Response(status=reply.status, body=body, headers=headers)
+            response = web.Response(status=reply.status, headers=headers)
+        else:
+            response = web.Response(status=reply.status, body=body, headers=headers)
+        if reply.close:
+            response.force_close()
+        return response
 
 
 def _percentiles(times: deque) -> dict[str, float]:
@@ -323,12 +397,23 @@ def _check_api_version(query: dict[str, str]) -> None:
             "Reason": "localbatch supports api-version " + " and ".join(SUPPORTED_API_VERSIONS) + "."})
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.BaseRequest, timeout_seconds: float) -> bytes:
+    """The whole body, which must arrive within `timeout_seconds` (else 408 RequestTimeout)."""
     if not request.can_read_body:
         return b""
     declared = request.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
         raise BatchServiceError("RequestBodyTooLarge", values={"MaxLimit": str(MAX_BODY_BYTES)})
+    try:
+        return await asyncio.wait_for(_read_to_the_end(request), timeout_seconds)
+    except ConnectionError:
+        raise ClientGone() from None
+    except asyncio.TimeoutError:
+        raise BatchServiceError("RequestTimeout", values={
+            "Reason": f"The request body did not arrive within {timeout_seconds:g} seconds."}) from None
+
+
+async def _read_to_the_end(request: web.BaseRequest) -> bytes:
     # StreamReader.read(n) returns what has arrived so far, not n bytes: read to the end.
     chunks, size = [], 0
     while True:
@@ -344,4 +429,6 @@ async def _read_body(request: web.Request) -> bytes:
 def _error_reply(error: BatchServiceError, request_id: str, base_url: str) -> Reply:
     if error.status == 304:  # a 304 never has a body
         return Reply(304)
-    return Reply(error.status, error.body(request_id, wire.now_iso(), base_url))
+    # After a timed-out body the rest of the request is unknown: nothing more can be read from it.
+    return Reply(error.status, error.body(request_id, wire.now_iso(), base_url), dict(error.headers),
+                 close=error.status == 408)

@@ -1,7 +1,7 @@
 """The route table: every REST operation localbatch serves, by verb and path template."""
 from __future__ import annotations
 
-from .handlers import account, files, jobs, nodes, pools, tasks
+from .handlers import account, autoscale, files, jobs, jobschedules, nodeextras, nodes, pools, tasks
 from .http import Router
 
 POOL = "/pools/{poolId}"
@@ -12,25 +12,8 @@ SCHEDULE = "/jobschedules/{jobScheduleId}"
 
 # Operations of the SDK whose feature is not emulated: they answer 501 FeatureNotEmulated.
 NOT_EMULATED = (
-    ("POST", POOL + "/enableautoscale", "enable_pool_auto_scale"),
-    ("POST", POOL + "/disableautoscale", "disable_pool_auto_scale"),
-    ("POST", POOL + "/evaluateautoscale", "evaluate_pool_auto_scale"),
     ("POST", NODE + "/start", "start_node"),
     ("POST", NODE + "/deallocate", "deallocate_node"),
-    ("POST", NODE + "/uploadbatchservicelogs", "upload_node_logs"),
-    ("GET", NODE + "/extensions", "list_node_extensions"),
-    ("GET", NODE + "/extensions/{extensionName}", "get_node_extension"),
-    ("POST", "/jobschedules", "create_job_schedule"),
-    ("GET", "/jobschedules", "list_job_schedules"),
-    ("GET", SCHEDULE, "get_job_schedule"),
-    ("HEAD", SCHEDULE, "job_schedule_exists"),
-    ("PATCH", SCHEDULE, "update_job_schedule"),
-    ("PUT", SCHEDULE, "replace_job_schedule"),
-    ("DELETE", SCHEDULE, "delete_job_schedule"),
-    ("POST", SCHEDULE + "/disable", "disable_job_schedule"),
-    ("POST", SCHEDULE + "/enable", "enable_job_schedule"),
-    ("POST", SCHEDULE + "/terminate", "terminate_job_schedule"),
-    ("GET", SCHEDULE + "/jobs", "list_jobs_from_schedule"),
 )
 
 
@@ -49,6 +32,9 @@ def build_router() -> Router:
     add("POST", POOL + "/resize", pools.resize_pool)
     add("POST", POOL + "/stopresize", pools.stop_pool_resize)
     add("POST", POOL + "/removenodes", pools.remove_nodes)
+    add("POST", POOL + "/enableautoscale", autoscale.enable_pool_auto_scale)
+    add("POST", POOL + "/disableautoscale", autoscale.disable_pool_auto_scale)
+    add("POST", POOL + "/evaluateautoscale", autoscale.evaluate_pool_auto_scale)
     add("GET", POOL + "/nodes", nodes.list_nodes)
     add("GET", NODE, nodes.get_node)
     add("POST", NODE + "/reboot", nodes.reboot_node)
@@ -59,6 +45,9 @@ def build_router() -> Router:
     add("PUT", NODE + "/users/{userName}", nodes.replace_node_user)
     add("DELETE", NODE + "/users/{userName}", nodes.delete_node_user)
     add("GET", NODE + "/remoteloginsettings", nodes.get_node_remote_login_settings)
+    add("GET", NODE + "/extensions", nodeextras.list_node_extensions)
+    add("GET", NODE + "/extensions/{extensionName}", nodeextras.get_node_extension)
+    add("POST", NODE + "/uploadbatchservicelogs", nodeextras.upload_node_logs)
     add("GET", NODE + "/files", files.list_node_files)
     add("GET", NODE + "/files/{filePath}", files.get_node_file)
     add("HEAD", NODE + "/files/{filePath}", files.get_node_file, "get_node_file_properties")
@@ -86,6 +75,17 @@ def build_router() -> Router:
     add("GET", TASK + "/files/{filePath}", files.get_task_file)
     add("HEAD", TASK + "/files/{filePath}", files.get_task_file, "get_task_file_properties")
     add("DELETE", TASK + "/files/{filePath}", files.delete_task_file)
+    add("POST", "/jobschedules", jobschedules.create_job_schedule)
+    add("GET", "/jobschedules", jobschedules.list_job_schedules)
+    add("GET", SCHEDULE, jobschedules.get_job_schedule)
+    add("HEAD", SCHEDULE, jobschedules.job_schedule_exists)
+    add("PATCH", SCHEDULE, jobschedules.update_job_schedule)
+    add("PUT", SCHEDULE, jobschedules.replace_job_schedule)
+    add("DELETE", SCHEDULE, jobschedules.delete_job_schedule)
+    add("POST", SCHEDULE + "/disable", jobschedules.disable_job_schedule)
+    add("POST", SCHEDULE + "/enable", jobschedules.enable_job_schedule)
+    add("POST", SCHEDULE + "/terminate", jobschedules.terminate_job_schedule)
+    add("GET", SCHEDULE + "/jobs", jobschedules.list_jobs_from_schedule)
     add("GET", "/applications", account.list_applications)
     add("GET", "/applications/{applicationId}", account.get_application)
     add("GET", "/poolusagemetrics", account.list_pool_usage_metrics)

@@ -92,6 +92,9 @@ def local_sample_environment(local_stack: LocalStack) -> dict[str, str]:
         environment_variable_name("Storage", "connection_string"): "",
         environment_variable_name("Storage", "blob_endpoint"): local_stack.blob_endpoint,
         environment_variable_name("Local", "data_directory"): str(local_stack.data_directory),
+        # Sample 3's vault and management endpoint: the stack's services listener.
+        environment_variable_name("KeyVault", "vault_url"): local_stack.services_endpoint,
+        environment_variable_name("Management", "endpoint"): local_stack.services_endpoint,
     })
     return environment
 

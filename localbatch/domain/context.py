@@ -28,6 +28,9 @@ class DomainContext:
     services: Optional[NodeServices] = None  # the nodes' SSH servers and NAT frontends
     # Set once the scheduler exists (it needs the task runner, which needs this context).
     kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
+    # (pool id, node id) -> variables the node gives its programs (its managed identity endpoint).
+    node_environment: Callable[[str, str], dict[str, str]] = field(default=lambda pool_id, node_id: {})
 
     def identity(self, node: Node) -> NodeIdentity:
-        return NodeIdentity(self.account_name, self.account_url, node.pool_id, node.id, node.is_dedicated)
+        return NodeIdentity(self.account_name, self.account_url, node.pool_id, node.id, node.is_dedicated,
+                            self.node_environment(node.pool_id, node.id))

@@ -1,4 +1,4 @@
-"""Pools, nodes, jobs and tasks: in-memory entities that mark themselves changed.
+"""Pools, nodes, jobs, job schedules and tasks: in-memory entities that mark themselves changed.
 
 `data` holds the wire form (camelCase, as GET returns it, minus `url`); the other public
 attributes are the emulator's own bookkeeping. Both are persisted: any assignment to a public
@@ -231,6 +231,7 @@ class Pool(Entity):
 class Task(_TrackedHistoryEntity):
     kind = "task"
     machine = states.TASK
+    TRANSIENT = frozenset({"assignment"})
 
     def __init__(self, job_id: str, data: dict, node_key: Optional[str] = None, pid: Optional[int] = None,
                  working_dir: Optional[str] = None):
@@ -239,6 +240,7 @@ class Task(_TrackedHistoryEntity):
         self.node_key = node_key        # "pool/node" while it holds a slot
         self.pid = pid                  # while its program runs, to kill it after a crash
         self.working_dir = working_dir
+        self.assignment = 0             # bumped each time it is given a node, to tell runs apart
 
     @property
     def key(self) -> str:
@@ -264,14 +266,18 @@ class Task(_TrackedHistoryEntity):
 class Job(_TrackedHistoryEntity):
     kind = "job"
     machine = states.JOB
-    TRANSIENT = frozenset({"tasks", "pending", "running_count"})
+    TRANSIENT = frozenset({"tasks", "pending", "blocked", "running_count", "barred_nodes"})
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, preparation: Optional[dict] = None):
         self.data = data
         self.tasks: dict[str, Task] = {}     # lower-cased id -> task
         # Active tasks in the order they should be scheduled (insertion order).
         self.pending: dict[str, None] = {}
+        self.blocked: dict[str, None] = {}   # active tasks waiting for their dependencies
         self.running_count = 0               # tasks preparing or running
+        # "pool/node" -> the preparation and release tasks' status there (wire form, see preparation.py).
+        self.preparation = preparation or {}
+        self.barred_nodes: set[str] = set()  # node ids whose preparation task failed (waitForSuccess)
 
     @property
     def key(self) -> str:
@@ -282,8 +288,34 @@ class Job(_TrackedHistoryEntity):
         return (self.data.get("executionInfo") or {}).get("poolId")
 
     def record(self) -> dict:
-        return {"data": self.data}
+        return {"data": self.data, "preparation": self.preparation}
 
     @classmethod
     def from_record(cls, record: dict) -> "Job":
-        return cls(record["data"])
+        return cls(record["data"], record.get("preparation"))
+
+
+class JobSchedule(_TrackedHistoryEntity):
+    """A job schedule; `job_ids` are the jobs it created (oldest first), `last_run` the opportunity
+    (ISO time) its most recent job was created for, `pool_id` its auto-pool when the pool lives as
+    long as the schedule (poolLifetimeOption `jobschedule`)."""
+    kind = "jobschedule"
+    machine = states.JOB_SCHEDULE
+
+    def __init__(self, data: dict, job_ids: Optional[list] = None, last_run: Optional[str] = None,
+                 pool_id: Optional[str] = None):
+        self.data = data
+        self.job_ids = job_ids or []
+        self.last_run = last_run
+        self.pool_id = pool_id
+
+    @property
+    def key(self) -> str:
+        return self.id.lower()
+
+    def record(self) -> dict:
+        return {"data": self.data, "jobIds": self.job_ids, "lastRun": self.last_run, "poolId": self.pool_id}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "JobSchedule":
+        return cls(record["data"], record.get("jobIds"), record.get("lastRun"), record.get("poolId"))

@@ -8,50 +8,54 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import wire
 from ..errors import BatchServiceError, invalid_property
+from . import exitconditions
 from .context import DomainContext
-from .entities import Job
+from .entities import Job, Task
+from .networking import check_subnet
 from .pools import Pools
+from .preparation import Preparations, job_tasks
 from .states import RUNNING_TASK_STATES, UNFINISHED_TASK_STATES
 from .tasks import Tasks
 from .validation import check_durations, check_id, job_closed, not_emulated, pool_info_without_secrets
 
 logger = logging.getLogger(__name__)
 
-NOT_EMULATED_JOB_PROPERTIES = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask")
+NOT_EMULATED_JOB_PROPERTIES = ("jobManagerTask",)
 UPDATABLE_PROPERTIES = ("priority", "maxParallelTasks", "allowTaskPreemption", "constraints", "metadata",
                         "onAllTasksComplete", "poolInfo", "networkConfiguration")
 STOPPED_TASKS_GRACE_SECONDS = 30
 
 
 class Jobs:
-    def __init__(self, context: DomainContext, pools: Pools, tasks: Tasks):
+    def __init__(self, context: DomainContext, pools: Pools, tasks: Tasks, preparations: Preparations):
         self.context = context
         self.repo = context.repo
         self.pools = pools
         self.tasks = tasks
-        tasks.on_task_ended = self._complete_if_all_tasks_done
+        self.preparations = preparations
+        tasks.on_task_ended = self._task_completed
+        # Told when a job completes or is gone (job schedules wait for their jobs).
+        self.on_job_finished: Callable[[Job], None] = lambda job: None
 
-    def create_job(self, body: dict) -> Job:
-        check_id("id", body["id"])
+    def create_job(self, body: dict, scheduled: bool = False, auto_pool_id: Optional[str] = None) -> Job:
+        """Create a job. `scheduled`: a job schedule creates it, with an id of its own making
+        (`<schedule>:job-<n>`) and perhaps its auto-pool (`auto_pool_id`, lifetime `jobschedule`)."""
+        if not scheduled:
+            check_id("id", body["id"])
         existing = self.repo.find_job(body["id"])
         if existing is not None:
             raise BatchServiceError("JobBeingDeleted" if existing.state == "deleting" else "JobExists")
-        for unsupported in NOT_EMULATED_JOB_PROPERTIES:
-            if body.get(unsupported):
-                raise not_emulated(unsupported)
+        self.check_job_specification(body)
         pool_info = body["poolInfo"]
-        if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
-            raise invalid_property("poolInfo", "{}", "Specify either poolId or autoPoolSpecification.")
-        if body.get("usesTaskDependencies"):
-            raise not_emulated("usesTaskDependencies")
         constraints = _constraints(body.get("constraints"))
+        preparation_and_release = job_tasks(body)
         now = wire.now_iso()
         data = {
-            "id": body["id"], "usesTaskDependencies": False,
+            "id": body["id"], "usesTaskDependencies": bool(body.get("usesTaskDependencies")),
             "creationTime": now, "state": "active", "stateTransitionTime": now,
             "priority": body.get("priority") or 0,
             "maxParallelTasks": body["maxParallelTasks"] if body.get("maxParallelTasks") is not None else -1,
@@ -59,11 +63,13 @@ class Jobs:
             "constraints": constraints, "poolInfo": pool_info_without_secrets(pool_info),
             "onAllTasksComplete": body.get("onAllTasksComplete") or "noaction",
             "onTaskFailure": body.get("onTaskFailure") or "noaction",
+            **preparation_and_release,
         }
         for optional in ("displayName", "commonEnvironmentSettings", "metadata", "networkConfiguration"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
-        pool_id = pool_info.get("poolId") or self._create_auto_pool(body["id"], pool_info["autoPoolSpecification"])
+        pool_id = (pool_info.get("poolId") or auto_pool_id
+                   or self._create_auto_pool(body["id"], pool_info["autoPoolSpecification"]))
         data["executionInfo"] = {"startTime": now, "poolId": pool_id}
         job = Job(data)
         job.touch()
@@ -72,10 +78,25 @@ class Jobs:
         self._complete_if_all_tasks_done(job)  # terminatejob with no tasks yet: complete at once
         return job
 
+    def check_job_specification(self, body: dict) -> None:
+        """What a job (or a job schedule's jobSpecification) must satisfy before anything is created."""
+        for unsupported in NOT_EMULATED_JOB_PROPERTIES:
+            if body.get(unsupported):
+                raise not_emulated(unsupported)
+        pool_info = body["poolInfo"]
+        if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
+            raise invalid_property("poolInfo", "{}", "Specify either poolId or autoPoolSpecification.")
+        job_tasks(body)  # the preparation and release tasks are checked too
+        check_subnet("networkConfiguration", body.get("networkConfiguration"))
+
     def _create_auto_pool(self, job_id: str, spec: dict) -> str:
         if spec.get("poolLifetimeOption", "").lower() != "job":
             raise invalid_property("poolInfo.autoPoolSpecification.poolLifetimeOption",
                                    spec.get("poolLifetimeOption"), "Use 'job' for a job's auto-pool.")
+        return self.create_auto_pool(spec, job_id)
+
+    def create_auto_pool(self, spec: dict, job_id: Optional[str] = None) -> str:
+        """An auto-pool of `spec`, with the service's id (prefix, underscore, upper-case GUID)."""
         guid = str(uuid.uuid4()).upper()
         pool_id = f"{spec['autoPoolIdPrefix']}_{guid}" if spec.get("autoPoolIdPrefix") else guid
         try:
@@ -96,6 +117,7 @@ class Jobs:
         job = self.repo.get_job(job_id)
         if job.state in ("deleting", "terminating", "completed"):
             raise job_closed(job)
+        check_subnet("networkConfiguration", body.get("networkConfiguration"))
         requested = body.get("onAllTasksComplete") or ("noaction" if replace else None)  # PUT: absent = noaction
         if requested and requested.lower() != "terminatejob" and job.data["onAllTasksComplete"].lower() == "terminatejob":
             raise invalid_property("onAllTasksComplete", requested,
@@ -165,8 +187,12 @@ class Jobs:
             if task.state in UNFINISHED_TASK_STATES:
                 self.tasks.stop(job, task, "terminate")
         job.pending.clear()
-        # The job stays terminating until its killed tasks are seen to end (they report completed).
+        job.blocked.clear()
+        # The job stays terminating until its killed tasks are seen to end (they report completed)
+        # and its release task has run on every node where its preparation task ran.
         await self._until_no_task_runs(job, "terminating", limit=STOPPED_TASKS_GRACE_SECONDS)
+        if job.state == "terminating":
+            await self.preparations.release(job)
         if job.state == "terminating":
             self._mark_completed(job, job.data["executionInfo"].get("terminateReason") or "UserTerminate")
 
@@ -184,9 +210,12 @@ class Jobs:
             if task.state in RUNNING_TASK_STATES:
                 self.tasks.stop(job, task, "terminate")
         job.pending.clear()
+        job.blocked.clear()
+        await self.preparations.release(job)
         pool = self.repo.find_pool(job.pool_id)
         self._release_auto_pool(job)
         self.repo.remove_job(job)
+        self.on_job_finished(job)
         if pool is not None:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.context.agent.layout.remove_job, pool.id, list(pool.nodes), job.id)
@@ -206,6 +235,20 @@ class Jobs:
         return {"taskCounts": counts, "taskSlotCounts": slots}
 
     # ---- completion -------------------------------------------------------------------------------------
+    def _task_completed(self, job: Job, task: Task) -> None:
+        """A task completed: take the job action of its exit options (on jobs that ask for that)."""
+        if job.state == "active" and job.data["onTaskFailure"].lower() == exitconditions.PERFORM_EXIT_OPTIONS:
+            info = task.execution_info
+            options = exitconditions.resolve(task.data.get("exitConditions"), info.get("exitCode"),
+                                             (info.get("failureInfo") or {}).get("code"))
+            if options.job_action == "terminate":
+                self.terminate_job(job.id, "TaskFailed")
+                return
+            if options.job_action == "disable":
+                self.disable_job(job.id, "requeue")
+                return
+        self._complete_if_all_tasks_done(job)
+
     def _complete_if_all_tasks_done(self, job: Job) -> None:
         # A job without tasks counts as having all its tasks complete (as documented for terminatejob).
         if job.state != "active" or job.data["onAllTasksComplete"].lower() != "terminatejob":
@@ -213,7 +256,10 @@ class Jobs:
         if job.pending or job.running_count:
             return
         if all(task.state == "completed" for task in job.tasks.values()):
-            self._mark_completed(job, "AllTasksComplete")
+            if job.data.get("jobReleaseTask") and job.preparation:
+                self.terminate_job(job.id, "AllTasksComplete")  # terminating while the release tasks run
+            else:
+                self._mark_completed(job, "AllTasksComplete")
 
     def _mark_completed(self, job: Job, reason: str) -> None:
         if job.state == "completed":
@@ -223,6 +269,7 @@ class Jobs:
         job.data["executionInfo"]["terminateReason"] = reason
         self.context.background.cancel_timer(f"job-wall-clock:{job.key}")
         self._release_auto_pool(job)
+        self.on_job_finished(job)
 
     def _release_auto_pool(self, job: Job) -> None:
         spec = job.data["poolInfo"].get("autoPoolSpecification") or {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import wire
 from ..errors import BatchServiceError
@@ -42,6 +42,8 @@ class Nodes:
         self.agent = context.agent
         self.tasks = tasks
         tasks.on_node_drained = self._run_deferred_action
+        # Wired by the service: a node reboots or reimages ("reboot" / "reimage"), its tasks evicted.
+        self.on_node_restarted: Callable[[Node, str], None] = lambda node, action: None
 
     # ---- allocation ------------------------------------------------------------------------------
     def add_node(self, pool: Pool, dedicated: bool) -> Node:
@@ -228,6 +230,7 @@ class Nodes:
         if self._defer_until_tasks_end(node, option, action):
             return node
         self.tasks.evict(node, option)
+        self.on_node_restarted(node, action)
         node.boot_generation += 1
         self.agent.stop(_start_task_key(node), "shutdown")
         node.set_state("rebooting" if action == "reboot" else "reimaging")
@@ -258,7 +261,7 @@ class Nodes:
     def disable_node_scheduling(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
         node = self.repo.get_node(pool_id, node_id)
         if option in ("requeue", "terminate"):
-            self.tasks.evict(node, option)
+            self.tasks.evict(node, option, node_stops=False)
         node.data["schedulingState"] = "disabled"
         return node
 

@@ -6,7 +6,7 @@ the way when a resize is stopped). A new pool reports `resizing` until its nodes
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import wire
 from ..errors import BatchServiceError, invalid_property
@@ -16,6 +16,9 @@ from .entities import Pool
 from .nodes import Nodes, count_nodes, node_counts
 from .quotas import cores_of, quota_error
 from .tasks import Tasks
+from .autoscale.checks import check_interval
+from .extensions import without_protected_settings
+from .networking import check_pool_network
 from .validation import check_id, check_pool_body, without_secrets
 
 UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
@@ -31,8 +34,12 @@ class Pools:
         self.repo = context.repo
         self.nodes = nodes
         self.tasks = tasks
+        # Set by the autoscaler: start evaluating a pool created with enableAutoScale.
+        self.start_auto_scale: Callable[[Pool], None] = lambda pool: None
 
-    def create_pool(self, body: dict, auto_pool_job_id: Optional[str] = None) -> Pool:
+    def create_pool(self, body: dict, auto_pool_job_id: Optional[str] = None,
+                    identity: Optional[dict] = None) -> Pool:
+        """`identity` (the data plane's BatchPoolIdentity shape) only comes from the management plane."""
         check_id("id", body["id"])
         existing = self.repo.find_pool(body["id"])
         if existing is not None:
@@ -50,9 +57,11 @@ class Pools:
             "enableAutoScale": bool(body.get("enableAutoScale")),
             "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
             "taskSlotsPerNode": body.get("taskSlotsPerNode") or 1,
+            # Capitalised, unlike the API's enum ("spread"), because that is what the service answers for a
+            # pool created without a policy (azure-sdk-for-python's recording test_batch_update_pools[sync]).
             "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "Spread"},
         }
-        vm_config = dict(body["virtualMachineConfiguration"])
+        vm_config = without_protected_settings(dict(body["virtualMachineConfiguration"]))
         vm_config["imageReference"] = {"version": "latest", **vm_config["imageReference"]}
         data["virtualMachineConfiguration"] = vm_config
         for optional in ("displayName", "startTask", "metadata", "networkConfiguration", "upgradePolicy",
@@ -61,10 +70,17 @@ class Pools:
                 data[optional] = body[optional]
         if body.get("userAccounts") is not None:
             data["userAccounts"] = without_secrets(body["userAccounts"])
+        if data["enableAutoScale"]:
+            data["autoScaleFormula"] = body["autoScaleFormula"]
+            data["autoScaleEvaluationInterval"] = check_interval(body.get("autoScaleEvaluationInterval"))
+        if identity is not None:
+            data["identity"] = identity
         pool = Pool(data, auto_pool_job_id=auto_pool_job_id)
         pool.touch()
         self.repo.add_pool(pool)
         self._resize_to_target(pool)
+        if data["enableAutoScale"]:
+            self.start_auto_scale(pool)  # evaluates the formula now: its targets replace the zeros above
         return pool
 
     def _check_ssh_possible(self, body: dict) -> None:
@@ -78,6 +94,13 @@ class Pools:
                 f"networkConfiguration.endpointConfiguration.inboundNATPools[{index}].backendPort", 22,
                 f"localbatch cannot publish SSH here: {reason}.")
 
+    def resize_to(self, pool: Pool, dedicated: int, low_priority: int, deallocation: str) -> None:
+        """New targets (an autoscale run's), met as a resize would meet them."""
+        pool.data["targetDedicatedNodes"] = dedicated
+        pool.data["targetLowPriorityNodes"] = low_priority
+        pool.touch()
+        self._resize_to_target(pool, deallocation)
+
     def update_pool(self, pool_id: str, body: dict) -> Pool:
         return self._update(pool_id, body, replace=False)
 
@@ -90,9 +113,11 @@ class Pools:
             raise BatchServiceError("PoolBeingDeleted")
         check_endpoint_configuration(body.get("networkConfiguration"))
         self._check_ssh_possible(body)
+        check_pool_network(body.get("networkConfiguration"))
         for name in UPDATABLE_PROPERTIES:
             if body.get(name) is not None:
-                pool.data[name] = body[name]
+                pool.data[name] = (without_protected_settings(body[name]) if name == "virtualMachineConfiguration"
+                                   else body[name])
             elif replace and name in REPLACED_PROPERTIES:
                 pool.data.pop(name, None)
         if body.get("userAccounts") is not None:

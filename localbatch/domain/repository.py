@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..errors import BatchServiceError
 from ..store import Store
-from .entities import Job, Node, Pool, Task
+from .entities import Job, JobSchedule, Node, Pool, Task
 
 
 class Repository:
@@ -18,6 +18,7 @@ class Repository:
         self.store = store
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
+        self.job_schedules: dict[str, JobSchedule] = {}
         self._jobs_by_pool: dict[str, set[str]] = {}
 
     # ---- start-up --------------------------------------------------------------------------
@@ -38,6 +39,10 @@ class Repository:
             self.jobs[job.key] = job
             self._index(job)
             job.attach(self.store, changed=False)
+        for record in self.store.load("jobschedule"):
+            schedule = JobSchedule.from_record(record)
+            self.job_schedules[schedule.key] = schedule
+            schedule.attach(self.store, changed=False)
         for record in self.store.load("task"):
             task = Task.from_record(record)
             job = self.jobs.get(task.job_id.lower())
@@ -69,6 +74,12 @@ class Repository:
         if task is None:
             raise BatchServiceError("TaskNotFound")
         return task
+
+    def get_job_schedule(self, schedule_id: str) -> JobSchedule:
+        schedule = self.job_schedules.get(schedule_id.lower())
+        if schedule is None:
+            raise BatchServiceError("JobScheduleNotFound")
+        return schedule
 
     # ---- lookups inside the domain -----------------------------------------------------------
     def find_pool(self, pool_id: Optional[str]) -> Optional[Pool]:
@@ -140,6 +151,16 @@ class Repository:
         job.attach(None)
         self.store.forget("job", job.key)
         self.store.forget_prefix("task", job.key + "/")
+
+    def add_job_schedule(self, schedule: JobSchedule) -> None:
+        self.job_schedules[schedule.key] = schedule
+        schedule.attach(self.store)
+
+    def remove_job_schedule(self, schedule: JobSchedule) -> None:
+        if self.job_schedules.get(schedule.key) is schedule:
+            del self.job_schedules[schedule.key]
+        schedule.attach(None)
+        self.store.forget("jobschedule", schedule.key)
 
     def add_task(self, job: Job, task: Task) -> None:
         job.tasks[task.id.lower()] = task

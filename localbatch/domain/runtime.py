@@ -3,9 +3,12 @@ and the background work (timers and coroutines) the domain leaves running."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Coroutine
+
+from .. import wire
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +23,9 @@ class Timings:
     job_terminating: float = 0.05
     job_deleting: float = 0.05
     node_rebooting: float = 0.2
+    output_files_uploading: float = 0.0  # before a task's output files go up (its process has exited)
+    job_schedule_terminating: float = 0.05
+    job_schedule_deleting: float = 0.05
 
 
 STEPS = tuple(field.name for field in fields(Timings))
@@ -105,3 +111,44 @@ def loop_running() -> bool:
     except RuntimeError:
         return False
 
+
+
+class Clock:
+    """The time that recurrences (job schedules, autoscale evaluations) are measured against.
+
+    It is the wall clock, plus an offset that only tests move (`advance`): the real service's
+    intervals are at least a minute (job schedules) or five minutes (autoscale), and a test must
+    not wait that long. Alarms set through the clock fire when its time reaches them, so moving
+    it forward fires what has become due at once.
+    """
+
+    def __init__(self, background: Background):
+        self._background = background
+        self._offset = dt.timedelta(0)
+        self._alarms: dict[str, tuple[dt.datetime, Callable[[], None]]] = {}
+
+    def now(self) -> dt.datetime:
+        return wire.utcnow() + self._offset
+
+    def alarm(self, name: str, when: dt.datetime, callback: Callable[[], None]) -> None:
+        """Call `callback` once the clock reaches `when`, replacing any alarm of the same name."""
+        def fire() -> None:
+            self._alarms.pop(name, None)
+            callback()
+        self._alarms[name] = (when, fire)
+        self._arm(name)
+
+    def cancel(self, name: str) -> None:
+        self._alarms.pop(name, None)
+        self._background.cancel_timer(f"clock:{name}")
+
+    def advance(self, seconds: float) -> None:
+        """Test-only: move the clock forward, as if `seconds` had passed for every recurrence."""
+        self._offset += dt.timedelta(seconds=seconds)
+        for name in list(self._alarms):
+            self._arm(name)
+
+    def _arm(self, name: str) -> None:
+        when, fire = self._alarms[name]
+        delay = max(0.0, (when - self.now()).total_seconds())
+        self._background.set_timer(f"clock:{name}", delay, fire)

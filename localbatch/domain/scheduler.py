@@ -67,7 +67,7 @@ class Scheduler:
                 if not free or (limit != -1 and running >= limit):
                     break
                 task = job.tasks[task_key]
-                node_id = self._choose_node(free, task, pack)
+                node_id = self._choose_node(free, task, pack, job.barred_nodes)
                 if node_id is None:
                     continue
                 del job.pending[task_key]
@@ -80,15 +80,16 @@ class Scheduler:
                 return
 
     @staticmethod
-    def _choose_node(free: dict[str, int], task: "Task", pack: bool) -> Optional[str]:
+    def _choose_node(free: dict[str, int], task: "Task", pack: bool, barred: set[str]) -> Optional[str]:
+        """`barred`: nodes where the job's preparation task failed, which take none of its tasks."""
         needed = task.required_slots
         affinity = (task.data.get("affinityInfo") or {}).get("affinityId", "")
         if affinity:
             # Affinity is a preference, as on Azure: use the node when it has room, any node otherwise.
             node_id = affinity.split(":", 1)[-1]
-            if free.get(node_id, 0) >= needed:
+            if free.get(node_id, 0) >= needed and node_id not in barred:
                 return node_id
-        fitting = [node_id for node_id, slots in free.items() if slots >= needed]
+        fitting = [node_id for node_id, slots in free.items() if slots >= needed and node_id not in barred]
         if not fitting:
             return None
         return (min if pack else max)(fitting, key=lambda node_id: (free[node_id], node_id))

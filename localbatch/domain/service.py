@@ -16,14 +16,17 @@ from ..node.network import NodeNetwork
 from ..node.services import NodeServices
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
 from ..store import Store
+from .autoscale.scaler import AutoScale
 from .context import DomainContext
-from .entities import Job, Pool
+from .entities import Job, JobSchedule, Pool
 from .jobs import Jobs
+from .jobschedules import JobSchedules
 from .nodes import Nodes
 from .pools import Pools
+from .preparation import Preparations
 from .quotas import Quotas
 from .repository import Repository
-from .runtime import Background, Timings, Transitions
+from .runtime import Background, Clock, Timings, Transitions
 from .scheduler import Scheduler
 from .tasks import Tasks
 
@@ -44,6 +47,7 @@ class BatchService:
         self.repo = Repository(self.store)
         self.transitions = Transitions(timings or Timings())
         self.background = Background()
+        self.clock = Clock(self.background)
         agent = NodeAgent(NodeLayout(os.path.join(self.location, NODES_DIRECTORY)),
                           ResourceFileDownloader(auto_storage or AutoStorage()))
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
@@ -52,7 +56,14 @@ class BatchService:
         self.tasks = Tasks(self.context)
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)
-        self.jobs = Jobs(self.context, self.pools, self.tasks)
+        self.preparations = Preparations(self.context)
+        self.tasks.prepared = self.preparations.prepared
+        self.tasks.prepare = self.preparations.prepare
+        self.tasks.on_node_evicted = self.preparations.stop_on_node
+        self.nodes.on_node_restarted = self.preparations.node_restarted
+        self.jobs = Jobs(self.context, self.pools, self.tasks, self.preparations)
+        self.job_schedules = JobSchedules(self.context, self.jobs, self.clock)
+        self.autoscale = AutoScale(self.context, self.pools, self.clock)
         self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin,
                                    self.tasks.launch)
         self.context.kick = self.scheduler.kick
@@ -72,10 +83,15 @@ class BatchService:
     def all_jobs(self) -> Iterator[Job]:
         return iter(list(self.repo.jobs.values()))
 
+    def all_job_schedules(self) -> Iterator[JobSchedule]:
+        return iter(list(self.repo.job_schedules.values()))
+
     # ---- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
         """Read the saved state and bring what was in flight back to a consistent point."""
         self.repo.load()
+        for job in self.repo.jobs.values():
+            self.preparations.recover(job)
         self.tasks.recover()
         self.nodes.recover()
         self.store.flush()
@@ -88,7 +104,9 @@ class BatchService:
     def start_background_work(self) -> None:
         """Resume timers, node boots, deletions and scheduling; called on the loop once the server runs."""
         self.pools.resume()
+        self.autoscale.resume()
         self.jobs.resume()
+        self.job_schedules.resume()
 
     async def close(self) -> None:
         await self.background.close()  # the scheduler starts nothing more

@@ -1,4 +1,4 @@
-"""The state machines of pools, nodes, jobs and tasks: one table of allowed transitions each.
+"""The state machines of pools, nodes, jobs, job schedules and tasks: one table of allowed transitions each.
 
 An entity changes state only through `StateMachine.check`, so a transition the table does not
 allow is a bug that raises (and the request that caused it answers 500), never a silent
@@ -61,6 +61,14 @@ JOB = StateMachine("job", _table(
     disabling="disabled active terminating deleting",
     disabled="enabling active terminating deleting",
     enabling="active terminating deleting",
+    terminating="completed deleting",
+    completed="deleting",
+    deleting="",
+))
+
+JOB_SCHEDULE = StateMachine("job schedule", _table(
+    active="disabled terminating completed deleting",
+    disabled="active terminating deleting",
     terminating="completed deleting",
     completed="deleting",
     deleting="",

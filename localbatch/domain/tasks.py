@@ -6,22 +6,24 @@ active -> (preparing) -> running -> completed; a failure within maxTaskRetryCoun
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 
 from .. import wire
 from ..errors import BatchServiceError
 from ..node import processes
 from ..node.agent import ProgramOutcome
+from . import exitconditions
 from .context import DomainContext
+from .dependencies import Dependencies, check_depends_on
 from .entities import Job, Node, Task
 from .runtime import loop_running
 from .states import RUNNING_TASK_STATES
-from .validation import check_durations, check_id, check_resource_file, job_closed, not_emulated
+from .validation import check_durations, check_id, check_output_file, check_resource_file, job_closed, not_emulated
 
 logger = logging.getLogger(__name__)
 
-NOT_EMULATED_TASK_PROPERTIES = ("dependsOn", "multiInstanceSettings", "exitConditions", "outputFiles",
-                                "applicationPackageReferences", "containerSettings", "authenticationTokenSettings")
+NOT_EMULATED_TASK_PROPERTIES = ("multiInstanceSettings", "applicationPackageReferences", "containerSettings",
+                                "authenticationTokenSettings")
 
 
 class Tasks:
@@ -29,9 +31,14 @@ class Tasks:
         self.context = context
         self.repo = context.repo
         self.agent = context.agent
-        # Wired by the service: a task of the job ended; a node has no running task any more.
-        self.on_task_ended: Callable[[Job], None] = lambda job: None
+        # Wired by the service: a task of the job completed; a node has no running task any more;
+        # a task is about to run on a node (the job's preparation task: may it run there?).
+        self.on_task_ended: Callable[[Job, Task], None] = lambda job, task: None
         self.on_node_drained: Callable[[Node], None] = lambda node: None
+        self.on_node_evicted: Callable[[Node], None] = lambda node: None  # its tasks were taken off it
+        self.prepared: Callable[[Node, Job], bool] = lambda node, job: True
+        self.prepare: Callable[[Node, Job], Awaitable[bool]] = _always_ready
+        self.dependencies = Dependencies(self._make_pending)
         self._assigned: list[tuple[Node, Job, Task]] = []  # by the scheduler's current pass
 
     # ---- operations ----------------------------------------------------------------------------
@@ -46,6 +53,10 @@ class Tasks:
                 results.append((self._create_task(job, body), None))
             except BatchServiceError as exc:
                 results.append((None, exc))
+        # Once all exist: a task may depend on one added after it in the same collection.
+        for task, _ in results:
+            if task is not None:
+                self.dependencies.admit(job, task)
         self.context.kick(job.pool_id)
         return results
 
@@ -53,11 +64,19 @@ class Tasks:
         check_id("id", body["id"])
         if body["id"].lower() in job.tasks:
             raise BatchServiceError("TaskExists")
+        for reserved, code in (("jobPreparationTask", "TaskIdSameAsJobPreparationTask"),
+                               ("jobReleaseTask", "TaskIdSameAsJobReleaseTask")):
+            if (job.data.get(reserved) or {}).get("id", "").lower() == body["id"].lower():
+                raise BatchServiceError(code)
         for unsupported in NOT_EMULATED_TASK_PROPERTIES:
             if body.get(unsupported):
                 raise not_emulated(unsupported)
         for index, resource_file in enumerate(body.get("resourceFiles") or []):
             check_resource_file(f"resourceFiles[{index}]", resource_file)
+        for index, output_file in enumerate(body.get("outputFiles") or []):
+            check_output_file(f"outputFiles[{index}]", output_file)
+        check_depends_on(job, body["id"], body.get("dependsOn"))
+        exitconditions.check_exit_conditions(body.get("exitConditions"), job.data.get("onTaskFailure") or "noaction")
         # The job's maxWallClockTime limits the job as a whole (see Jobs), not each task.
         constraints = {"maxWallClockTime": wire.MAX_DURATION, "retentionTime": "P7D",
                        "maxTaskRetryCount": job.data["constraints"].get("maxTaskRetryCount", 0),
@@ -72,11 +91,19 @@ class Tasks:
         for optional in ("displayName", "resourceFiles", "environmentSettings", "affinityInfo"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
+        for optional in ("outputFiles", "dependsOn", "exitConditions"):
+            if body.get(optional):
+                data[optional] = body[optional]
         task = Task(job.id, data)
         task.touch()
         self.repo.add_task(job, task)
-        job.pending[task.id.lower()] = None
         return task
+
+    def _make_pending(self, job: Job, task: Task) -> None:
+        """The task may be scheduled (it waits for nothing)."""
+        job.pending[task.id.lower()] = None
+        if loop_running():  # during recovery at start-up the loop is not running yet
+            self.context.kick(job.pool_id)
 
     def replace_task(self, job_id: str, task_id: str, body: dict) -> Task:
         task = self.repo.get_task(job_id, task_id)
@@ -106,14 +133,14 @@ class Tasks:
         task.data["executionInfo"] = {"retryCount": 0, "requeueCount": task.execution_info.get("requeueCount", 0)}
         task.data.pop("nodeInfo", None)
         task.set_state("active")
-        job.pending[task.id.lower()] = None
-        self.context.kick(job.pool_id)
+        self.dependencies.admit(job, task)
 
     def delete_task(self, job_id: str, task_id: str) -> None:
         job = self.repo.get_job(job_id)
         task = self.repo.get_task(job_id, task_id)
         if task.state in RUNNING_TASK_STATES:
             self.stop(job, task, "terminate")
+        self.dependencies.forget(job, task)
         self.repo.remove_task(job, task)
 
     def task_files_root(self, job_id: str, task_id: str) -> str:
@@ -132,6 +159,7 @@ class Tasks:
         """End (terminate) or requeue a task, whether it waits, downloads or runs."""
         if task.state == "active":
             job.pending.pop(task.id.lower(), None)
+            self.dependencies.forget(job, task)
             if option == "terminate":
                 self._complete(job, task, ProgramOutcome.terminated())
             return
@@ -145,14 +173,17 @@ class Tasks:
         else:
             self._complete(job, task, ProgramOutcome.terminated())
 
-    def evict(self, node: Node, option: str) -> None:
-        """Take running tasks off a node: requeue them, or end them (terminate)."""
+    def evict(self, node: Node, option: str, node_stops: bool = True) -> None:
+        """Take running tasks off a node: requeue them, or end them (terminate). `node_stops`: the
+        node restarts or leaves, so its other programs (preparation tasks) stop too."""
         for task_key in list(node.running):
             job, task = self.repo.task_by_key(task_key)
             if job is None or task is None:
                 node.running.pop(task_key, None)
                 continue
             self.stop(job, task, "terminate" if option == "terminate" else "requeue")
+        if node_stops:
+            self.on_node_evicted(node)
 
     def recover(self) -> None:
         """At start-up: tasks that ran when the emulator stopped run again (their processes killed)."""
@@ -163,7 +194,7 @@ class Tasks:
                         processes.kill_leftover_process_group(task.pid, task.working_dir)
                     self._requeue(job, task)
                 elif task.state == "active":
-                    job.pending[key] = None
+                    self.dependencies.admit(job, task)
 
     # ---- running a task ------------------------------------------------------------------
     def begin(self, node: Node, job: Job, task: Task) -> None:
@@ -177,6 +208,7 @@ class Tasks:
         node.set_state("running")
         paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
         task.node_key = node.key
+        task.assignment += 1
         task.working_dir = paths.working_dir
         task.data["nodeInfo"] = {
             "affinityId": node.data["affinityId"], "poolId": node.pool_id, "nodeId": node.id,
@@ -185,7 +217,8 @@ class Tasks:
         info["startTime"] = wire.now_iso()
         for name in ("endTime", "exitCode", "failureInfo", "result"):
             info.pop(name, None)
-        task.set_state("preparing" if task.data.get("resourceFiles") else "running")
+        waits = task.data.get("resourceFiles") or not self.prepared(node, job)
+        task.set_state("preparing" if waits else "running")
         job.running_count += 1
         self._assigned.append((node, job, task))
 
@@ -204,6 +237,19 @@ class Tasks:
             await self.context.store.durable()
             if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
                 return  # ended, requeued or deleted meanwhile; bookkeeping already done
+        if not self.prepared(node, job):
+            assignment = task.assignment
+            ready = await self.prepare(node, job)
+            if (task.assignment != assignment or task.node_key != node.key or task.state not in RUNNING_TASK_STATES
+                    or not task.attached):
+                return  # ended, requeued (perhaps to this node again) or deleted meanwhile
+            if not ready:  # the job's preparation task failed here: back to active, for another node
+                self._release_slot(node, task)
+                task.data.pop("nodeInfo", None)
+                task.set_state("active")
+                job.pending[task.id.lower()] = None
+                self.context.kick(job.pool_id)
+                return
         paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
         settings = [*(job.data.get("commonEnvironmentSettings") or []), *(task.data.get("environmentSettings") or [])]
         env = self.agent.environment(self.context.identity(node), paths, settings, job.id, task.id)
@@ -211,6 +257,9 @@ class Tasks:
         outcome = await self.agent.run_program(
             task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
             on_start=lambda pid: self._process_started(node, task, pid))
+        if task.data.get("outputFiles") and task.node_key == node.key and task.state in RUNNING_TASK_STATES:
+            await self.context.transitions.step("output_files_uploading")  # still running meanwhile
+            outcome = await self.agent.upload_output_files(task.data["outputFiles"], outcome, paths)
         if task.node_key != node.key or task.state not in RUNNING_TASK_STATES:
             return  # evicted or ended while it ran; bookkeeping already done
         self._release_slot(node, task)
@@ -273,4 +322,9 @@ class Tasks:
         task.node_key = None
         task.pid = None
         task.set_state("completed")
-        self.on_task_ended(job)
+        self.dependencies.task_completed(job)
+        self.on_task_ended(job, task)
+
+
+async def _always_ready(node: Node, job: Job) -> bool:
+    return True

@@ -9,6 +9,9 @@ from ..errors import BatchServiceError, invalid_property
 from .endpoints import check_endpoint_configuration
 from ..node.credentials import hash_password
 from ..node.resourcefiles import check_relative_path
+from .autoscale.checks import check_formula, check_interval
+from .extensions import without_protected_settings
+from .networking import check_pool_network
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -52,10 +55,17 @@ def check_pool_body(body: dict) -> None:
     if not vm_config:
         raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": "virtualMachineConfiguration"})
     images.check_virtual_machine_configuration(vm_config)
+    check_pool_network(body.get("networkConfiguration"))
     if vm_config.get("containerConfiguration"):
         raise not_emulated("virtualMachineConfiguration.containerConfiguration")
     if body.get("enableAutoScale"):
-        raise not_emulated("enableAutoScale")
+        check_formula(body.get("autoScaleFormula"))
+        check_interval(body.get("autoScaleEvaluationInterval"))
+        for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+            if body.get(name) is not None:
+                raise invalid_property(name, body[name], "Target node counts cannot be set when enableAutoScale is true.")
+    elif body.get("autoScaleFormula") is not None:
+        raise invalid_property("autoScaleFormula", body["autoScaleFormula"], "A formula needs enableAutoScale set to true.")
     for name in ("mountConfiguration", "applicationPackageReferences"):
         if body.get(name):
             raise not_emulated(name)
@@ -87,11 +97,18 @@ def without_secrets(user_accounts: list[dict]) -> list[dict]:
 
 
 def pool_info_without_secrets(pool_info: dict) -> dict:
+    """A job's poolInfo as kept and shown: its auto-pool's user passwords, private keys and
+    extensions' protectedSettings are never stored or echoed."""
     pool = ((pool_info or {}).get("autoPoolSpecification") or {}).get("pool") or {}
-    if not pool.get("userAccounts"):
+    vm_configuration = pool.get("virtualMachineConfiguration") or {}
+    if not pool.get("userAccounts") and not vm_configuration.get("extensions"):
         return pool_info
-    return {**pool_info, "autoPoolSpecification": {**pool_info["autoPoolSpecification"],
-                                                   "pool": {**pool, "userAccounts": without_secrets(pool["userAccounts"])}}}
+    kept = dict(pool)
+    if pool.get("userAccounts"):
+        kept["userAccounts"] = without_secrets(pool["userAccounts"])
+    if vm_configuration.get("extensions"):
+        kept["virtualMachineConfiguration"] = without_protected_settings(vm_configuration)
+    return {**pool_info, "autoPoolSpecification": {**pool_info["autoPoolSpecification"], "pool": kept}}
 
 
 def not_emulated(feature: str) -> BatchServiceError:
@@ -136,3 +153,16 @@ def job_closed(job) -> BatchServiceError:
     """The error for a change to a job that is completed, terminating or being deleted."""
     return BatchServiceError({"completed": "JobCompleted", "deleting": "JobBeingDeleted"}.get(
         job.state, "JobBeingTerminated"))
+
+
+def check_output_file(path: str, output_file: dict) -> None:
+    container = output_file["destination"].get("container")
+    if not container:
+        raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": f"{path}.destination.container"})
+    if container.get("identityReference"):
+        raise not_emulated(f"{path}.destination.container.identityReference")
+    if not str(container["containerUrl"]).lower().startswith(("http://", "https://")):
+        raise invalid_property(f"{path}.destination.container.containerUrl", "(not shown: it may hold a SAS)",
+                               "Expected the http(s) URL of a blob container.")
+    if not output_file["filePattern"].strip() or "\x00" in output_file["filePattern"]:
+        raise invalid_property(f"{path}.filePattern", output_file["filePattern"], "Expected a file path or pattern.")

@@ -7,7 +7,8 @@ from azure.batch.models import _models as generated_models
 from ..http import Call, Reply
 from .common import (accepted, body_of, check_conditions, created, entity_list_reply, entity_reply, list_reply,
                      optional_body, updated)
-from .views import job_url, job_view
+from ..domain.preparation import PREPARATION_INFO, RELEASE_INFO, status_list
+from .views import job_url, job_view, pool_url
 
 
 def _job(call: Call):
@@ -69,9 +70,18 @@ def enable_job(call: Call) -> Reply:
 
 
 def list_job_preparation_and_release_task_status(call: Call) -> Reply:
-    """Jobs here have no preparation or release task (creating one is refused), so nothing ran."""
-    call.service.repo.get_job(call.params["jobId"])
-    return list_reply(call, [], "jobpreparationandreleasetaskstatuslist", filterable=False)
+    """Where the job's preparation (and release) task ran, node by node."""
+    job = call.service.repo.get_job(call.params["jobId"])
+
+    def view(entry: dict) -> dict:
+        node_url = f"{pool_url(call, entry['poolId'])}/nodes/{entry['nodeId']}"
+        shown = {"poolId": entry["poolId"], "nodeId": entry["nodeId"], "nodeUrl": node_url}
+        for name in (PREPARATION_INFO, RELEASE_INFO):
+            if entry.get(name):
+                shown[name] = {**entry[name], "taskRootDirectoryUrl": f"{node_url}/files/{entry[name]['taskRootDirectory']}"}
+        return shown
+    return list_reply(call, status_list(job), "jobpreparationandreleasetaskstatuslist",
+                      key=lambda entry: f"{entry['poolId']}/{entry['nodeId']}", view=view)
 
 
 def get_job_task_counts(call: Call) -> Reply:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from ..domain.entities import Job, Node, Pool, Task
+from ..domain.entities import Job, JobSchedule, Node, Pool, Task
 from ..http import Call
 
 
@@ -38,4 +38,16 @@ def task_view(call: Call, task: Task) -> dict:
         node_url = f"{pool_url(call, node_info['poolId'])}/nodes/{node_info['nodeId']}"
         view["nodeInfo"] = {**node_info, "nodeUrl": node_url,
                             "taskRootDirectoryUrl": f"{node_url}/files/{node_info['taskRootDirectory']}"}
+    return view
+
+
+def job_schedule_url(call: Call, schedule_id: str) -> str:
+    return f"{call.base_url}/jobschedules/{_segment(schedule_id)}"
+
+
+def job_schedule_view(call: Call, schedule: JobSchedule) -> dict:
+    view = {"id": schedule.id, "url": job_schedule_url(call, schedule.id), **schedule.data}
+    recent = view["executionInfo"].get("recentJob")
+    if recent:
+        view["executionInfo"] = {**view["executionInfo"], "recentJob": {**recent, "url": job_url(call, recent["id"])}}
     return view

@@ -10,18 +10,22 @@ import asyncio
 import errno
 import logging
 import os
-from dataclasses import dataclass
-from typing import Callable, MutableMapping, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, MutableMapping, Optional
 
 from .. import wire
 from . import processes
 from .layout import NodeLayout, TaskPaths
+from .outputfiles import OutputFileError, OutputFileUploader
 from .resourcefiles import ResourceFileDownloader, ResourceFileError
 
 logger = logging.getLogger(__name__)
 
 # Variables a task inherits from the emulator's own environment; everything else is Batch's.
-INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT")
+# What a task inherits from the emulator: the basics, and the CA bundle that makes the local
+# stack's https (its development CA) trusted by the task's Python, curl and OpenSSL.
+INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT", "SSL_CERT_FILE",
+                       "REQUESTS_CA_BUNDLE")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -84,6 +88,8 @@ class NodeIdentity:
     pool_id: str
     node_id: str
     is_dedicated: bool
+    # What the node itself offers its programs, e.g. its managed identity endpoint.
+    environment: Mapping[str, str] = field(default_factory=dict)
 
 
 class NodeAgent:
@@ -97,6 +103,7 @@ class NodeAgent:
         # Starts and reaps the programs in companion processes, which also hold every child
         # still running, so none outlives the emulator even if its runner was cancelled.
         self._launcher = launcher or processes.ProcessLauncher()
+        self._uploader = OutputFileUploader()
 
     # ---- environment --------------------------------------------------------------------
     def node_environment(self, node: NodeIdentity) -> dict[str, str]:
@@ -119,6 +126,7 @@ class NodeAgent:
             "AZ_BATCH_NODE_STARTUP_WORKING_DIR": startup.working_dir,
             "AZ_BATCH_NODE_MOUNTS_DIR": layout.mounts_dir(node.pool_id, node.node_id),
         })
+        env.update(node.environment)  # what the node runtime adds (its managed identity endpoint, ...)
         return env
 
     def environment(self, node: NodeIdentity, paths: TaskPaths, settings: list[dict],
@@ -221,6 +229,22 @@ class NodeAgent:
                                   f"The program cannot be executed: {exc.strerror}: {exc.filename}")
             return ProgramOutcome.agent_fault(f"cannot start the process: {exc}")
 
+    async def upload_output_files(self, output_files: list[dict], outcome: ProgramOutcome,
+                                  paths: TaskPaths) -> ProgramOutcome:
+        """Upload the output files that apply once the process has exited; a failed upload makes the
+        task fail with a FileUpload... failure (keeping its exit code), as on Azure."""
+        if not output_files or outcome.exit_code is None or outcome.stop_reason not in (None, "timeout"):
+            return outcome
+        try:
+            await self._uploader.upload_all(output_files, outcome.exit_code, paths)
+        except OutputFileError as exc:
+            return ProgramOutcome(outcome.exit_code, Failure("usererror", exc.code, exc.message), outcome.stop_reason)
+        except OSError as exc:
+            return ProgramOutcome(outcome.exit_code, Failure("usererror", "FileUploadMiscError",
+                                                             f"Could not upload the output files: {exc.strerror or exc}"),
+                                  outcome.stop_reason)
+        return outcome
+
     def stop(self, key: str, reason: str) -> bool:
         """Kill a running program and remember why.
 
@@ -243,6 +267,7 @@ class NodeAgent:
             self.stop(key, "shutdown")
         await self._launcher.close()
         await self._downloader.close()
+        await self._uploader.close()
 
 
 def _outcome(exit_code: int, reason: Optional[str]) -> ProgramOutcome:

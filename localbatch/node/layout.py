@@ -4,7 +4,8 @@ A node is a directory with the layout of a real Linux Batch node:
 
     <nodes dir>/<pool>/<node id>/          AZ_BATCH_NODE_ROOT_DIR
         shared/  startup/{stdout.txt, stderr.txt, wd/}  applications/  fsmounts/  volatile/
-        workitems/<job>/job-1/<task>/{stdout.txt, stderr.txt, wd/}
+        workitems/<job>/job-1/<task>/{stdout.txt, stderr.txt, wd/, fileuploadout.txt, fileuploaderr.txt}
+        workitems/<job>/job-1/{jobpreparation, jobrelease}/   the job's preparation and release tasks
     <nodes dir>/<pool>/<node id>.home/<user>/   a node user's home (/home/<user>; SSH sessions start there)
 
 Node file names in the API are relative to the node root; task file names to the task directory.
@@ -20,6 +21,9 @@ STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
 WORKING_DIRECTORY = "wd"
 JOB_PREPARATION = "jobpreparation"
+JOB_RELEASE = "jobrelease"
+UPLOAD_LOG = "fileuploadout.txt"      # output file uploads: what was uploaded
+UPLOAD_ERRORS = "fileuploaderr.txt"   # output file uploads: why one failed
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class TaskPaths:
     @property
     def stderr(self) -> str:
         return os.path.join(self.directory, STDERR)
+
+    @property
+    def upload_log(self) -> str:
+        return os.path.join(self.directory, UPLOAD_LOG)
+
+    @property
+    def upload_errors(self) -> str:
+        return os.path.join(self.directory, UPLOAD_ERRORS)
 
 
 class NodeLayout:
@@ -73,7 +85,11 @@ class NodeLayout:
         return TaskPaths(os.path.join(self.job_dir(pool_id, node_id, job_id), "job-1", task_id))
 
     def job_preparation(self, pool_id: str, node_id: str, job_id: str) -> TaskPaths:
+        """The preparation task's directory (named after the default id, whatever the task's id)."""
         return self.task(pool_id, node_id, job_id, JOB_PREPARATION)
+
+    def job_release(self, pool_id: str, node_id: str, job_id: str) -> TaskPaths:
+        return self.task(pool_id, node_id, job_id, JOB_RELEASE)
 
     @staticmethod
     def task_root_relative(job_id: str, task_id: str) -> str:

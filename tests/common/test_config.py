@@ -42,9 +42,9 @@ def test_the_shipped_files_point_at_the_local_stack() -> None:
     settings = load_settings(None, SAMPLE2_CONFIG, environ=NO_OVERRIDES)
 
     assert settings.configuration_path == REPOSITORY_ROOT / "configuration.cfg"
-    assert settings.batch.endpoint == "http://127.0.0.1:10100"
+    assert settings.batch.endpoint == "https://127.0.0.1:10100"
     assert (settings.batch.account_name, settings.batch.account_key) == ("localbatch", LOCALBATCH_ACCOUNT_KEY)
-    assert settings.storage.blob_endpoint == "http://127.0.0.1:10000/devstoreaccount1"
+    assert settings.storage.blob_endpoint == "https://127.0.0.1:10000/devstoreaccount1"
     assert settings.storage.account_key == AZURITE_ACCOUNT_KEY
     assert settings.local.start_local_stack is True
     assert settings.local.data_directory == REPOSITORY_ROOT / ".localstack"
@@ -196,7 +196,7 @@ def test_entra_id_needs_no_key_but_an_https_endpoint(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="BLOB_ENDPOINT"):  # an empty override is still an error
         load_settings(None, SAMPLE1_CONFIG, environ=azure)
     del azure["BATCHSAMPLES_STORAGE_BLOB_ENDPOINT"]
-    path = shipped_configuration_with(tmp_path, "blob_endpoint = http://127.0.0.1:10000/devstoreaccount1\n", "")
+    path = shipped_configuration_with(tmp_path, "blob_endpoint = https://127.0.0.1:10000/devstoreaccount1\n", "")
     settings = load_settings(path, SAMPLE1_CONFIG, environ=azure)
 
     assert settings.batch.use_entra_id and settings.batch.account_key == ""
@@ -247,3 +247,58 @@ def test_printing_the_settings_never_shows_a_secret() -> None:
 )
 def test_redact_secrets(text: str, redacted: str) -> None:
     assert redact_secrets(text) == redacted
+
+
+BATCH_KEY, STORAGE_KEY = environment_variable_name("Batch", "account_key"), environment_variable_name("Storage", "account_key")
+CONNECTION_STRING = environment_variable_name("Storage", "connection_string")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        (BATCH_KEY, "not base64!", "[Batch] account_key (from environment variable BATCHSAMPLES_BATCH_ACCOUNT_KEY): "
+         "an account key is base64 text, as the portal shows it; this value (11 characters) is not valid base64"),
+        (BATCH_KEY, "abc", "[Batch] account_key (from environment variable BATCHSAMPLES_BATCH_ACCOUNT_KEY): "
+         "an account key is base64 text, as the portal shows it; this value (3 characters) is not valid base64"),
+        (STORAGE_KEY, "key with spaces==", "[Storage] account_key (from environment variable BATCHSAMPLES_STORAGE_ACCOUNT_KEY): "
+         "an account key is base64 text, as the portal shows it; this value (17 characters) is not valid base64"),
+        (CONNECTION_STRING, "AccountName=a;AccountKey=not base64!", "[Storage] connection_string (from environment "
+         "variable BATCHSAMPLES_STORAGE_CONNECTION_STRING): the connection string's AccountKey is not valid base64 "
+         "(copy it again from the portal)"),
+        (CONNECTION_STRING, "just some text", "[Storage] connection_string (from environment variable "
+         "BATCHSAMPLES_STORAGE_CONNECTION_STRING): the connection string is malformed: expected Name=value pairs "
+         "separated by ';' (as the portal shows it)"),
+        (CONNECTION_STRING, "AccountName=a;EndpointSuffix=core.windows.net", "[Storage] connection_string (from "
+         "environment variable BATCHSAMPLES_STORAGE_CONNECTION_STRING): the connection string has neither AccountKey "
+         "nor SharedAccessSignature"),
+        (CONNECTION_STRING, "AccountName=a;AccountKey=a2V5;BlobEndpoint=ftp://x", "[Storage] connection_string (from "
+         "environment variable BATCHSAMPLES_STORAGE_CONNECTION_STRING): the connection string's blob endpoint is not "
+         "an http(s) URL: 'ftp://x'"),
+    ],
+)
+def test_keys_are_decoded_and_connection_strings_checked_before_anything_starts(
+    variable: str, value: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(None, SAMPLE1_CONFIG, environ={variable: value})
+
+    assert str(raised.value) == f"{DEFAULT_CONFIGURATION_PATH}: {reason}"
+    assert value not in str(raised.value) or "://" in value  # a key is never quoted back
+
+
+def test_a_connection_string_with_a_valid_key_or_sas_is_accepted() -> None:
+    for value in (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_ACCOUNT_KEY};"
+                  "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;",
+                  "AccountName=a;SharedAccessSignature=sv=2024&sig=abc;BlobEndpoint=https://a.blob.core.windows.net"):
+        settings = load_settings(None, SAMPLE1_CONFIG, environ={CONNECTION_STRING: value,
+                                                               environment_variable_name("Local", "start_local_stack"): "false"})
+        assert settings.storage.connection_string == value
+
+
+def test_request_timeouts_come_from_the_configuration() -> None:
+    settings = load_settings(None, SAMPLE1_CONFIG, environ={
+        environment_variable_name("Batch", "request_timeout_seconds"): "7",
+        environment_variable_name("Storage", "request_timeout_seconds"): "9",
+    })
+
+    assert (settings.batch.request_timeout_seconds, settings.storage.request_timeout_seconds) == (7.0, 9.0)

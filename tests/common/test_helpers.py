@@ -188,10 +188,15 @@ def test_wait_for_all_nodes_times_out_with_what_it_saw(local_batch_client: Batch
         virtual_machine_configuration=image(local_batch_client),
         start_task=models.BatchStartTask(command_line="/bin/sleep 60", wait_for_success=True),
     ))
+    progress: list[str] = []
     try:
         with pytest.raises(TimeoutError, match=rf"waiting for the 1 node\(s\) of pool {pool_id} to be idle"):
             wait_for_all_nodes_to_reach_state(local_batch_client, pool_id, timedelta(seconds=0.5),
-                                              poll_interval_seconds=POLL_SECONDS)
+                                              poll_interval_seconds=POLL_SECONDS, report_progress=progress.append)
+        # One line per change of state, not one per poll.
+        assert progress and all(line.startswith(f"pool {pool_id}: allocation ") for line in progress)
+        assert all(earlier != later for earlier, later in zip(progress, progress[1:]))
+        assert progress[-1] == f"pool {pool_id}: allocation steady, nodes: 1 waitingforstarttask"
     finally:
         local_batch_client.begin_delete_pool(pool_id, polling_interval=POLL_SECONDS).result()
 
@@ -229,9 +234,14 @@ def test_wait_for_tasks_times_out_naming_the_tasks_still_running(local_batch_cli
         models.BatchTaskCreateOptions(id="slow", command_line="/bin/sleep 60"),
     ])
 
+    progress: list[str] = []
     with pytest.raises(TimeoutError, match=rf"tasks of job {job_id} to complete; 1 still not completed: slow \("):
-        wait_for_tasks_to_complete(local_batch_client, job_id, timedelta(seconds=1), POLL_SECONDS)
+        wait_for_tasks_to_complete(local_batch_client, job_id, timedelta(seconds=1), POLL_SECONDS,
+                                   report_progress=progress.append)
     local_batch_client.terminate_task(job_id, "slow")
+    # One line per change of state, not one per poll (about ten polls ran).
+    assert progress and progress[-1] == f"job {job_id}: 1 task(s) not completed yet (1 running)"
+    assert all(earlier != later for earlier, later in zip(progress, progress[1:])) and len(progress) <= 3
 
 
 def test_failed_tasks_and_their_description(local_batch_client: BatchClient, job_id: str) -> None:

@@ -18,6 +18,7 @@ import queue
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -182,10 +183,13 @@ class RawResponse:
 class RawClient:
     """Sends exactly the bytes it is given (path not normalised), signed unless told otherwise."""
 
-    def __init__(self, url: str, account: str = WELL_KNOWN_ACCOUNT_NAME, key: str = WELL_KNOWN_ACCOUNT_KEY):
+    def __init__(self, url: str, account: str = WELL_KNOWN_ACCOUNT_NAME, key: str = WELL_KNOWN_ACCOUNT_KEY,
+                 ssl_context: Optional[ssl.SSLContext] = None):
+        """An https ``url`` is reached through ``ssl_context`` (e.g. one trusting the development CA)."""
         parts = urlsplit(url)
         self.host, self.port = parts.hostname, parts.port
         self.account, self.key = account, key
+        self.ssl_context = ssl_context if parts.scheme == "https" else None
 
     def request(self, method: str, target: str, body: Optional[bytes | dict | list] = None,
                 headers: Optional[dict[str, str]] = None, sign: bool = True,
@@ -205,7 +209,10 @@ class RawClient:
             path, _, query = target.partition("?")
             sent["Authorization"] = "SharedKey {}:{}".format(
                 self.account, shared_key_signature(self.key, method, path, query, sent, self.account))
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=WAIT)
+        if self.ssl_context is not None:
+            connection = http.client.HTTPSConnection(self.host, self.port, timeout=WAIT, context=self.ssl_context)
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=WAIT)
         try:
             connection.putrequest(method, target, skip_host=False, skip_accept_encoding=True)
             for name, value in sent.items():

@@ -166,3 +166,32 @@ def test_after_a_crash_a_leftover_start_task_is_killed_and_run_again(tmp_path):
         assert restarted.finish(signal.SIGTERM) == 0
     finally:
         restarted.kill()
+
+
+def test_each_extra_account_gets_its_own_directory_under_the_location(tmp_path):
+    key = "ZXh0cmEtYWNjb3VudC1rZXktZm9yLXRoZS1jbGktdGVzdA=="
+    location = tmp_path / "state"
+    emulator = RunningEmulator(location, env={"LOCALBATCH_ACCOUNTS": f"extra:{key}"})
+    try:
+        url = emulator.url()
+        with batch_client(url, account="extra", key=key) as extra, batch_client(url) as well_known:
+            extra.create_job(models.BatchJobCreateOptions(id="only-extra", pool_info=models.BatchPoolInfo(pool_id="p")))
+            assert [job.id for job in extra.list_jobs()] == ["only-extra"]
+            assert list(well_known.list_jobs()) == []
+        assert emulator.finish(signal.SIGTERM) == 0
+    finally:
+        emulator.kill()
+    assert (location / "accounts" / "extra" / "state" / "localbatch.sqlite3").is_file()
+    assert (location / "accounts" / "extra" / "nodes").is_dir()
+    assert (location / "state" / "localbatch.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("option, value", [("--max-connections", "0"), ("--max-connections-per-client", "x"),
+                                           ("--idle-timeout", "0"), ("--body-timeout", "-1")])
+def test_a_connection_limit_that_makes_no_sense_is_a_usage_error(tmp_path, option, value):
+    result = subprocess.run([sys.executable, "-m", "localbatch", "--port", "0", "--location", str(tmp_path),
+                             option, value], cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=WAIT,
+                            env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)})
+    assert result.returncode == 2
+    assert option in result.stderr and repr(value) in result.stderr
+    assert "Traceback" not in result.stderr

@@ -2,8 +2,6 @@
 failing obscurely; account-wide reads with nothing to emulate answer empty."""
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -16,21 +14,9 @@ def _details(error: HttpResponseError) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("call, operation", [
-    (lambda c, p, n: c.enable_pool_auto_scale(p, models.BatchPoolEnableAutoScaleOptions(
-        auto_scale_formula="$TargetDedicatedNodes=1;")), "enable_pool_auto_scale"),
-    (lambda c, p, n: c.evaluate_pool_auto_scale(p, models.BatchPoolEvaluateAutoScaleOptions(
-        auto_scale_formula="$TargetDedicatedNodes=1;")), "evaluate_pool_auto_scale"),
     (lambda c, p, n: c.begin_deallocate_node(p, n, models._models.BatchNodeDeallocateOptions(
         node_deallocate_option="requeue"), polling_interval=LRO_POLLING), "deallocate_node"),
-    (lambda c, p, n: list(c.list_node_extensions(p, n)), "list_node_extensions"),
-    (lambda c, p, n: list(c.list_job_schedules()), "list_job_schedules"),
-    (lambda c, p, n: c.create_job_schedule(models.BatchJobScheduleCreateOptions(
-        id="s", schedule=models.BatchJobScheduleConfiguration(recurrence_interval=dt.timedelta(hours=1)),
-        job_specification=models.BatchJobSpecification(pool_info=models.BatchPoolInfo(pool_id=p)))),
-     "create_job_schedule"),
-    (lambda c, p, n: c.get_job_schedule("s"), "get_job_schedule"),
-], ids=["enable-autoscale", "evaluate-autoscale", "deallocate", "extensions", "list-schedules",
-        "create-schedule", "get-schedule"])
+], ids=["deallocate"])
 def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id, call, operation):
     node_id = next(iter(client.list_nodes(pool_id))).id
     with pytest.raises(HttpResponseError) as caught:
@@ -41,19 +27,16 @@ def test_operations_not_emulated_answer_501_naming_the_operation(client, pool_id
 
 
 @pytest.mark.parametrize("extra, feature", [
-    ({"enable_auto_scale": True, "auto_scale_formula": "$TargetDedicatedNodes=1;"}, "enableAutoScale"),
     ({"virtual_machine_configuration": models.VirtualMachineConfiguration(
         image_reference=models.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
         node_agent_sku_id="batch.node.ubuntu 22.04",
         container_configuration=models.BatchContainerConfiguration(type="dockerCompatible"))},
      "virtualMachineConfiguration.containerConfiguration"),
-], ids=["autoscale", "containers"])
+], ids=["containers"])
 def test_pool_features_not_emulated_are_named(client, extra, feature):
     options = pool_options(unique_id("pool"), nodes=0)
     for name, value in extra.items():
         setattr(options, name, value)
-    if "enable_auto_scale" in extra:
-        options.target_dedicated_nodes = None
     with pytest.raises(HttpResponseError) as caught:
         client.create_pool(options)
     assert caught.value.status_code == 501
@@ -61,13 +44,15 @@ def test_pool_features_not_emulated_are_named(client, extra, feature):
 
 
 @pytest.mark.parametrize("extra, feature", [
-    ({"depends_on": models.BatchTaskDependencies(task_ids=["a"])}, "dependsOn"),
     ({"multi_instance_settings": models.MultiInstanceSettings(coordination_command_line="/bin/true",
                                                               number_of_instances=2)}, "multiInstanceSettings"),
     ({"output_files": [models.OutputFile(file_pattern="*.txt", destination=models.OutputFileDestination(
-        container=models.OutputFileBlobContainerDestination(container_url="http://127.0.0.1:9/c?sig=x")),
-        upload_options=models.OutputFileUploadConfiguration(upload_condition="tasksuccess"))]}, "outputFiles"),
-], ids=["dependencies", "multi-instance", "output-files"])
+        container=models.OutputFileBlobContainerDestination(
+            container_url="http://127.0.0.1:9/c",
+            identity_reference=models.BatchNodeIdentityReference(resource_id="/subscriptions/x/identity"))),
+        upload_options=models.OutputFileUploadConfiguration(upload_condition="tasksuccess"))]},
+     "outputFiles[0].destination.container.identityReference"),
+], ids=["multi-instance", "output-files-through-a-node-identity"])
 def test_task_features_not_emulated_are_named(client, pool_id, extra, feature):
     job_id = create_job(client, pool_id)
     with pytest.raises(HttpResponseError) as caught:
@@ -80,9 +65,9 @@ def test_job_features_not_emulated_are_named(client, pool_id):
     with pytest.raises(HttpResponseError) as caught:
         client.create_job(models.BatchJobCreateOptions(
             id=unique_id("job"), pool_info=models.BatchPoolInfo(pool_id=pool_id),
-            job_preparation_task=models.BatchJobPreparationTask(command_line="/bin/true")))
+            job_manager_task=models.BatchJobManagerTask(id="manager", command_line="/bin/true")))
     assert caught.value.status_code == 501
-    assert _details(caught.value)["Feature"] == "jobPreparationTask"
+    assert _details(caught.value)["Feature"] == "jobManagerTask"
 
 
 def test_account_reads_with_nothing_to_emulate_are_empty(client, pool_id):

@@ -183,3 +183,29 @@ def test_a_pool_deleted_while_its_start_task_runs_leaves_no_node_behind(tmp_path
         with batch_client(second.url) as client:
             assert list(client.list_nodes("again")) == []
             assert client.get_pool("again").current_dedicated_nodes == 0
+
+
+def test_blocked_tasks_and_preparation_status_survive_a_restart(tmp_path):
+    location = tmp_path / "state"
+    with LocalBatchServer(str(location), timings=fast_timings()) as first:
+        with batch_client(first.url) as client:
+            [node] = create_pool_and_wait(client, "deps-pool", nodes=1)
+            job_id = create_job(client, "deps-pool", "deps-job", uses_task_dependencies=True,
+                                job_preparation_task=models.BatchJobPreparationTask(
+                                    command_line="/bin/bash -c 'echo prep >> $AZ_BATCH_NODE_SHARED_DIR/prep.txt'"))
+            client.create_tasks(job_id, [
+                models.BatchTaskCreateOptions(id="first", command_line="/bin/true"),
+                models.BatchTaskCreateOptions(id="waits", command_line="/bin/true",
+                                              depends_on=models.BatchTaskDependencies(task_ids=["later"]))])
+            wait_for_task(client, job_id, "first")
+    with LocalBatchServer(str(location), timings=fast_timings()) as second:
+        with batch_client(second.url) as client:
+            assert client.get_task(job_id, "waits").state == "active"  # still blocked
+            [status] = client.list_job_preparation_and_release_task_status(job_id)
+            assert (status.node_id, status.job_preparation_task_execution_info.result) == (node.id, "success")
+            wait_for_nodes(client, "deps-pool", 1)
+            client.create_task(job_id, models.BatchTaskCreateOptions(id="later", command_line="/bin/true"))
+            assert wait_for_task(client, job_id, "waits").execution_info.result == "success"
+            # The preparation task ran once: its success was remembered across the restart.
+            shared = b"".join(client.download_node_file("deps-pool", node.id, "shared/prep.txt"))
+            assert shared == b"prep\n"

@@ -36,6 +36,8 @@ def test_pool_keys(raw, client):
             "enableInterNodeCommunication", "taskSlotsPerNode", "taskSchedulingPolicy",
             "virtualMachineConfiguration"} <= set(body)
     assert body["resizeTimeout"] == "PT15M"
+    # The service's own answer for a pool created without a policy, as recorded by azure-sdk-for-python
+    # (test_batch_update_pools[sync]); the API's enum spells it "spread", and the SDK reads either.
     assert body["taskSchedulingPolicy"] == {"nodeFillType": "Spread"}
     assert body["virtualMachineConfiguration"]["imageReference"]["version"] == "latest"
     _timestamps_are_iso(body)

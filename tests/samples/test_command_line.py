@@ -44,6 +44,8 @@ def test_a_missing_configuration_file_is_one_line_and_exit_code_2(
         ("Batch", "account_key", "", "the value is empty"),
         ("Cleanup", "delete_job", "maybe", "expected true or false (or yes/no, on/off, 1/0), got 'maybe'"),
         ("Pool", "node_count", "0", "expected a whole number of at least 1, got '0'"),
+        ("Batch", "account_key", "not base64!",
+         "an account key is base64 text, as the portal shows it; this value (11 characters) is not valid base64"),
     ],
 )
 @pytest.mark.parametrize("sample", SAMPLES)

@@ -59,7 +59,7 @@ def test_ctrl_c_while_waiting_for_nodes_cleans_up_and_exits_130(
     output = "".join(printed)
     assert returncode == 130, f"{output}\n{stderr}"
     assert stderr == (
-        "sample2_pools_and_resourcefiles.py: error: interrupted; the resources it created were cleaned up as configured\n"
+        "sample2_pools_and_resourcefiles.py: error: interrupted; everything it created was deleted\n"
     )
     assert re.search(r"^Deleted pool sample2-pool-", output, re.MULTILINE)
     assert re.search(r"^Deleted container sample2-resources-", output, re.MULTILINE)

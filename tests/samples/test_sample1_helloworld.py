@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 import sample1_helloworld
+from common import REPOSITORY_ROOT
 from common.clients import create_batch_client
 from common.local import AZURITE_ACCOUNT_KEY, LOCALBATCH_ACCOUNT_KEY
 from tests.samples.support import (
     NOTHING,
     SAMPLE1,
+    SAMPLE_RUN_TIMEOUT_SECONDS,
     Backend,
     FailRequests,
     Inventory,
@@ -49,12 +53,21 @@ def test_keep_resources_keeps_the_job_and_its_auto_pool(local_backend: Backend, 
 
     assert run.returncode == 0, run.describe()
     [job_id] = created_ids(run.stdout, "job")
-    assert f"Kept job {job_id}" in run.stdout
     left = take_inventory(local_backend).minus(before)
     assert left.job_ids == {job_id}
     [auto_pool_id] = left.pool_ids
     assert local_backend.batch_client.get_job(job_id).execution_info.pool_id == auto_pool_id
-    local_backend.batch_client.begin_delete_job(job_id, polling_interval=0.2).result()
+    # The auto-pool, a billed VM on Azure, is named with its nodes; then how to look and how to delete.
+    assert (f"Kept job {job_id} and its auto-pool {auto_pool_id} (1 of 1 node(s) of standard_d2s_v3, active): "
+            "the nodes stay, and on Azure are billed, until the job is deleted\n") in run.stdout
+    assert "To look at them: 'make stack' in " in run.stdout
+    [delete_line] = [line for line in run.stdout.splitlines() if line.startswith("To delete them: ")]
+    assert delete_line.endswith(f" -m common.delete_resources --job {job_id}")
+    command = delete_line.removeprefix("To delete them: ").split(" && ", 1)[1].split()
+    deleted = subprocess.run([sys.executable, *command[1:]], cwd=REPOSITORY_ROOT, env=local_backend.environment,
+                             capture_output=True, text=True, timeout=SAMPLE_RUN_TIMEOUT_SECONDS)
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout == f"Deleted job {job_id}\n"
     assert_left_behind(local_backend, before, NOTHING)
 
 

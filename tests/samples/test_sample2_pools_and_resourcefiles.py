@@ -8,6 +8,7 @@ from typing import Callable
 import pytest
 
 import sample2_pools_and_resourcefiles as sample2
+from common.cli import StepFailed
 from common.clients import create_batch_client, create_blob_service_client
 from common.config import environment_variable_name
 from tests.samples.support import (
@@ -54,7 +55,10 @@ def test_keeps_the_pool_when_its_config_says_so(local_backend: Backend, tmp_path
 
     assert run.returncode == 0, run.describe()
     [pool_id] = created_ids(run.stdout, "pool")
-    assert f"Kept pool {pool_id}" in run.stdout
+    assert f"Kept pool {pool_id} (1 node(s) of standard_d2s_v3): they stay, and on Azure are billed, " \
+           "until the pool is deleted\n" in run.stdout
+    assert "To look at them: 'make stack' in " in run.stdout
+    assert f" -m common.delete_resources --pool {pool_id}\n" in run.stdout
     assert_left_behind(local_backend, before, Inventory(frozenset(), frozenset({pool_id}), frozenset()))
     local_backend.batch_client.begin_delete_pool(pool_id, polling_interval=0.2).result()
     assert_left_behind(local_backend, before, NOTHING)
@@ -142,14 +146,14 @@ def test_a_start_task_that_cannot_download_fails_the_sample_with_the_reason_and_
     settings = local_backend.settings(SAMPLE2)
     create_pool_with_start_task = sample2.create_pool_with_start_task
 
-    def create_pool_with_a_forged_signature(batch_client, pool_id, pool_settings, image, script_url, script_name):  # type: ignore[no-untyped-def]
+    def create_pool_with_a_forged_signature(batch_client, pool_id, vm_size, node_count, image, script_url, script_name):  # type: ignore[no-untyped-def]
         forged_url = script_url.replace("sig=", "sig=forged")
-        return create_pool_with_start_task(batch_client, pool_id, pool_settings, image, forged_url, script_name)
+        return create_pool_with_start_task(batch_client, pool_id, vm_size, node_count, image, forged_url, script_name)
 
     monkeypatch.setattr(sample2, "create_pool_with_start_task", create_pool_with_a_forged_signature)
     before = take_inventory(local_backend)
 
-    with pytest.raises(RuntimeError, match="starttaskfailed") as raised:
+    with pytest.raises(StepFailed, match=r"^wait for the nodes of pool sample2-pool-\S+: RuntimeError: .*starttaskfailed") as raised:
         sample2.run_pools_and_resource_files(local_backend.batch_client, local_backend.blob_service_client, settings)
 
     assert "start task" in str(raised.value)

@@ -1,0 +1,1 @@
+"""Pool autoscale: the formula language, the sampled metrics, and the periodic evaluation."""
