@@ -3,8 +3,8 @@
 Start-up problems end it with one line on stderr and a non-zero exit code, never a traceback:
 
 - exit 2: the accounts in LOCALBATCH_ACCOUNTS cannot be read; ``--cert``/``--key`` are not a usable
-  certificate and key, or only one is given; ``--auth-modes`` names an unknown mode; ``--node-subnet``
-  is not a loopback network; ``--location`` cannot be used
+  certificate and key, or only one is given; ``--auth-modes`` names an unknown mode;
+  ``--node-subnet`` is not a loopback network; ``--location`` cannot be used
   (it is read-only, full, not a directory, not ours to write...); the state database in it
   cannot be opened (e.g. it is corrupt);
 - exit 1: it cannot listen on ``--host``:``--port`` (the port is taken, the address is not ours).
@@ -25,8 +25,8 @@ from .accounts import AccountConfigError
 from .connections import ConnectionLimits
 from .domain.runtime import Timings
 from .domain.service import NODES_DIRECTORY, STATE_DIRECTORY
-from .node.network import DEFAULT_NODE_SUBNET, NODE_SUBNET_ENV_VAR, NodeSubnetError
 from .identity.certificates import server_ssl_context
+from .node.network import DEFAULT_NODE_SUBNET, NODE_SUBNET_ENV_VAR, NodeSubnetError
 from .server import LocalBatchServer
 from .store import StateDatabaseError
 
@@ -65,9 +65,6 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="log every request (never credentials or bodies)")
     parser.add_argument("--node-startup-seconds", type=float, default=None,
                         help="how long a new node takes from creating to idle (default 0.3)")
-    parser.add_argument("--node-subnet", default=None,
-                        help="loopback subnet of the nodes' addresses: nodes get .2, .3, ...; NAT frontends listen "
-                             f"on .1 (default: ${NODE_SUBNET_ENV_VAR}, else {DEFAULT_NODE_SUBNET})")
     defaults = ConnectionLimits()
     parser.add_argument("--max-connections", type=_at_least_one, default=defaults.max_connections,
                         help=f"connections open at once, all clients together (default {defaults.max_connections})")
@@ -94,6 +91,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--services-key", help="PEM private key of --services-cert (default: --key)")
     parser.add_argument("--node-ca-bundle", help="CA bundle the nodes' programs trust (SSL_CERT_FILE, "
                                                  "REQUESTS_CA_BUNDLE), e.g. public roots plus the local CA")
+    parser.add_argument("--node-subnet", default=None,
+                        help="loopback subnet of the nodes' addresses: nodes get .2, .3, ...; NAT frontends listen "
+                             f"on .1 (default: ${NODE_SUBNET_ENV_VAR}, else {DEFAULT_NODE_SUBNET})")
     return parser.parse_args(argv)
 
 

@@ -56,7 +56,8 @@ class LocalBatchServer:
         ``services_port``: also serve Key Vault and the management plane there, over https with
         ``services_cert``/``services_key`` (default: ``cert``/``key``). ``node_ca_bundle``: a CA bundle
         the nodes' programs trust (SSL_CERT_FILE, REQUESTS_CA_BUNDLE), instead of the one inherited.
-        ``node_subnet``: the loopback subnet of every account's node addresses (see node/network.py)."""
+        ``node_subnet``: the loopback subnet of the nodes' addresses (default $LOCALBATCH_NODE_SUBNET, else
+        127.0.0.0/24), shared by every account's nodes."""
         if bool(cert) != bool(key):
             raise ValueError("--cert and --key go together: give both to serve https, or neither")
         self.services_port = services_port
@@ -123,6 +124,7 @@ class LocalBatchServer:
                 service = BatchService(location, name, self.timings, self.auto_storage, self.quotas, self.network)
                 self.services[name] = service
                 service.load()
+                await service.start_node_services()
             identity_directory = os.path.join(self.location, IDENTITY_DIRECTORY)
             self.identity = TokenIssuer.open(identity_directory)
             identity_endpoint = IdentityEndpoint(self.identity, load_identity_header(identity_directory))
@@ -163,6 +165,9 @@ class LocalBatchServer:
         for service in self.services.values():
             service.base_url = self.public_url or self.url  # the account URL tasks are told
             service.start_background_work()
+        ssh_unavailable = next(iter(self.services.values())).context.services.ssh_unavailable
+        if ssh_unavailable:
+            logger.warning("nodes have no SSH server: %s", ssh_unavailable)
 
     async def _start_azure_services(self) -> None:
         """Key Vault and the management plane, on their own https port."""

@@ -364,14 +364,22 @@ class Nodes:
                     node.boot_generation += 1
                     node.set_state("rebooting")
 
+    async def start_services_of_running_nodes(self) -> None:
+        """At start-up, before the first answer: a node that was up is up again, SSH and frontends
+        included (one still booting starts them when it has booted)."""
+        for pool in list(self.repo.pools.values()):
+            if pool.state == "deleting":
+                continue
+            for node in list(pool.nodes.values()):
+                if node.state not in BOOTING_STATES and node.state != "leavingpool":
+                    await self.start_services(pool, node)
+
     def resume(self, pool: Pool) -> None:
         """Once the loop runs: carry on with the boots, removals and deferred actions in flight."""
         for node in list(pool.nodes.values()):
             if node.state in BOOTING_STATES:
                 self.context.background.spawn(self._boot(pool, node, restart="resume"))
                 continue
-            if node.state != "leavingpool":  # a node that was up is up again: its services too
-                self.context.background.spawn(self.start_services(pool, node))
             if node.state == "leavingpool":
                 self.context.background.spawn(self._finish_removal(pool, node))
             elif node.after_tasks:  # its tasks were requeued when the emulator stopped

@@ -100,6 +100,11 @@ class BatchService:
         self.nodes.recover()
         self.store.flush()
 
+    async def start_node_services(self) -> None:
+        """Bring back the SSH servers and NAT frontends of the nodes that are up; called on the
+        loop before the server answers, so a node reported idle can be reached at once."""
+        await self.nodes.start_services_of_running_nodes()
+
     def start_background_work(self) -> None:
         """Resume timers, node boots, deletions and scheduling; called on the loop once the server runs."""
         self.pools.resume()

@@ -158,7 +158,7 @@ class NodeAgent:
             "AZ_BATCH_NODE_STARTUP_WORKING_DIR": startup.working_dir,
             "AZ_BATCH_NODE_MOUNTS_DIR": layout.mounts_dir(node.pool_id, node.node_id),
         })
-        env.update(node.environment)
+        env.update(node.environment)  # what the node runtime adds (its managed identity endpoint, ...)
         if node.docker_host:
             env["DOCKER_HOST"] = node.docker_host
         return env

@@ -68,6 +68,8 @@ class NatFrontend:
             self._server = None
         for writer in list(self._open):
             writer.transport.abort()
+        for task in list(self._pipes):
+            task.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -89,6 +91,8 @@ class NatFrontend:
                 return
             self._open.add(backend_writer)
             await asyncio.gather(_copy(reader, backend_writer), _copy(backend_reader, writer))
+        except asyncio.CancelledError:
+            pass  # stop() cuts the connection; the handler ends quietly
         finally:
             for end in (writer, backend_writer):
                 if end is not None:
