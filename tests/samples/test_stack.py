@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +16,10 @@ from common.clients import create_batch_client
 from common.config import environment_variable_name, load_settings, sample_configuration_path
 from common.local import localbatch_answers
 from tests.samples.support import SAMPLE1, Backend, created_ids, environment_without_overrides, run_sample
+from tests.ports import free_stack_ports
 from tests.waiting import wait_for
 
 STACK_TIMEOUT_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        return listener.getsockname()[1]
 
 
 def test_make_stack_runs_the_stack_target() -> None:
@@ -35,12 +30,13 @@ def test_make_stack_runs_the_stack_target() -> None:
 
 @pytest.mark.parametrize("scheme", ["https", "http"])
 def test_what_a_sample_kept_can_be_looked_at_on_the_restarted_stack(scheme: str, tmp_path: Path) -> None:
-    batch_endpoint = f"{scheme}://127.0.0.1:{free_port()}"
+    batch_port, blob_port = free_stack_ports()
+    batch_endpoint = f"{scheme}://127.0.0.1:{batch_port}"
     environment = {
         **environment_without_overrides(),
         environment_variable_name("Batch", "endpoint"): batch_endpoint,
         environment_variable_name("Batch", "poll_interval_seconds"): "0.2",
-        environment_variable_name("Storage", "blob_endpoint"): f"{scheme}://127.0.0.1:{free_port()}/devstoreaccount1",
+        environment_variable_name("Storage", "blob_endpoint"): f"{scheme}://127.0.0.1:{blob_port}/devstoreaccount1",
         environment_variable_name("Local", "data_directory"): str(tmp_path / "data"),
     }
     # The sample starts its own stack on these ports and stops it when it ends.
