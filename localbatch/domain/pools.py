@@ -19,7 +19,7 @@ from .tasks import Tasks
 from .autoscale.checks import check_interval
 from .extensions import without_protected_settings
 from .networking import check_pool_network
-from .validation import check_id, check_pool_body, check_virtual_machine_configuration, without_secrets
+from .validation import check_id, check_pool_body, check_start_task, check_virtual_machine_configuration, without_secrets
 
 UPDATABLE_PROPERTIES = ("startTask", "metadata", "displayName", "taskSchedulingPolicy", "networkConfiguration",
                         "vmSize", "taskSlotsPerNode", "virtualMachineConfiguration", "upgradePolicy",
@@ -116,6 +116,8 @@ class Pools:
         if body.get("virtualMachineConfiguration") is not None:
             check_virtual_machine_configuration(body["virtualMachineConfiguration"])
         check_pool_network(body.get("networkConfiguration"))
+        check_start_task(body.get("startTask"),
+                         body.get("virtualMachineConfiguration") or pool.data.get("virtualMachineConfiguration") or {})
         for name in UPDATABLE_PROPERTIES:
             if body.get(name) is not None:
                 pool.data[name] = (without_protected_settings(body[name]) if name == "virtualMachineConfiguration"

@@ -77,7 +77,11 @@ def check_pool_body(body: dict) -> None:
     if (body.get("taskSlotsPerNode") or 1) < 1:
         raise invalid_property("taskSlotsPerNode", body["taskSlotsPerNode"], "The value must be at least 1.")
     check_endpoint_configuration(body.get("networkConfiguration"))
-    start_task = body.get("startTask")
+    check_start_task(body.get("startTask"), vm_config)
+
+
+def check_start_task(start_task: dict | None, vm_config: dict) -> None:
+    """A pool's start task, as given to create, update or replace a pool with this VM configuration."""
     if start_task:
         for index, resource_file in enumerate(start_task.get("resourceFiles") or []):
             check_resource_file(f"startTask.resourceFiles[{index}]", resource_file)
