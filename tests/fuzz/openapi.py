@@ -21,6 +21,7 @@ How it differs from the official description (BatchService.json in Azure/azure-r
   the specification's own lists, and only for requests (the SDK types read-only fields the
   service may leave out as required); durations are a pattern that allows days and fractional
   seconds; integers the SDK sends as strings (`format="str"`) are strings of digits; enums are closed here (the SDK's values), extensible there;
+- a GET or HEAD that takes If-None-Match / If-Modified-Since also declares 304 without a body;
 - error responses are declared once, as the Batch error body, for every 4XX and for 501;
 - `client-request-id`, `ocp-date` and `Authorization` are left to the signer (requests are
   signed with Shared Key as the SDK signs them), `api-version` is the one version served;
@@ -272,6 +273,9 @@ def build_description() -> dict:
                        for header, schema in operation.headers.items()]
         error = {"description": "a Batch error", "content": {"application/json": {"schema": BATCH_ERROR}}}
         responses: dict[str, dict] = {"4XX": error, "501": error}
+        if method in ("GET", "HEAD") and {"If-None-Match", "If-Modified-Since"} & set(operation.headers):
+            # A conditional read that matches answers 304 (azure-core maps it to ResourceNotModifiedError).
+            responses["304"] = {"description": "not modified"}
         for status in operation.statuses:
             responses[str(status)] = {"description": "success"}
             if operation.streams and not operation.response_model and method == "GET":

@@ -82,7 +82,8 @@ class FuzzReport:
     def summary(self) -> str:
         lines = [f"operations covered: {len(self.operations)}",
                  f"requests sent: {self.requests}",
-                 "status histogram: " + ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items())),
+                 "status histogram: " + ", ".join(f"{status}: {count}" for status, count in
+                                                  sorted(self.statuses.items(), key=lambda item: str(item[0]))),
                  f"server errors (5xx other than 501): {len(self.server_errors)}",
                  f"schema violations: {len(self.schema_violations)}"]
         for finding in self.findings[:FINDINGS_SHOWN]:
@@ -143,15 +144,21 @@ class Fuzzer:
 
         self.report.operations.add(name)
         send()
+        self.session.close()   # an answer that broke the connection must not be reused
 
     def send(self, name: str, case: schemathesis.Case) -> None:
+        request = f"{case.method.upper()} {case.formatted_path} query={case.query} headers={case.headers}"
         try:
             response = case.call(base_url=self.url, session=self.session, timeout=60)
         except requests.exceptions.InvalidHeader:
             return   # requests refuses to send such a header: nothing reached the server
+        except requests.exceptions.ConnectionError as error:   # the server dropped the request unanswered
+            self.report.requests += 1
+            self.report.statuses["no answer"] += 1
+            self.report.findings.append(Finding(name, "server error", request, 0, str(error)))
+            return
         self.report.requests += 1
         self.report.statuses[response.status_code] += 1
-        request = f"{case.method.upper()} {case.formatted_path}"
         if response.status_code >= 500 and response.status_code != 501:
             self.report.findings.append(Finding(name, "server error", request, response.status_code,
                                                 response.content[:400].decode("utf-8", "replace")))
