@@ -25,3 +25,13 @@ def test_a_start_task_resource_file_without_a_source_is_refused_on_update(raw, c
     _assert_batch_error(response, 400, "InvalidPropertyValue")
     assert response.detail("PropertyName") == "startTask.resourceFiles[0]"
     assert client.get_pool(empty_pool).start_task is None
+
+
+@pytest.mark.parametrize("name", ["a\u0001b", "a\nb", "../root", "-rf", "x" * 65])
+def test_a_node_user_name_that_cannot_be_an_account_is_refused(raw, client, pool_id, name):
+    """Found by the fuzz: any name was accepted (201), and one with a control character then broke
+    off the answer unsent (its DataServiceId header cannot carry it)."""
+    [node] = list(client.list_nodes(pool_id))[:1]
+    response = raw.request("POST", f"/pools/{pool_id}/nodes/{node.id}/users", body={"name": name})
+    _assert_batch_error(response, 400, "InvalidPropertyValue")
+    assert response.detail("PropertyName") == "name"

@@ -144,10 +144,12 @@ class Fuzzer:
 
         self.report.operations.add(name)
         send()
-        self.session.close()   # an answer that broke the connection must not be reused
 
     def send(self, name: str, case: schemathesis.Case) -> None:
         request = f"{case.method.upper()} {case.formatted_path} query={case.query} headers={case.headers}"
+        # Each request on a fresh connection: schemathesis re-sends a request once when a reused connection
+        # drops it unanswered, which would hide a server that breaks off an answer.
+        self.session.close()
         try:
             response = case.call(base_url=self.url, session=self.session, timeout=60)
         except requests.exceptions.InvalidHeader:
