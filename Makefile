@@ -17,13 +17,14 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 SAMPLE_SCRIPT := $(firstword $(wildcard sample$(SAMPLE)_*.py))
 
-.PHONY: run test setup stack clean bench help
+.PHONY: run test setup stack clean bench fuzz help
 
 help:
 	@echo "make run [SAMPLE=N]  set up, then run sampleN against the local stack (default: sample 1)"
 	@echo "make test            set up, then run the whole test suite"
 	@echo "make stack           set up, then run the local stack on the data samples kept, until Ctrl-C"
 	@echo "make bench           set up, then run the benchmarks in bench/"
+	@echo "make fuzz            set up, then fuzz localbatch with schemathesis (all operations; figures)"
 	@echo "make setup           only create .venv and install Azurite"
 	@echo "make clean           remove .venv, node_modules and the local stack's data"
 
@@ -61,6 +62,12 @@ test: setup
 # Figures, not pass/fail: see bench/ (tests never assert on wall-clock time).
 bench: setup
 	$(VENV_PYTHON) -m bench
+
+# Every operation, positive and negative examples; fails on a 5xx other than 501 or a schema violation.
+# FUZZ_ARGS: e.g. --examples 300 or --operation create_pool (see tests/fuzz/run.py).
+FUZZ_ARGS ?=
+fuzz: setup
+	$(VENV_PYTHON) -m tests.fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .localstack .pytest_cache *.egg-info build
