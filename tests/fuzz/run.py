@@ -159,6 +159,10 @@ class Fuzzer:
             self.report.statuses["no answer"] += 1
             self.report.findings.append(Finding(name, "server error", request, 0, str(error)))
             return
+        self.judge(name, case, request, response)
+
+    def judge(self, name: str, case: schemathesis.Case, request: str, response: Any) -> None:
+        """Count an answer, and record it as a finding when it is a server error or breaks the description."""
         self.report.requests += 1
         self.report.statuses[response.status_code] += 1
         if response.status_code >= 500 and response.status_code != 501:
