@@ -381,7 +381,7 @@ def _check_header_text(headers: Any) -> None:
 def _check_timeout(query: dict[str, str]) -> None:
     """`timeOut`, the seconds the server may spend on the request, is a positive whole number."""
     text = query.get("timeOut")
-    if text is not None and not (text.isdigit() and int(text) > 0):
+    if text is not None and not (text.isascii() and text.isdigit() and int(text) > 0):
         raise BatchServiceError("InvalidQueryParameterValue", values={
             "QueryParameterName": "timeOut", "QueryParameterValue": text,
             "Reason": "timeOut is a whole number of seconds, at least 1."})

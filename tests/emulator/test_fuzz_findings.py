@@ -35,3 +35,11 @@ def test_a_node_user_name_that_cannot_be_an_account_is_refused(raw, client, pool
     response = raw.request("POST", f"/pools/{pool_id}/nodes/{node.id}/users", body={"name": name})
     _assert_batch_error(response, 400, "InvalidPropertyValue")
     assert response.detail("PropertyName") == "name"
+
+
+@pytest.mark.parametrize("value", ["%C2%B2", "%D9%A3", "%EF%BC%91"])   # superscript two, Arabic-Indic three, fullwidth one
+def test_a_timeout_in_digits_other_than_ascii_is_refused(raw, value):
+    """Found by the fuzz: str.isdigit() accepts these, int() does not, and the request got a 500."""
+    response = raw.request("GET", f"/pools?timeOut={value}")
+    _assert_batch_error(response, 400, "InvalidQueryParameterValue")
+    assert response.detail("QueryParameterName") == "timeOut"
