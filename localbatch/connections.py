@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -107,3 +109,18 @@ def _refusal(reason: str) -> bytes:
             "Connection: close\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode("ascii")
     return head + body
+
+
+def reset_connection(transport: Optional[asyncio.BaseTransport]) -> None:
+    """Drop a connection now, with a reset rather than a close (SO_LINGER 0): the kernel neither keeps
+    trickling what was left to send to a client that does not read, nor lets a refused client think
+    it was served."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()

@@ -12,8 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
-import struct
 import time
 import uuid
 from collections import Counter, defaultdict, deque
@@ -24,6 +22,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from . import auth, wire
+from .connections import reset_connection
 from .errors import BatchServiceError
 from .store import StoreUnavailable
 
@@ -92,7 +91,7 @@ class FileRange:
         except asyncio.TimeoutError:
             logger.info("dropping the download of %s: its client took nothing for %g s", self.path, stall_seconds)
             response.force_close()
-            _reset(request.transport)
+            reset_connection(request.transport)
         except OSError:  # a read failed after the headers went out: all that can be done is to stop
             logger.exception("streaming %s failed", self.path)
             response.force_close()
@@ -102,20 +101,6 @@ class FileRange:
             else:
                 self.close()
         return response
-
-
-def _reset(transport: Optional[asyncio.BaseTransport]) -> None:
-    """Drop a connection now, with what it still had to send (a reset rather than a close, so that the
-    kernel does not keep trickling the rest to a client that does not read)."""
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
 
 
 class ClientGone(Exception):

@@ -11,11 +11,10 @@ import asyncio
 import errno
 import logging
 import os
-import socket
-import struct
 from dataclasses import dataclass
 from typing import Optional
 
+from ..connections import reset_connection
 from . import nsg
 from .network import NodeNetwork
 from .ssh import SSH_PORT, NodeSshServer, NodeSshSettings
@@ -82,12 +81,12 @@ class NatFrontend:
             if self._server is None or not nsg.allows(list(self.frontend.rules), self.network, source_address,
                                                       source_port):
                 logger.info("NSG denied %s:%d -> frontend %d", source_address, source_port, self.frontend.port)
-                _reset(writer)
+                reset_connection(writer.transport)
                 return
             try:
                 backend_reader, backend_writer = await self._connect_backend(source_address)
             except OSError:
-                _reset(writer)
+                reset_connection(writer.transport)
                 return
             self._open.add(backend_writer)
             await asyncio.gather(_copy(reader, backend_writer), _copy(backend_reader, writer))
@@ -120,17 +119,6 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except (ConnectionError, OSError):
         pass
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Refuse the connection: close it with a reset (SO_LINGER 0), as a deny does to a client."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    writer.transport.abort()
 
 
 class NodeServices:
