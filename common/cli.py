@@ -33,6 +33,8 @@ EXIT_SUCCESS = 0
 EXIT_FAILURE = 1
 EXIT_CONFIGURATION_ERROR = 2
 EXIT_INTERRUPTED = 130
+DELETABLE_KINDS = ("job", "pool", "container")
+"""The kinds of resource ``python -m common.delete_resources`` deletes (``--job``, ``--pool``, ``--container``)."""
 
 
 def parse_sample_arguments(
@@ -107,7 +109,10 @@ def how_to_inspect_and_delete(settings: SampleSettings, report: CleanupReport) -
     left = report.left_behind()
     if not left:
         return []
-    arguments = " ".join(f"--{kind} {identifier}" for kind, identifier in (name.split(" ", 1) for name in left))
+    # What common.delete_resources can delete; a sample that leaves anything else (sample 3's key) says how itself.
+    deletable = [(kind, identifier) for kind, identifier in (name.split(" ", 1) for name in left)
+                 if kind in DELETABLE_KINDS]
+    arguments = " ".join(f"--{kind} {identifier}" for kind, identifier in deletable)
     config = "" if settings.configuration_path == DEFAULT_CONFIGURATION else f" --config {settings.configuration_path}"
     python = Path(sys.executable)
     if python.is_relative_to(REPOSITORY_ROOT):
@@ -120,7 +125,8 @@ def how_to_inspect_and_delete(settings: SampleSettings, report: CleanupReport) -
     else:
         lines.append(f"To look at them: the Azure portal (Batch account {settings.batch.account_name or settings.batch.endpoint}), "
                      f"or 'az batch job list' / 'az batch pool list'")
-    lines.append(f"To delete them: cd {REPOSITORY_ROOT} && {python} -m common.delete_resources{config} {arguments}")
+    if deletable:
+        lines.append(f"To delete them: cd {REPOSITORY_ROOT} && {python} -m common.delete_resources{config} {arguments}")
     return lines
 
 

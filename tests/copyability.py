@@ -25,10 +25,12 @@ from typing import Callable, Iterator
 
 from common import REPOSITORY_ROOT
 
-COPYABLE_MODULES = ("common.helpers", "common.storage", "common.cleanup", "common.redaction")
-"""The helper modules meant to be copied (README: "The helpers in common/")."""
+COPYABLE_MODULES = (
+    "common.helpers", "common.storage", "common.cleanup", "common.redaction", "resources.key_vault_key_wrapper",
+)
+"""The helper modules meant to be copied (README: "The helpers in common/"; sample 3's key wrapper)."""
 
-SAMPLE_MODULES = ("sample1_helloworld", "sample2_pools_and_resourcefiles")
+SAMPLE_MODULES = ("sample1_helloworld", "sample2_pools_and_resourcefiles", "sample3_encrypted_resourcefiles")
 """Every sample whose functions must be copyable; a new sample adds itself here."""
 
 STORY_FUNCTIONS = ("main",)
@@ -99,6 +101,8 @@ def free_names(function: FunctionType) -> set[str]:
             bound.update(argument.arg for argument in ast.walk(child.args) if isinstance(argument, ast.arg))
         elif isinstance(child, ast.comprehension):
             bound.update(name.id for name in ast.walk(child.target) if isinstance(name, ast.Name))
+        elif isinstance(child, ast.ExceptHandler) and child.name:  # except ... as name
+            bound.add(child.name)
     annotations = {name.id for argument in ast.walk(node) if isinstance(argument, ast.arg) and argument.annotation
                    for name in ast.walk(argument.annotation) if isinstance(name, ast.Name)}
     if node.returns is not None:

@@ -63,3 +63,15 @@ def test_the_function_rule_catches_settings_constants_and_sample_functions() -> 
         "takes_settings uses SampleSettings (from common.config, which is not a copyable module)",
         "takes_settings uses helper_of_this_module (another function of the sample)",
     ]
+
+
+def catches_and_names_the_error(text: str) -> str:
+    """Binds ``error`` in its except clause: a name of its own, not a dependency."""
+    try:
+        return str(int(text))
+    except ValueError as error:
+        return str(error)
+
+
+def test_a_name_bound_by_an_except_clause_is_not_a_dependency() -> None:
+    assert rule_breaches(catches_and_names_the_error) == []

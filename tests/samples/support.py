@@ -25,6 +25,7 @@ from tests.waiting import wait_for
 
 SAMPLE1 = "sample1_helloworld.py"
 SAMPLE2 = "sample2_pools_and_resourcefiles.py"
+SAMPLE3 = "sample3_encrypted_resourcefiles.py"
 SAMPLE4 = "sample4_docker_swarm.py"
 SAMPLE_RUN_TIMEOUT_SECONDS = 900
 

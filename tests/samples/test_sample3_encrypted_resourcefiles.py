@@ -17,8 +17,10 @@ import sample3_encrypted_resourcefiles as sample3
 from common.clients import create_batch_client, create_blob_service_client
 from common.config import environment_variable_name
 from common.local import LocalStack
+from common.cli import StepFailed, run_sample_main
 from tests.samples.support import (
     NOTHING,
+    SAMPLE3,
     Backend,
     FailRequests,
     assert_left_behind,
@@ -29,7 +31,6 @@ from tests.samples.support import (
 )
 from tests.samples.test_entra_id import entra_backend, https_stack  # noqa: F401  (fixtures)
 
-SAMPLE3 = "sample3_encrypted_resourcefiles.py"
 PLAINTEXT = sample3.SECRET_PATH.read_bytes()
 
 
@@ -69,7 +70,8 @@ def test_prints_the_secret_the_task_decrypted_and_storage_never_holds_it(
     [job_id] = created_ids(run.stdout, "job")
     [container_name] = created_ids(run.stdout, "container")
     [key_name] = [line.split()[3] for line in run.stdout.splitlines() if line.startswith("Created RSA key ")]
-    assert f"Deleted and purged key {key_name}: the encrypted blob can never be decrypted again" in run.stdout
+    assert f"Deleted key {key_name}\n" in run.stdout
+    assert run.stdout.endswith(f"\nPurged key {key_name}: the encrypted blob can never be decrypted again\n")
     for name in (f"job {job_id}", f"pool {pool_id}"):
         assert f"Deleted {name}" in run.stdout
     assert f"Kept container {container_name}" in run.stdout
@@ -103,12 +105,12 @@ def test_keeps_the_key_when_its_config_says_so(
 ) -> None:
     """--keep-resources keeps the key too (its name printed), so the kept blob stays readable."""
     settings = local_backend.settings(SAMPLE3)
-    encryption = sample3.load_encryption_settings(settings.sample_configuration_path)
+    encryption = sample3.EncryptionSettings.load(settings.sample_configuration_path)
     monkeypatch.setattr(sample3, "add_decrypt_task", lambda *arguments, **options: _refuse())
     key_client = _key_client(local_stack, stack_credentials)
     before = take_inventory(local_backend)
 
-    with pytest.raises(RuntimeError, match="refused on purpose"):
+    with pytest.raises(StepFailed, match=r"^add a task to job sample3-job-\S+: RuntimeError: the task was refused on purpose"):
         sample3.run_encrypted_resource_files(
             local_backend.batch_client, local_backend.blob_service_client, key_client,
             sample3.create_management_client(stack_credentials, encryption.subscription_id,
@@ -117,6 +119,9 @@ def test_keeps_the_key_when_its_config_says_so(
 
     printed = capsys.readouterr().out
     [key_name] = [line.split()[2] for line in printed.splitlines() if line.startswith("Kept key ")]
+    assert f"Kept key {key_name} (in Key Vault {encryption.vault_url}: " in printed
+    assert f"To delete key {key_name}: " in printed
+    assert "--key" not in printed  # common.delete_resources deletes jobs, pools and containers only
     assert key_client.get_key(key_name).name == key_name
     kept = take_inventory(local_backend).minus(before)
     assert len(kept.pool_ids) == 1 and len(kept.job_ids) == 1 and len(kept.container_names) == 1
@@ -157,7 +162,7 @@ def test_a_failure_at_any_step_still_cleans_up_and_removes_the_key(
     client: str, method: str, path: str, when: str, error: Callable[[], BaseException],
 ) -> None:
     settings = local_backend.settings(SAMPLE3)
-    encryption = sample3.load_encryption_settings(settings.sample_configuration_path)
+    encryption = sample3.EncryptionSettings.load(settings.sample_configuration_path)
     failure = FailRequests(method, path, error, when)
     policies = {"per_call_policies": [failure]}
     key_client = _key_client(local_stack, stack_credentials, **(policies if client == VAULT else {}))
@@ -182,6 +187,43 @@ def test_a_failure_at_any_step_still_cleans_up_and_removes_the_key(
         assert "injected failure" in str(raised.value)
     assert_left_behind(local_backend, before, NOTHING)
     assert _sample3_keys(_key_client(local_stack, stack_credentials)) == keys_before
+
+
+def test_a_key_that_cannot_be_deleted_is_reported_as_left_with_the_step_that_failed(
+    local_backend: Backend, local_stack: LocalStack, stack_credentials: DefaultAzureCredential,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The vault refuses the delete: the last line names the failed step and the key still there, and says how to delete it."""
+    settings = local_backend.settings(SAMPLE3)
+    encryption = sample3.EncryptionSettings.load(settings.sample_configuration_path)
+    upload_fails = FailRequests("PUT", r"/prepare_node\.sh$", connection_lost)
+    delete_fails = FailRequests("DELETE", r"^/keys/sample3-key-[^/]+$", connection_lost)
+    key_client = _key_client(local_stack, stack_credentials, per_call_policies=[delete_fails])
+    management_client = sample3.create_management_client(
+        stack_credentials, encryption.subscription_id, local_stack.services_endpoint)
+    resources = sample3.CreatedResources()
+    before = take_inventory(local_backend)
+
+    with create_blob_service_client(settings.storage, **upload_fails.as_storage_client_options()) as blob_service_client:
+        exit_code = run_sample_main(SAMPLE3, lambda: sample3.run_encrypted_resource_files(
+            local_backend.batch_client, blob_service_client, key_client, management_client, settings, encryption,
+            stack_credentials, local_stack=True, resources=resources), resources)
+
+    printed = capsys.readouterr()
+    [key_name] = [line.split()[3] for line in printed.out.splitlines() if line.startswith("Created RSA key ")]
+    assert (upload_fails.failed, delete_fails.failed, exit_code) == (1, 1, 1), printed
+    [last_line] = printed.err.splitlines()
+    assert last_line.startswith(f"{SAMPLE3}: error: upload the node's files to container sample3-inputs-")
+    assert last_line.endswith(f"ServiceRequestError: injected failure: connection lost; could not delete key {key_name}: "
+                              "ServiceRequestError: injected failure: connection lost")
+    assert f"Could not delete key {key_name}: " in printed.out
+    assert f"To delete key {key_name}: " in printed.out
+    assert "Deleted container sample3-inputs-" in printed.out
+    assert_left_behind(local_backend, before, NOTHING)
+    key_client = _key_client(local_stack, stack_credentials)
+    assert key_client.get_key(key_name).name == key_name  # still there, as reported
+    sample3.delete_key(key_client, key_name, purge=True)
+    assert key_name not in _sample3_keys(key_client)
 
 
 def test_runs_with_entra_id_everywhere_and_logs_no_token(entra_backend: Backend, https_stack: LocalStack,
