@@ -8,7 +8,7 @@ resources it created are still there afterwards (the test deletes those itself).
 
 To cover a new sample, add rows: ``sample`` is its file name, ``step`` matches the request
 (method and path regex) the fault hits, and ``left`` lists the kinds it leaves ("job", "pool",
-"container").
+"container", and sample 3's Key Vault "key").
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from typing import Iterator, Optional
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
+from azure.identity import DefaultAzureCredential
+from azure.keyvault.keys import KeyClient
 
 from common import REPOSITORY_ROOT
 from common.config import environment_variable_name
 from common.local import LocalStack
 from tests.samples.proxy import RESET, STALL, FaultyProxy, Rule
-from tests.samples.support import SAMPLE1, SAMPLE2, Backend, Inventory, assert_left_behind, take_inventory
+from tests.samples.support import SAMPLE1, SAMPLE2, SAMPLE3, Backend, Inventory, assert_left_behind, take_inventory
 from tests.waiting import wait_for
 
 BATCH, STORAGE = "batch", "storage"
@@ -107,6 +109,22 @@ FAULTS = [
           last_line=r"^sample2_pools_and_resourcefiles\.py: error: interrupted; cleanup was stopped before deleting "
                     r"container sample2-resources-\S+",
           left=frozenset({"container"})),
+    # sample 3: the same faults; its Key Vault key is reported (and left) like the rest
+    Fault(SAMPLE3, "reset on create (container)", STORAGE, "PUT", r"^/devstoreaccount1/sample3-inputs-[^/]+$", RESET),
+    Fault(SAMPLE3, "reset on create (job)", BATCH, "POST", JOBS, RESET),
+    Fault(SAMPLE3, "reset on create (task)", BATCH, "POST", r"^/jobs/[^/]+/addtaskcollection$", RESET),
+    Fault(SAMPLE3, "stalled answer (upload the encrypted secret)", STORAGE, "PUT", r"/secret\.txt$", STALL,
+          environment=SHORT_TIMEOUTS),
+    Fault(SAMPLE3, "stalled answer (wait for the nodes)", BATCH, "GET", NODE_LIST, STALL, environment=SHORT_TIMEOUTS),
+    Fault(SAMPLE3, "Batch down at cleanup", BATCH, "GET", TASK_LIST, RESET, then=CTRL_C, goes_down=BATCH, exit_code=130,
+          last_line=r"^sample3_encrypted_resourcefiles\.py: error: interrupted; could not delete job sample3-job-\S+: "
+                    r".*; pool sample3-pool-\S+: ",
+          left=frozenset({"job", "pool"})),
+    Fault(SAMPLE3, "second Ctrl-C (cleanup stuck)", BATCH, "DELETE", ONE_JOB, STALL, forward=False,
+          then=CTRL_C_TWICE, exit_code=130,
+          last_line=r"^sample3_encrypted_resourcefiles\.py: error: interrupted; cleanup was stopped before deleting "
+                    r"job sample3-job-\S+, pool sample3-pool-\S+, container sample3-inputs-\S+, key sample3-key-\S+$",
+          left=frozenset({"job", "pool", "container", "key"})),
 ]
 
 
@@ -141,6 +159,31 @@ def start_sample(sample: str, environment: dict[str, str], working_directory: Pa
 
 
 @pytest.fixture
+def key_client(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[KeyClient]:
+    """A client for the stack's vault (sample 3's keys), with the stack's developer identity."""
+    for name, value in local_stack.client_environment().items():
+        monkeypatch.setenv(name, value)
+    with DefaultAzureCredential() as credential, \
+            KeyClient(local_stack.services_endpoint, credential, verify_challenge_resource=False) as client:
+        yield client
+
+
+def key_is_in_the_vault(key_client: KeyClient, key_name: str) -> bool:
+    """Whether the key is there, live or deleted but not yet purged (so still recoverable)."""
+    for look_up in (key_client.get_key, key_client.get_deleted_key):
+        with contextlib.suppress(ResourceNotFoundError):
+            look_up(key_name)
+            return True
+    return False
+
+
+def delete_and_purge(key_client: KeyClient, key_name: str) -> None:
+    with contextlib.suppress(ResourceNotFoundError):
+        key_client.begin_delete_key(key_name).wait()
+    key_client.purge_deleted_key(key_name)
+
+
+@pytest.fixture
 def proxies(local_stack: LocalStack) -> Iterator[dict[str, FaultyProxy]]:
     with FaultyProxy(local_stack.batch_endpoint) as batch, FaultyProxy(local_stack.blob_endpoint) as storage:
         yield {BATCH: batch, STORAGE: storage}
@@ -165,7 +208,7 @@ def delete_everything_in(backend: Backend, left: Inventory) -> None:
 
 @pytest.mark.parametrize("fault", FAULTS, ids=str)
 def test_a_network_fault_at_one_step(
-    fault: Fault, proxies: dict[str, FaultyProxy], local_backend: Backend, tmp_path: Path
+    fault: Fault, proxies: dict[str, FaultyProxy], local_backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     environment = {
         **local_backend.environment,
@@ -208,10 +251,18 @@ def test_a_network_fault_at_one_step(
         assert errors == [], sample.describe()
         assert "Deleted job " in "".join(sample.stdout), sample.describe()
         assert "Reusing pool " not in "".join(sample.stdout), sample.describe()  # it made the pool, answer lost or not
+    key_names = [line.split()[3] for line in sample.stdout if line.startswith("Created RSA key ")]
     left = wait_for(lambda: take_inventory(local_backend).minus(before), "deletions to finish",
                     local_backend.inventory_timeout_seconds, poll=0.2,
-                    until=lambda seen: kinds_left(seen) == set(fault.left))
+                    until=lambda seen: kinds_left(seen) == set(fault.left) - {"key"})
     try:
+        if fault.sample == SAMPLE3:
+            key_client: KeyClient = request.getfixturevalue("key_client")
+            [key_name] = key_names
+            assert key_is_in_the_vault(key_client, key_name) == ("key" in fault.left), sample.describe()
+            if "key" in fault.left:
+                assert key_name in errors[-1], sample.describe()
+                delete_and_purge(key_client, key_name)
         # The last line names everything that is still there (a job's auto-pool goes with the job).
         auto_pools = left.pool_ids if fault.sample == SAMPLE1 else frozenset()
         for name in left.job_ids | (left.pool_ids - auto_pools) | left.container_names:
