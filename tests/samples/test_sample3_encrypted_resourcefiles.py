@@ -226,6 +226,37 @@ def test_a_key_that_cannot_be_deleted_is_reported_as_left_with_the_step_that_fai
     assert key_name not in _sample3_keys(key_client)
 
 
+def test_cleanup_stopped_at_once_during_the_key_deletion_says_the_key_is_left(
+    local_backend: Backend, local_stack: LocalStack, stack_credentials: DefaultAzureCredential,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A Ctrl-C that stops the run while the key is being deleted (as a second one does): exit 130, key named."""
+    settings = local_backend.settings(SAMPLE3)
+    encryption = sample3.EncryptionSettings.load(settings.sample_configuration_path)
+    upload_fails = FailRequests("PUT", r"/prepare_node\.sh$", connection_lost)
+    delete_stopped = FailRequests("DELETE", r"^/keys/sample3-key-[^/]+$", KeyboardInterrupt)
+    key_client = _key_client(local_stack, stack_credentials, per_call_policies=[delete_stopped])
+    management_client = sample3.create_management_client(
+        stack_credentials, encryption.subscription_id, local_stack.services_endpoint)
+    resources = sample3.CreatedResources()
+    before = take_inventory(local_backend)
+
+    with create_blob_service_client(settings.storage, **upload_fails.as_storage_client_options()) as blob_service_client:
+        exit_code = run_sample_main(SAMPLE3, lambda: sample3.run_encrypted_resource_files(
+            local_backend.batch_client, blob_service_client, key_client, management_client, settings, encryption,
+            stack_credentials, local_stack=True, resources=resources), resources)
+
+    printed = capsys.readouterr()
+    [key_name] = [line.split()[3] for line in printed.out.splitlines() if line.startswith("Created RSA key ")]
+    assert (delete_stopped.failed, exit_code) == (1, 130), printed
+    assert printed.err.splitlines() == [
+        f"{SAMPLE3}: error: interrupted; cleanup was stopped before deleting key {key_name}"]
+    assert_left_behind(local_backend, before, NOTHING)  # its container was deleted before the key
+    key_client = _key_client(local_stack, stack_credentials)
+    assert key_client.get_key(key_name).name == key_name
+    sample3.delete_key(key_client, key_name, purge=True)
+
+
 def test_runs_with_entra_id_everywhere_and_logs_no_token(entra_backend: Backend, https_stack: LocalStack,
                                                          tmp_path: Path) -> None:
     """Batch and Storage with Entra ID too (a user delegation SAS for the blob); no token printed or logged."""
