@@ -23,7 +23,12 @@ STACK_TIMEOUT_SECONDS = 120
 
 
 def test_make_stack_runs_the_stack_target() -> None:
-    dry_run = subprocess.run(["make", "-n", "stack"], cwd=REPOSITORY_ROOT, capture_output=True, text=True, check=True)
+    # Run as a top-level make even under `make test`, whose MAKEFLAGS and MAKELEVEL would make this
+    # one a sub-make that prints "Entering/Leaving directory" lines.
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    dry_run = subprocess.run(["make", "--no-print-directory", "-n", "stack"], cwd=REPOSITORY_ROOT,
+                             env=environment, capture_output=True, text=True, check=True)
 
     assert dry_run.stdout.splitlines()[-1] == ".venv/bin/python -m common.stack"
 
