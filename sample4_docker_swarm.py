@@ -765,7 +765,7 @@ def run_docker_swarm(
                 if keep_resources or not swarm.delete_node_user:
                     for name in user_names:
                         report.kept.append(name)
-                        report.kept_details[name] = (f" (an admin who logs in with this run's key until "
+                        report.kept_details[name] = (f" (an admin with this run's SSH key, until "
                                                      f"{expiry_time:%Y-%m-%d %H:%M} UTC or until the pool is deleted)")
                 else:
                     delete_node_user_from_nodes(batch_client, pool_id, user_node_ids, swarm.user_name, report)

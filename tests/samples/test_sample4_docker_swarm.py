@@ -331,7 +331,7 @@ def test_keep_resources_lists_the_pool_its_node_users_and_the_command_that_delet
     assert run.stderr == ""
     assert re.search(rf"^Kept pool {pool_id} \({NODE_COUNT} node\(s\) of standard_d2s_v3\): they stay", run.stdout,
                      re.MULTILINE), run.stdout
-    users = re.findall(r"^Kept user swarmadmin on node (\S+) \(an admin who logs in with this run's key until "
+    users = re.findall(r"^Kept user swarmadmin on node (\S+) \(an admin with this run's SSH key, until "
                        r"\d{4}-\d\d-\d\d \d\d:\d\d UTC or until the pool is deleted\)$", run.stdout, re.MULTILINE)
     assert sorted(users) == sorted(set(re.findall(r"^  \S+\s+(tvmps_\S+)", run.stdout, re.MULTILINE))), run.stdout
     assert len(users) == NODE_COUNT
