@@ -9,8 +9,9 @@ SSH host key, and one affinitized task per other node joins the swarm. A native 
 task runs beside them. Then the sample adds an admin node user with the public key, reads the
 manager's remote login settings, opens an SSH tunnel to the manager's Docker engine with the host
 key pinned (an unknown key is refused, never accepted), and drives the swarm with the Docker SDK:
-its nodes, and a container whose output it reads. At the end it deletes the node users, job and
-pool, as its configuration says, or keeps them and writes a script that reopens the tunnel.
+its nodes, and a container whose output it reads. At the end it deletes the job and pool (a
+deleted pool takes its node users with it; a pool that stays loses them), as its configuration
+says, or keeps them and writes a script that reopens the tunnel.
 
     python sample4_docker_swarm.py [--config PATH] [--sample-config PATH] [--keep-resources] [-v]
 """
