@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import sample4_docker_swarm as sample4
 from common import REPOSITORY_ROOT
+from common.cleanup import CreatedResources
 from common.cli import StepFailed
 from common.clients import create_batch_client
 from common.config import environment_variable_name, sample_configuration_path
@@ -391,6 +392,33 @@ def test_a_kept_pool_loses_the_node_user_and_keeps_its_swarm(
                            look_for_keys=False, allow_agent=False, timeout=30)
         finally:
             client.close()
+
+
+@needs_local_docker
+@pytest.mark.parametrize(("error", "left_as"), [
+    (connection_lost, "could not delete user swarmadmin on node "),
+    (KeyboardInterrupt, "cleanup was stopped before deleting user swarmadmin on node "),
+])
+def test_node_users_a_kept_pool_still_has_are_named_as_left(
+    local_backend: Backend, kept_pool: list[str], error: Callable[[], BaseException], left_as: str
+) -> None:
+    """A user delete that fails, or Ctrl-C that stops it: the report (and so the last line) names each user left."""
+    environment = {**local_backend.environment, environment_variable_name("Cleanup", "delete_pool"): "false"}
+    settings = Backend("local", environment).settings(SAMPLE4)
+    failure = FailRequests("DELETE", r"^/pools/[^/]+/nodes/[^/]+/users/[^/]+$", error)
+    resources = CreatedResources()
+
+    with create_batch_client(settings.batch, per_call_policies=[failure]) as batch_client:
+        with pytest.raises(BaseException) as raised:
+            sample4.run_docker_swarm(batch_client, settings, swarm_settings(local_backend), resources=resources)
+
+    [pool_id] = resources.pool_ids
+    kept_pool.append(pool_id)
+    assert failure.failed >= 1
+    assert type(raised.value) is (KeyboardInterrupt if error is KeyboardInterrupt else RuntimeError), raised.value
+    summary = resources.cleanup_report.summary()
+    assert left_as in summary and summary.count("user swarmadmin on node ") == NODE_COUNT, summary
+    assert f"kept pool {pool_id}" in summary
 
 
 @needs_local_docker
