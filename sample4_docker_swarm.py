@@ -9,8 +9,9 @@ SSH host key, and one affinitized task per other node joins the swarm. A native 
 task runs beside them. Then the sample adds an admin node user with the public key, reads the
 manager's remote login settings, opens an SSH tunnel to the manager's Docker engine with the host
 key pinned (an unknown key is refused, never accepted), and drives the swarm with the Docker SDK:
-its nodes, and a container whose output it reads. At the end it deletes the node users, job and
-pool, as its configuration says, or keeps them and writes a script that reopens the tunnel.
+its nodes, and a container whose output it reads. At the end it deletes the job and pool (a
+deleted pool takes its node users with it; a pool that stays loses them), as its configuration
+says, or keeps them and writes a script that reopens the tunnel.
 
     python sample4_docker_swarm.py [--config PATH] [--sample-config PATH] [--keep-resources] [-v]
 """
@@ -42,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from common import REPOSITORY_ROOT
 from common.cleanup import CleanupReport, CreatedResources, clean_up_resources, interrupts_deferred
-from common.cli import configure_logging, parse_sample_arguments, print_cleanup_report, run_sample_main
+from common.cli import configure_logging, parse_sample_arguments, print_cleanup_report, run_sample_main, step
 from common.clients import create_batch_client
 from common.config import ConfigError, SampleSettings, load_settings, open_configuration_file, sample_configuration_path
 from common.helpers import (
@@ -53,6 +54,7 @@ from common.helpers import (
     describe_task_result,
     print_task_output,
     read_task_file_as_text,
+    retry_if_the_answer_is_lost,
     select_verified_linux_image,
     unique_resource_name,
     wait_for_all_nodes_to_reach_state,
@@ -85,23 +87,23 @@ class SwarmSettings:
     tunnel_script_directory: Path
     delete_node_user: bool
 
-
-def load_swarm_settings(sample_configuration: Path, environ: Optional[Mapping[str, str]] = None) -> SwarmSettings:
-    """Read this sample's own sections of its configuration file (``environ``, default os.environ, overrides)."""
-    config = open_configuration_file(sample_configuration, environ)
-    return SwarmSettings(
-        container_image=config.text("Swarm", "container_image"),
-        user_name=config.text("SSH", "user_name"),
-        user_expiry=timedelta(hours=config.number("SSH", "user_expiry_hours")),
-        allowed_source_address_prefix=config.text("SSH", "allowed_source_address_prefix"),
-        frontend_port_range_start=config.integer("SSH", "frontend_port_range_start", minimum=1),
-        frontend_port_range_end=config.integer("SSH", "frontend_port_range_end", minimum=1),
-        connect_timeout_seconds=config.number("SSH", "connect_timeout_seconds", default=30.0),
-        tunnel_local_port=config.integer("Tunnel", "local_port", minimum=0, default=0),
-        write_tunnel_script=config.boolean("Tunnel", "write_tunnel_script", default=False),
-        tunnel_script_directory=Path(config.text("Tunnel", "script_directory", default=".")).resolve(),
-        delete_node_user=config.boolean("Cleanup", "delete_node_user", default=True),
-    )
+    @classmethod
+    def load(cls, sample_configuration: Path, environ: Optional[Mapping[str, str]] = None) -> "SwarmSettings":
+        """Read this sample's own sections of its configuration file (``environ``, default os.environ, overrides)."""
+        config = open_configuration_file(sample_configuration, environ)
+        return cls(
+            container_image=config.text("Swarm", "container_image"),
+            user_name=config.text("SSH", "user_name"),
+            user_expiry=timedelta(hours=config.number("SSH", "user_expiry_hours")),
+            allowed_source_address_prefix=config.text("SSH", "allowed_source_address_prefix"),
+            frontend_port_range_start=config.integer("SSH", "frontend_port_range_start", minimum=1),
+            frontend_port_range_end=config.integer("SSH", "frontend_port_range_end", minimum=1),
+            connect_timeout_seconds=config.number("SSH", "connect_timeout_seconds", default=30.0),
+            tunnel_local_port=config.integer("Tunnel", "local_port", minimum=0, default=0),
+            write_tunnel_script=config.boolean("Tunnel", "write_tunnel_script", default=False),
+            tunnel_script_directory=Path(config.text("Tunnel", "script_directory", default=".")).resolve(),
+            delete_node_user=config.boolean("Cleanup", "delete_node_user", default=True),
+        )
 
 
 # ---- the SSH key pair ------------------------------------------------------------------------
@@ -265,11 +267,6 @@ def read_swarm_init_output(batch_client: BatchClient, job_id: str, task_id: str)
     return join_token, host_key_line
 
 
-def swarm_join_task_id(node: models.BatchNode) -> str:
-    """Return the id of the task that joins ``node`` to the swarm."""
-    return "swarm-join-" + node.ip_address.replace(".", "-").replace(":", "-")
-
-
 def add_swarm_join_tasks(
     batch_client: BatchClient,
     job_id: str,
@@ -350,14 +347,18 @@ def add_node_user_to_nodes(
 ) -> None:
     """Add an admin user who logs in with ``ssh_public_key`` (until ``expiry_time``) to each node.
 
-    On a node that already has a user of that name (a reused pool), its key and expiry are replaced.
+    On a node that already has a user of that name (a reused pool, or a request whose answer was
+    lost and that was sent again), its key and expiry are replaced.
     """
     user = models.BatchNodeUserCreateOptions(
         name=user_name, is_admin=True, expiry_time=expiry_time, ssh_public_key=ssh_public_key
     )
     for node_id in node_ids:
         try:
-            batch_client.create_node_user(pool_id, node_id, user)
+            retry_if_the_answer_is_lost(
+                lambda: batch_client.create_node_user(pool_id, node_id, user),
+                f"add user {user_name} to node {node_id}",
+            )
         except ResourceExistsError:
             batch_client.replace_node_user(pool_id, node_id, user_name, models.BatchNodeUserReplaceOptions(
                 expiry_time=expiry_time, ssh_public_key=ssh_public_key
@@ -370,43 +371,34 @@ def add_node_user_to_nodes(
 
 
 def delete_node_user_from_nodes(
-    batch_client: BatchClient, pool_id: str, node_ids: Sequence[str], user_name: str, keep: bool = False
-) -> CleanupReport:
-    """Delete the user from each node (Ctrl-C held back until every request is sent). Return a report.
+    batch_client: BatchClient, pool_id: str, node_ids: Sequence[str], user_name: str, report: CleanupReport
+) -> None:
+    """Delete the user from each node, filing each as ``user <name> on node <id>`` in ``report``.
 
-    A node or user that no longer exists counts as done. With ``keep``, only report the users as kept.
+    A node or user that no longer exists counts as done. Ctrl-C is held back until every request
+    is sent; the next one stops at once (so does the first, when ``report`` already holds one or
+    a ``KeyboardInterrupt`` is propagating): the nodes not reached stay in ``report.not_reached``
+    and ``KeyboardInterrupt`` is raised.
     """
-    report = CleanupReport()
-    with interrupts_deferred(report):
-        for node_id in node_ids:
-            name = f"user {user_name} on node {node_id}"
-            if keep:
-                report.kept.append(name)
-                continue
+    names = {node_id: f"user {user_name} on node {node_id}" for node_id in node_ids}
+    report.not_reached.extend(names.values())
+    stop_at_once = report.interrupted or isinstance(sys.exc_info()[1], KeyboardInterrupt)
+    with interrupts_deferred(report, stop_at_first=stop_at_once):
+        for node_id, name in names.items():
             try:
                 batch_client.delete_node_user(pool_id, node_id, user_name)
+                report.deleted.append(name)
             except ResourceNotFoundError:
                 logging.getLogger(__name__).info("%s does not exist; nothing to delete", name)
-                continue
             except Exception as error:  # keep going: every node gets its request
                 report.failed.append(f"{name}: {describe_batch_error(error)}")
-                continue
-            report.deleted.append(name)
-    return report
+            report.not_reached.remove(name)
 
 
 def get_remote_login_address(batch_client: BatchClient, pool_id: str, node_id: str) -> tuple[str, int]:
     """Return the public address and port at which the node's SSH server is reached."""
     settings = batch_client.get_node_remote_login_settings(pool_id, node_id)
     return settings.remote_login_ip_address, settings.remote_login_port
-
-
-class HostKeyMismatchError(Exception):
-    """The SSH server presented a host key other than the pinned one: the connection was refused."""
-
-
-class SshUnreachableError(ConnectionError):
-    """No SSH session could be opened: the connection was refused, reset or timed out."""
 
 
 def connect_with_pinned_host_key(
@@ -421,9 +413,10 @@ def connect_with_pinned_host_key(
 
     The key is the one the node printed from inside (``ssh-keyscan`` in a Batch task), so a
     server that presents any other key (a man in the middle, or another machine) is refused
-    with ``HostKeyMismatchError``; an unknown key is never accepted (``RejectPolicy``). A
-    connection that is refused, reset or times out (as the pool's network security group rules
-    make it for a source address they deny) raises ``SshUnreachableError``.
+    with ``paramiko.SSHException`` (as paramiko's ``RejectPolicy`` refuses an unknown key); an
+    unknown key is never accepted. A connection that is refused, reset or times out (as the
+    pool's network security group rules make it for a source address they deny) raises
+    ``ConnectionError``; a key the server does not accept, ``paramiko.AuthenticationException``.
     """
     key_type, key_base64 = host_key_line.split()[1:3]
     pinned_key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_base64))
@@ -440,7 +433,7 @@ def connect_with_pinned_host_key(
         )
     except paramiko.BadHostKeyException as error:
         client.close()
-        raise HostKeyMismatchError(
+        raise paramiko.SSHException(
             f"the SSH server at {address}:{port} presented host key {error.key.get_name()} "
             f"{error.key.fingerprint}, not the pinned {pinned_key.get_name()} {pinned_key.fingerprint} "
             f"that the node printed: refusing to connect"
@@ -450,7 +443,7 @@ def connect_with_pinned_host_key(
         raise
     except (OSError, EOFError, paramiko.SSHException) as error:  # paramiko raises EOFError for a cut connection
         client.close()
-        raise SshUnreachableError(
+        raise ConnectionError(
             f"no SSH session with {address}:{port} ({type(error).__name__}: {error}); do the pool's network "
             f"security group rules allow this machine's address?"
         ) from None
@@ -553,7 +546,7 @@ def describe_swarm(docker_client: docker.DockerClient) -> list[str]:
     return lines
 
 
-def run_container_and_read_its_output(
+def start_container_and_read_its_output(
     docker_client: docker.DockerClient, image_name: str, command: Sequence[str], timeout_seconds: float
 ) -> str:
     """Run a container of ``image_name`` to completion, return what it printed, and remove it."""
@@ -623,42 +616,44 @@ def run_docker_swarm(
     """Run the Docker swarm story and print it; clean up as configured, whatever happens.
 
     What it creates is recorded in ``resources`` (a new record if not given) before it is
-    created, and the cleanup report is left there too.
+    created, and the cleanup report, the node users included, is left there too.
     """
     resources = CreatedResources() if resources is None else resources
-    user_node_ids: list[str] = []  # nodes given the user (recorded before each request)
-    pool_id = settings.pool.pool_id or unique_resource_name("sample4-pool")
-    timeouts, poll_seconds = settings.timeouts, settings.batch.poll_interval_seconds
+    user_node_ids: list[str] = []  # nodes given the user (recorded before the requests)
+    expiry_time: Optional[datetime] = None
+    pool, timeouts, poll_seconds = settings.pool, settings.timeouts, settings.batch.poll_interval_seconds
+    pool_id = pool.pool_id or unique_resource_name("sample4-pool")
     with contextlib.ExitStack() as connections:
         try:
-            private_key, public_key = generate_ssh_key_pair()
+            with step("generate an SSH key pair"):
+                private_key, public_key = generate_ssh_key_pair()
             print(f"Generated an SSH key pair in memory: RSA {private_key.key_size}, {ssh_fingerprint(public_key)}")
 
-            virtual_machine_configuration = select_verified_linux_image(
-                batch_client,
-                publisher=settings.pool.image_publisher,
-                offer=settings.pool.image_offer,
-                sku_prefix=settings.pool.image_sku_prefix,
-                required_capability=DOCKER_COMPATIBLE,
-            )
+            with step("select the image"):
+                virtual_machine_configuration = select_verified_linux_image(
+                    batch_client, publisher=pool.image_publisher, offer=pool.image_offer,
+                    sku_prefix=pool.image_sku_prefix, required_capability=DOCKER_COMPATIBLE,
+                )
             image = virtual_machine_configuration.image_reference
             print(f"Image: {image.publisher} {image.offer} {image.sku} "
                   f"(node agent {virtual_machine_configuration.node_agent_sku_id}, {DOCKER_COMPATIBLE})")
 
             resources.pool_ids.append(pool_id)  # recorded first: cleanup must find it
-            created = create_swarm_pool(
-                batch_client, pool_id, settings.pool.vm_size, settings.pool.node_count,
-                virtual_machine_configuration, [swarm.container_image], swarm.allowed_source_address_prefix,
-                (swarm.frontend_port_range_start, swarm.frontend_port_range_end),
-                start_task_command_line(START_TASK_SCRIPT_PATH),
-            )
-            print(f"{'Created' if created else 'Reusing'} pool {pool_id} ({settings.pool.node_count} x "
-                  f"{settings.pool.vm_size}, SSH on ports {swarm.frontend_port_range_start}-"
-                  f"{swarm.frontend_port_range_end} from {swarm.allowed_source_address_prefix} only); "
-                  f"waiting for its nodes to be idle")
-            nodes = wait_for_all_nodes_to_reach_state(
-                batch_client, pool_id, timeouts.nodes_ready, poll_interval_seconds=poll_seconds
-            )
+            with step(f"create pool {pool_id}"):
+                created = create_swarm_pool(
+                    batch_client, pool_id, pool.vm_size, pool.node_count, virtual_machine_configuration,
+                    [swarm.container_image], swarm.allowed_source_address_prefix,
+                    (swarm.frontend_port_range_start, swarm.frontend_port_range_end),
+                    start_task_command_line(START_TASK_SCRIPT_PATH),
+                )
+            print(f"{'Created' if created else 'Reusing'} pool {pool_id} ({pool.node_count} x {pool.vm_size}, "
+                  f"SSH on ports {swarm.frontend_port_range_start}-{swarm.frontend_port_range_end} from "
+                  f"{swarm.allowed_source_address_prefix} only); waiting for its nodes to be idle")
+            with step(f"wait for the nodes of pool {pool_id}"):
+                nodes = wait_for_all_nodes_to_reach_state(
+                    batch_client, pool_id, timeouts.nodes_ready, poll_interval_seconds=poll_seconds,
+                    report_progress=print,
+                )
             manager = choose_swarm_manager(nodes)
             workers = [node for node in nodes if node.id != manager.id]
             print(f"{len(nodes)} node(s) idle; the swarm manager is the one with the lowest IP address:")
@@ -667,92 +662,115 @@ def run_docker_swarm(
 
             job_id = unique_resource_name("sample4-job")
             resources.job_ids.append(job_id)
-            create_job_if_not_exists(
-                batch_client, models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id))
-            )
-            init_task_id = add_swarm_init_task(batch_client, job_id, manager)
+            with step(f"create job {job_id}"):
+                create_job_if_not_exists(batch_client, models.BatchJobCreateOptions(
+                    id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id)))
+            with step(f"add the swarm-init task to job {job_id}"):
+                init_task_id = add_swarm_init_task(batch_client, job_id, manager)
             print(f"Created job {job_id} with task {init_task_id}, which makes node {manager.id} the swarm manager")
-            [init_task] = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_seconds)
+            with step(f"wait for task {init_task_id} of job {job_id}"):
+                [init_task] = wait_for_tasks_to_complete(
+                    batch_client, job_id, timeouts.tasks_complete, poll_seconds, report_progress=print)
             print(describe_where_task_ran(init_task, manager.id))
             if init_task.execution_info.result != models.BatchTaskExecutionResult.SUCCESS:
-                # stderr only: its stdout.txt may hold the join token, which is never printed
-                print_task_output(batch_client, job_id, init_task_id, file_names=("stderr.txt",))
+                with step(f"read the output of task {init_task_id}"):
+                    # stderr only: its stdout.txt may hold the join token, which is never printed
+                    print_task_output(batch_client, job_id, init_task_id, file_names=("stderr.txt",))
                 raise RuntimeError(f"task {init_task_id} failed: {describe_task_result(init_task)}")
-            join_token, host_key_line = read_swarm_init_output(batch_client, job_id, init_task_id)
+            with step(f"read the join token and host key that task {init_task_id} printed"):
+                join_token, host_key_line = read_swarm_init_output(batch_client, job_id, init_task_id)
             host_key = host_key_line.split(None, 1)[1]  # "<type> <base64>"
             print(f"The manager's SSH host key, as the node printed it: {host_key.split()[0]} "
                   f"{ssh_fingerprint(host_key)} (the join token is not shown)")
 
-            join_task_ids = add_swarm_join_tasks(
-                batch_client, job_id, workers, manager.ip_address, join_token
-            )
-            add_tasks(batch_client, job_id, [container_task(swarm.container_image)])
+            with step(f"add the swarm join tasks and task {CONTAINER_TASK_ID} to job {job_id}"):
+                join_task_ids = add_swarm_join_tasks(batch_client, job_id, workers, manager.ip_address, join_token)
+                add_tasks(batch_client, job_id, [container_task(swarm.container_image, CONTAINER_TASK_ID)])
             print(f"Added {len(join_task_ids)} swarm join task(s) and the container task {CONTAINER_TASK_ID}")
-            tasks = wait_for_tasks_to_complete(batch_client, job_id, timeouts.tasks_complete, poll_seconds)
+            with step(f"wait for the tasks of job {job_id}"):
+                tasks = wait_for_tasks_to_complete(
+                    batch_client, job_id, timeouts.tasks_complete, poll_seconds, report_progress=print)
             wanted_nodes = {task_id: worker.id for task_id, worker in zip(join_task_ids, workers)}
             for task in sorted(tasks, key=lambda task: task.id):
                 if task.id != init_task_id:
                     print(describe_where_task_ran(task, wanted_nodes.get(task.id)))
-            print_task_output(batch_client, job_id, CONTAINER_TASK_ID)
             failed = [task for task in tasks if task.execution_info.result != models.BatchTaskExecutionResult.SUCCESS]
-            if failed:
+            with step(f"read the output of task {CONTAINER_TASK_ID}"):
+                print_task_output(batch_client, job_id, CONTAINER_TASK_ID)
                 for task in failed:
-                    print_task_output(batch_client, job_id, task.id, file_names=("stderr.txt",))
+                    if task.id != CONTAINER_TASK_ID:
+                        print_task_output(batch_client, job_id, task.id, file_names=("stderr.txt",))
+            if failed:
                 raise RuntimeError("; ".join(describe_task_result(task) for task in failed))
 
             expiry_time = datetime.now(timezone.utc) + swarm.user_expiry
-            user_node_ids.extend(node.id for node in nodes)
-            add_node_user_to_nodes(batch_client, pool_id, user_node_ids, swarm.user_name, public_key, expiry_time)
+            user_node_ids.extend(node.id for node in nodes)  # recorded first: cleanup must find them
+            with step(f"add user {swarm.user_name} to the nodes of pool {pool_id}"):
+                add_node_user_to_nodes(batch_client, pool_id, user_node_ids, swarm.user_name, public_key, expiry_time)
             print(f"Added admin user {swarm.user_name} (SSH key, expires {expiry_time:%Y-%m-%d %H:%M} UTC) "
                   f"to {len(nodes)} node(s)")
-            address, port = get_remote_login_address(batch_client, pool_id, manager.id)
-            ssh_client = connect_with_pinned_host_key(
-                address, port, swarm.user_name, private_key, host_key_line, swarm.connect_timeout_seconds
-            )
-            connections.callback(ssh_client.close)
-            tunnel = connections.enter_context(
-                SshTunnel(ssh_client, "localhost", DOCKER_ENGINE_PORT, swarm.tunnel_local_port)
-            )
+            with step(f"read the remote login settings of node {manager.id}"):
+                address, port = get_remote_login_address(batch_client, pool_id, manager.id)
+            with step(f"open an SSH tunnel to node {manager.id} at {address}:{port}"):
+                ssh_client = connect_with_pinned_host_key(
+                    address, port, swarm.user_name, private_key, host_key_line, swarm.connect_timeout_seconds
+                )
+                connections.callback(ssh_client.close)
+                tunnel = connections.enter_context(
+                    SshTunnel(ssh_client, "localhost", DOCKER_ENGINE_PORT, swarm.tunnel_local_port)
+                )
             print(f"SSH tunnel: 127.0.0.1:{tunnel.local_port} -> {swarm.user_name}@{address}:{port} -> "
                   f"localhost:{DOCKER_ENGINE_PORT} on node {manager.id} (host key pinned)")
 
-            docker_client = connections.enter_context(contextlib.closing(docker.DockerClient(
-                base_url=f"tcp://127.0.0.1:{tunnel.local_port}", timeout=swarm.connect_timeout_seconds
-            )))
-            for line in describe_swarm(docker_client):
-                print(line)
-            output = run_container_and_read_its_output(
-                docker_client, swarm.container_image,
-                ["echo", "Hello from a container on the swarm manager, through the SSH tunnel"],
-                timeout_seconds=timeouts.tasks_complete.total_seconds(),
-            )
+            with step("describe the swarm through the tunnel"):
+                docker_client = connections.enter_context(contextlib.closing(docker.DockerClient(
+                    base_url=f"tcp://127.0.0.1:{tunnel.local_port}", timeout=swarm.connect_timeout_seconds
+                )))
+                for line in describe_swarm(docker_client):
+                    print(line)
+            with step(f"run a {swarm.container_image} container through the tunnel"):
+                output = start_container_and_read_its_output(
+                    docker_client, swarm.container_image,
+                    ["echo", "Hello from a container on the swarm manager, through the SSH tunnel"],
+                    timeout_seconds=timeouts.tasks_complete.total_seconds(),
+                )
             print(f"---- output of a {swarm.container_image} container run through the tunnel ----")
             print(output.rstrip("\n"))
 
             if swarm.write_tunnel_script:
-                script = write_tunnel_script(
-                    swarm.tunnel_script_directory, pool_id, address, port, swarm.user_name, private_key,
-                    host_key_line,
-                )
+                with step(f"write the tunnel script to {swarm.tunnel_script_directory}"):
+                    script = write_tunnel_script(
+                        swarm.tunnel_script_directory, pool_id, address, port, swarm.user_name, private_key,
+                        host_key_line,
+                    )
                 print(f"Wrote {script} (with the private key beside it, mode 0600): run it to reopen the tunnel")
         finally:
             connections.close()
-            keep_users = keep_resources or not swarm.delete_node_user
-            user_report = delete_node_user_from_nodes(
-                batch_client, pool_id, user_node_ids, swarm.user_name, keep=keep_users
-            )
-            for line in user_report.lines():
-                print(line)
-            report = clean_up_resources(
-                batch_client, None, resources,
-                delete_jobs=settings.cleanup.delete_job,
-                delete_pools=settings.cleanup.delete_pool,
-                timeout=timeouts.cleanup,
-                poll_interval_seconds=poll_seconds,
-                keep_everything=keep_resources,
-            )
+            user_names = [f"user {swarm.user_name} on node {node_id}" for node_id in user_node_ids]
+            try:
+                report = clean_up_resources(
+                    batch_client, None, resources,
+                    delete_jobs=settings.cleanup.delete_job,
+                    delete_pools=settings.cleanup.delete_pool,
+                    timeout=timeouts.cleanup,
+                    poll_interval_seconds=poll_seconds,
+                    keep_everything=keep_resources,
+                )
+            except KeyboardInterrupt:  # cleanup was stopped at once: the users were not reached either
+                if resources.cleanup_report is not None:
+                    resources.cleanup_report.not_reached.extend(user_names)
+                raise
+            # A pool that is deleted (or being deleted) takes its node users with it; a pool that
+            # stays keeps them, unless they are deleted here.
+            if user_names and f"pool {pool_id}" in report.left_behind():
+                if keep_resources or not swarm.delete_node_user:
+                    for name in user_names:
+                        report.kept.append(name)
+                        report.kept_details[name] = (f" (an admin with this run's SSH key, until "
+                                                     f"{expiry_time:%Y-%m-%d %H:%M} UTC or until the pool is deleted)")
+                else:
+                    delete_node_user_from_nodes(batch_client, pool_id, user_node_ids, swarm.user_name, report)
             print_cleanup_report(settings, report)
-    user_report.raise_if_incomplete()
     report.raise_if_incomplete()
 
 
@@ -764,7 +782,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def run() -> None:
         settings = load_settings(arguments.config, arguments.sample_config)
-        swarm = load_swarm_settings(arguments.sample_config)
+        swarm = SwarmSettings.load(arguments.sample_config)
         deletes_what_the_script_needs = settings.cleanup.delete_pool or swarm.delete_node_user
         if swarm.write_tunnel_script and deletes_what_the_script_needs and not arguments.keep_resources:
             raise ConfigError(

@@ -4,10 +4,11 @@
   other copyable modules (never the configuration, the command line or the local stack).
 - A *copyable function* of a sample (every function it defines except ``main`` and its
   ``run_...`` story) takes plain values and SDK objects, never the project's settings objects,
-  and uses no name of its sample module but SDK objects, the standard library and helpers of
-  copyable modules (no module constant, no other sample function).
+  and uses no name of its sample module but SDK objects, the standard library, the packages
+  ``requirements.txt`` names (what a reader installs anyway, e.g. paramiko) and helpers of
+  copyable modules (no module constant, no class or other function of the sample).
 - ``copy_function`` does what a reader does: it takes the function's source alone and defines it
-  in a namespace holding only the Azure SDK names the sample imports and the helpers it names.
+  in a namespace holding only the library names the sample imports and the helpers it names.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from __future__ import annotations
 import __future__
 import ast
 import builtins
+import functools
 import importlib
+import importlib.metadata
 import inspect
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -30,7 +34,9 @@ COPYABLE_MODULES = (
 )
 """The helper modules meant to be copied (README: "The helpers in common/"; sample 3's key wrapper)."""
 
-SAMPLE_MODULES = ("sample1_helloworld", "sample2_pools_and_resourcefiles", "sample3_encrypted_resourcefiles")
+SAMPLE_MODULES = (
+    "sample1_helloworld", "sample2_pools_and_resourcefiles", "sample3_encrypted_resourcefiles", "sample4_docker_swarm",
+)
 """Every sample whose functions must be copyable; a new sample adds itself here."""
 
 STORY_FUNCTIONS = ("main",)
@@ -132,12 +138,30 @@ def _is_importable_definition(value: object) -> bool:
     return inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value)
 
 
+def _distribution_name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+@functools.lru_cache(maxsize=None)
+def required_packages() -> frozenset[str]:
+    """The top-level packages of the distributions ``requirements.txt`` names (``azure``, ``paramiko``, ...)."""
+    lines = (REPOSITORY_ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    required = {_distribution_name(line) for line in (line.split("#", 1)[0] for line in lines) if line.strip()}
+    return frozenset(
+        package for package, distributions in importlib.metadata.packages_distributions().items()
+        if any(_distribution_name(distribution) in required for distribution in distributions)
+    )
+
+
 def _is_sdk_or_standard(value: object) -> bool:
+    """A module, class or function of the standard library, the Azure SDK or a package of requirements.txt."""
     origin = _origin(value)
     top = _top_level_name(origin)
     if origin == "typing":  # Optional, Sequence...: annotations only
         return True
-    return _is_importable_definition(value) and (top == "azure" or top in sys.stdlib_module_names)
+    return _is_importable_definition(value) and (
+        top == "azure" or top in sys.stdlib_module_names or top in required_packages()
+    )
 
 
 def rule_breaches(function: FunctionType) -> list[str]:
@@ -153,8 +177,12 @@ def rule_breaches(function: FunctionType) -> list[str]:
             continue
         if _origin(value).startswith("common"):
             what = f"from {_origin(value)}, which is not a copyable module"
+        elif _origin(value) == function.__module__ and inspect.isclass(value):
+            what = "a class of the sample"
         elif inspect.isfunction(value):
             what = "another function of the sample"
+        elif _is_importable_definition(value) and _origin(value):
+            what = f"from {_origin(value)}, which requirements.txt does not name"
         else:
             what = f"a constant of the sample module, a {type(value).__name__}"
         breaches.append(f"{function.__name__} uses {name} ({what})")
@@ -162,7 +190,7 @@ def rule_breaches(function: FunctionType) -> list[str]:
 
 
 def sdk_names_of(module: ModuleType) -> dict[str, object]:
-    """The names a sample module imported from the Azure SDK and the standard library (no constants)."""
+    """The names a sample module imported from the standard library, the Azure SDK and requirements.txt (no constants)."""
     return {name: value for name, value in vars(module).items() if not name.startswith("__") and _is_sdk_or_standard(value)}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import paramiko
 import pytest
 
 from common.config import SampleSettings
@@ -13,6 +14,7 @@ from tests.copyability import (
     copyable_functions,
     forbidden_imports,
     module_source,
+    required_packages,
     rule_breaches,
 )
 
@@ -42,6 +44,32 @@ def test_the_import_rule_catches_configuration_and_command_line_code() -> None:
         "common.example:4 imports common.config",
         "common.example:5 imports common.cli",
         "common.example:7 imports common.local",
+    ]
+
+
+def uses_a_required_package_and_a_development_tool(address: str) -> object:
+    """paramiko is in requirements.txt (a reader installs it with the samples); pytest only in requirements-dev.txt."""
+    return paramiko.SSHClient(), pytest.approx(1), address
+
+
+def test_the_function_rule_allows_the_packages_of_requirements_txt_and_no_other() -> None:
+    assert "paramiko" in required_packages() and "pytest" not in required_packages()
+    assert rule_breaches(uses_a_required_package_and_a_development_tool) == [
+        "uses_a_required_package_and_a_development_tool uses pytest (from pytest, which requirements.txt does not name)",
+    ]
+
+
+class ClassOfThisModule(Exception):
+    """An exception class a copied function would need as well."""
+
+
+def raises_a_class_of_this_module() -> None:
+    raise ClassOfThisModule("a reader copying this function would need the class too")
+
+
+def test_the_function_rule_catches_a_class_of_the_sample() -> None:
+    assert rule_breaches(raises_a_class_of_this_module) == [
+        "raises_a_class_of_this_module uses ClassOfThisModule (a class of the sample)",
     ]
 
 

@@ -33,8 +33,11 @@ from azure.keyvault.keys import KeyClient
 from common import REPOSITORY_ROOT
 from common.config import environment_variable_name
 from common.local import LocalStack
+from localbatch.node.engines import docker_unavailable_reason
 from tests.samples.proxy import RESET, STALL, FaultyProxy, Rule
-from tests.samples.support import SAMPLE1, SAMPLE2, SAMPLE3, Backend, Inventory, assert_left_behind, take_inventory
+from tests.samples.support import (
+    SAMPLE1, SAMPLE2, SAMPLE3, SAMPLE4, Backend, Inventory, assert_left_behind, take_inventory,
+)
 from tests.waiting import wait_for
 
 BATCH, STORAGE = "batch", "storage"
@@ -69,6 +72,7 @@ class Fault:
 
 JOBS, POOLS = r"^/jobs$", r"^/pools$"
 TASK_LIST, NODE_LIST, ONE_JOB = r"^/jobs/[^/]+/tasks$", r"^/pools/[^/]+/nodes$", r"^/jobs/[^/]+$"
+NODE_USERS, REMOTE_LOGIN = r"^/pools/[^/]+/nodes/[^/]+/users$", r"^/pools/[^/]+/nodes/[^/]+/remoteloginsettings$"
 SHORT_TIMEOUTS = ((environment_variable_name("Batch", "request_timeout_seconds"), SHORT_REQUEST_TIMEOUT),
                   (environment_variable_name("Storage", "request_timeout_seconds"), SHORT_REQUEST_TIMEOUT))
 
@@ -125,6 +129,21 @@ FAULTS = [
           last_line=r"^sample3_encrypted_resourcefiles\.py: error: interrupted; cleanup was stopped before deleting "
                     r"job sample3-job-\S+, pool sample3-pool-\S+, container sample3-inputs-\S+, key sample3-key-\S+$",
           left=frozenset({"job", "pool", "container", "key"})),
+    # sample 4: its node users are named in the last line with the job and pool while its pool stays
+    Fault(SAMPLE4, "reset on create (pool)", BATCH, "POST", POOLS, RESET),
+    Fault(SAMPLE4, "reset on create (node user)", BATCH, "POST", NODE_USERS, RESET),
+    Fault(SAMPLE4, "stalled answer (remote login settings)", BATCH, "GET", REMOTE_LOGIN, STALL,
+          environment=SHORT_TIMEOUTS),
+    Fault(SAMPLE4, "Batch down at cleanup", BATCH, "GET", REMOTE_LOGIN, RESET, then=CTRL_C, goes_down=BATCH,
+          exit_code=130,
+          last_line=r"^sample4_docker_swarm\.py: error: interrupted; could not delete job sample4-job-\S+: .+; "
+                    r"pool sample4-pool-\S+: .+; user swarmadmin on node \S+: .+; user swarmadmin on node \S+: ",
+          left=frozenset({"job", "pool"})),
+    Fault(SAMPLE4, "second Ctrl-C (cleanup stuck)", BATCH, "DELETE", ONE_JOB, STALL, forward=False,
+          then=CTRL_C_TWICE, exit_code=130,
+          last_line=r"^sample4_docker_swarm\.py: error: interrupted; cleanup was stopped before deleting job "
+                    r"sample4-job-\S+, pool sample4-pool-\S+, user swarmadmin on node \S+, user swarmadmin on node \S+$",
+          left=frozenset({"job", "pool"})),
 ]
 
 
@@ -210,6 +229,8 @@ def delete_everything_in(backend: Backend, left: Inventory) -> None:
 def test_a_network_fault_at_one_step(
     fault: Fault, proxies: dict[str, FaultyProxy], local_backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    if fault.sample == SAMPLE4 and docker_unavailable_reason() is not None:
+        pytest.skip(str(docker_unavailable_reason()))
     environment = {
         **local_backend.environment,
         environment_variable_name("Batch", "endpoint"): proxies[BATCH].url,

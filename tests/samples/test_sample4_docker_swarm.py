@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,11 +17,14 @@ from typing import Callable, Iterator, Sequence
 import docker
 import paramiko
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import sample4_docker_swarm as sample4
 from common import REPOSITORY_ROOT
+from common.cleanup import CreatedResources
+from common.cli import StepFailed
 from common.clients import create_batch_client
 from common.config import environment_variable_name, sample_configuration_path
 from common.helpers import unique_resource_name
@@ -52,7 +56,7 @@ CONTAINER_OUTPUT = "Hello from a container on the swarm manager, through the SSH
 
 def swarm_settings(backend: Backend) -> sample4.SwarmSettings:
     """Sample 4's own settings as it would load them on ``backend``."""
-    return sample4.load_swarm_settings(sample_configuration_path(SAMPLE4), environ=backend.environment)
+    return sample4.SwarmSettings.load(sample_configuration_path(SAMPLE4), environ=backend.environment)
 
 
 def pool_markers(backend: Backend, printed: str, pool_ids: Sequence[str] = ()) -> list[str]:
@@ -126,8 +130,9 @@ def test_builds_the_swarm_drives_it_through_the_tunnel_and_leaves_nothing_behind
     assert len(re.findall(r"^task swarm-join-\S+: success, exit code 0, ran on node", run.stdout, re.MULTILINE)) \
         == NODE_COUNT - 1
     assert "(host key pinned)" in run.stdout
-    assert len(re.findall(r"^Deleted user swarmadmin on node ", run.stdout, re.MULTILINE)) == NODE_COUNT
+    # The deleted pool takes its node users with it: nothing is kept, nothing failed.
     assert f"Deleted job {job_id}" in run.stdout and f"Deleted pool {pool_id}" in run.stdout
+    assert not re.search(r"^(Kept|Could not delete|Not deleted) ", run.stdout, re.MULTILINE), run.describe()
     assert run.stderr == ""
     assert_secrets_never_printed(run.stdout, run.stderr)
     assert not any(tmp_path.iterdir()), "the sample wrote files (a key?) without being asked to"
@@ -154,15 +159,17 @@ def test_a_wrong_pinned_host_key_fails_the_sample_clearly_and_cleans_up(
     monkeypatch.setattr(sample4, "read_swarm_init_output", output_with_another_host_key)
     before = take_inventory(local_backend)
 
-    with pytest.raises(sample4.HostKeyMismatchError) as raised:
+    with pytest.raises(StepFailed) as raised:
         sample4.run_docker_swarm(local_backend.batch_client, settings, swarm_settings(local_backend))
     printed = capsys.readouterr().out
 
     message = str(raised.value)
     assert re.fullmatch(
-        r"the SSH server at \S+:\d+ presented host key ssh-ed25519 SHA256:\S+, not the pinned ssh-ed25519 "
-        r"SHA256:\S+ that the node printed: refusing to connect", message
+        r"open an SSH tunnel to node \S+ at \S+:\d+: SSHException: the SSH server at \S+:\d+ presented host key "
+        r"ssh-ed25519 SHA256:\S+, not the pinned ssh-ed25519 SHA256:\S+ that the node printed: refusing to connect",
+        message,
     ), message
+    assert type(raised.value.__cause__) is paramiko.SSHException
     assert sample4.ssh_fingerprint(some_other_key) in message
     assert "SSH tunnel" not in printed
     assert_left_behind(local_backend, before, NOTHING)
@@ -181,13 +188,15 @@ def test_a_source_address_the_rules_deny_fails_the_sample_clearly_and_cleans_up(
     })
     before = take_inventory(local_backend)
 
-    with pytest.raises(sample4.SshUnreachableError, match=r"^no SSH session with \S+:\d+ \(.+\); do the pool's "
-                       r"network security group rules allow this machine's address\?$"):
+    with pytest.raises(StepFailed, match=r"^open an SSH tunnel to node \S+ at \S+:\d+: ConnectionError: no SSH session "
+                       r"with \S+:\d+ \(.+\); do the pool's network security group rules allow this machine's "
+                       r"address\?$") as raised:
         sample4.run_docker_swarm(local_backend.batch_client, settings, swarm_settings(other_source))
 
     printed = capsys.readouterr().out
+    assert type(raised.value.__cause__) is ConnectionError
     assert "from 192.0.2.0/24 only" in printed
-    assert len(re.findall(r"^Deleted user swarmadmin on node ", printed, re.MULTILINE)) == NODE_COUNT
+    assert re.search(r"^Deleted pool ", printed, re.MULTILINE), printed
     assert_left_behind(local_backend, before, NOTHING)
     assert_no_process_left(local_backend, printed)
 
@@ -254,7 +263,7 @@ def test_a_failure_at_any_batch_step_still_cleans_up(
 
 
 @needs_local_docker
-@pytest.mark.parametrize("step", ["describe_swarm", "run_container_and_read_its_output"])
+@pytest.mark.parametrize("step", ["describe_swarm", "start_container_and_read_its_output"])
 def test_ctrl_c_while_the_tunnel_is_open_closes_it_and_cleans_up(
     local_backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, step: str
 ) -> None:
@@ -283,7 +292,7 @@ def test_ctrl_c_while_the_tunnel_is_open_closes_it_and_cleans_up(
     [tunnel] = tunnels
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=5).close()
-    assert len(re.findall(r"^Deleted user swarmadmin on node ", printed, re.MULTILINE)) == NODE_COUNT
+    assert re.search(r"^Deleted pool ", printed, re.MULTILINE), printed
     assert_left_behind(local_backend, before, NOTHING)
     assert_no_process_left(local_backend, printed)
 
@@ -295,6 +304,50 @@ def kept_pool(local_backend: Backend) -> Iterator[list[str]]:
     yield kept
     for pool_id in kept:
         local_backend.batch_client.begin_delete_pool(pool_id, polling_interval=0.2).result()
+
+
+@pytest.fixture
+def kept_job(local_backend: Backend) -> Iterator[list[str]]:
+    """Job ids a test kept, deleted at the end whatever happens (one already gone is no error)."""
+    kept: list[str] = []
+    yield kept
+    for job_id in kept:
+        with contextlib.suppress(ResourceNotFoundError):
+            local_backend.batch_client.begin_delete_job(job_id, polling_interval=0.2).result()
+
+
+@needs_local_docker
+def test_keep_resources_lists_the_pool_its_node_users_and_the_command_that_deletes_them(
+    local_backend: Backend, tmp_path: Path, kept_pool: list[str], kept_job: list[str]
+) -> None:
+    """--keep-resources: what is left and costs money, who can still log in, and how to delete it all."""
+    before = take_inventory(local_backend)
+
+    run = run_sample(SAMPLE4, local_backend, tmp_path, "--keep-resources")
+
+    assert run.returncode == 0, run.describe()
+    [pool_id], [job_id] = created_ids(run.stdout, "pool"), created_ids(run.stdout, "job")
+    kept_pool.append(pool_id)
+    kept_job.append(job_id)
+    assert run.stderr == ""
+    assert re.search(rf"^Kept pool {pool_id} \({NODE_COUNT} node\(s\) of standard_d2s_v3\): they stay", run.stdout,
+                     re.MULTILINE), run.stdout
+    users = re.findall(r"^Kept user swarmadmin on node (\S+) \(an admin with this run's SSH key, until "
+                       r"\d{4}-\d\d-\d\d \d\d:\d\d UTC or until the pool is deleted\)$", run.stdout, re.MULTILINE)
+    assert sorted(users) == sorted(set(re.findall(r"^  \S+\s+(tvmps_\S+)", run.stdout, re.MULTILINE))), run.stdout
+    assert len(users) == NODE_COUNT
+    [command] = re.findall(r"^To delete them: (.+)$", run.stdout, re.MULTILINE)
+    assert command.endswith(f" -m common.delete_resources --job {job_id} --pool {pool_id}"), command
+    assert_left_behind(local_backend, before, Inventory(frozenset({job_id}), frozenset({pool_id}), frozenset()))
+
+    deleted = subprocess.run(["/bin/sh", "-c", command], env=local_backend.environment, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=300)
+
+    assert deleted.returncode == 0, f"{deleted.stdout}\n{deleted.stderr}"
+    kept_pool.remove(pool_id)  # deleted by the command
+    kept_job.remove(job_id)
+    assert_left_behind(local_backend, before, NOTHING)
+    assert_no_process_left(local_backend, run.stdout)
 
 
 @needs_local_docker
@@ -316,6 +369,7 @@ def test_a_kept_pool_loses_the_node_user_and_keeps_its_swarm(
     [pool_id] = created_ids(printed, "pool")
     kept_pool.append(pool_id)
     assert f"Kept pool {pool_id}" in printed
+    assert len(re.findall(r"^Deleted user swarmadmin on node ", printed, re.MULTILINE)) == NODE_COUNT
     assert_left_behind(local_backend, before, Inventory(frozenset(), frozenset({pool_id}), frozenset()))
     assert len(processes_marked(pool_markers(local_backend, printed))) >= 2 * NODE_COUNT, \
         "each node of the kept pool should still run its dockerd and containerd"
@@ -338,6 +392,33 @@ def test_a_kept_pool_loses_the_node_user_and_keeps_its_swarm(
                            look_for_keys=False, allow_agent=False, timeout=30)
         finally:
             client.close()
+
+
+@needs_local_docker
+@pytest.mark.parametrize(("error", "left_as"), [
+    (connection_lost, "could not delete user swarmadmin on node "),
+    (KeyboardInterrupt, "cleanup was stopped before deleting user swarmadmin on node "),
+])
+def test_node_users_a_kept_pool_still_has_are_named_as_left(
+    local_backend: Backend, kept_pool: list[str], error: Callable[[], BaseException], left_as: str
+) -> None:
+    """A user delete that fails, or Ctrl-C that stops it: the report (and so the last line) names each user left."""
+    environment = {**local_backend.environment, environment_variable_name("Cleanup", "delete_pool"): "false"}
+    settings = Backend("local", environment).settings(SAMPLE4)
+    failure = FailRequests("DELETE", r"^/pools/[^/]+/nodes/[^/]+/users/[^/]+$", error)
+    resources = CreatedResources()
+
+    with create_batch_client(settings.batch, per_call_policies=[failure]) as batch_client:
+        with pytest.raises(BaseException) as raised:
+            sample4.run_docker_swarm(batch_client, settings, swarm_settings(local_backend), resources=resources)
+
+    [pool_id] = resources.pool_ids
+    kept_pool.append(pool_id)
+    assert failure.failed >= 1
+    assert type(raised.value) is (KeyboardInterrupt if error is KeyboardInterrupt else RuntimeError), raised.value
+    summary = resources.cleanup_report.summary()
+    assert left_as in summary and summary.count("user swarmadmin on node ") == NODE_COUNT, summary
+    assert f"kept pool {pool_id}" in summary
 
 
 @needs_local_docker

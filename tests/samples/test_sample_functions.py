@@ -8,10 +8,16 @@ settings object, a module constant or another function of the sample fails here.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import stat
 import urllib.request
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
+import docker
+import paramiko
 import pytest
 from azure.batch import BatchClient, models
 from azure.core.exceptions import ResourceNotFoundError
@@ -19,13 +25,19 @@ from azure.identity import DefaultAzureCredential
 from azure.keyvault.keys import KeyOperation
 from azure.keyvault.keys.crypto import CryptographyClient
 from azure.storage.blob import BlobServiceClient
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import sample1_helloworld
 import sample2_pools_and_resourcefiles
 import sample3_encrypted_resourcefiles
+import sample4_docker_swarm
 from common import REPOSITORY_ROOT
+from common.cleanup import CleanupReport
 from common.config import SampleSettings, sample_configuration_path
 from common.helpers import (
+    add_tasks,
+    create_job_if_not_exists,
     enum_value,
     select_verified_linux_image,
     unique_resource_name,
@@ -34,6 +46,7 @@ from common.helpers import (
 )
 from common.local import LocalStack
 from common.storage import create_read_only_blob_sas_url
+from localbatch.node.engines import docker_unavailable_reason
 from resources.key_vault_key_wrapper import KeyVaultKeyWrapper
 from tests.copyability import copy_function, copyable_functions
 
@@ -45,6 +58,12 @@ TESTED = {
     sample3_encrypted_resourcefiles: {"create_key_client", "create_management_client", "create_key_encryption_key",
                                       "upload_encrypted_file", "upload_node_files", "create_pool_with_managed_identity",
                                       "add_decrypt_task", "delete_key"},
+    sample4_docker_swarm: {"generate_ssh_key_pair", "ssh_fingerprint", "start_task_command_line", "create_swarm_pool",
+                           "choose_swarm_manager", "add_swarm_init_task", "read_swarm_init_output",
+                           "add_swarm_join_tasks", "container_task", "describe_where_task_ran",
+                           "add_node_user_to_nodes", "delete_node_user_from_nodes", "get_remote_login_address",
+                           "connect_with_pinned_host_key", "describe_swarm", "start_container_and_read_its_output",
+                           "write_tunnel_script"},
 }
 
 
@@ -173,3 +192,90 @@ def test_sample3_functions_on_their_own(
         assert copied["delete_key"](key_client, key_name, True) is False  # deleted and purged: nothing left
         with pytest.raises(ResourceNotFoundError):
             key_client.get_deleted_key(key_name)
+
+
+@pytest.mark.skipif(docker_unavailable_reason() is not None, reason=str(docker_unavailable_reason()))
+def test_sample4_functions_on_their_own(local_batch_client: BatchClient, job_ids: list[str], tmp_path: Path) -> None:
+    """A two-node swarm built, reached over SSH and driven by sample 4's functions, each copied out alone."""
+    f = SimpleNamespace(**{name: copy_function(sample4_docker_swarm, name) for name in TESTED[sample4_docker_swarm]})
+    pool_id, job_id = unique_resource_name("copied-sample4-pool"), unique_resource_name("copied-sample4-job")
+    try:
+        private_key, public_key = f.generate_ssh_key_pair()
+        assert public_key.startswith("ssh-rsa ") and private_key.key_size == 3072
+        assert f.ssh_fingerprint(public_key) == paramiko.RSAKey(key=private_key).fingerprint
+
+        image = select_verified_linux_image(local_batch_client, "microsoft-dsvm", "ubuntu-hpc", "2204",
+                                            required_capability="DockerCompatible")
+        start_task = f.start_task_command_line(REPOSITORY_ROOT / "resources" / "docker_engine_on_localhost.sh")
+        arguments = (local_batch_client, pool_id, "standard_d2s_v3", 2, image, ["busybox"], "127.0.0.1/32",
+                     (15000, 15099), start_task)
+        assert f.create_swarm_pool(*arguments) is True
+        assert f.create_swarm_pool(*arguments) is False
+        pool = local_batch_client.get_pool(pool_id)
+        [nat_pool] = pool.network_configuration.endpoint_configuration.inbound_nat_pools
+        assert (nat_pool.backend_port, pool.enable_inter_node_communication) == (22, True)
+        assert [(rule.source_address_prefix, enum_value(rule.access)) for rule in nat_pool.network_security_group_rules] \
+            == [("127.0.0.1/32", "allow"), ("*", "deny")]
+        assert pool.virtual_machine_configuration.container_configuration.container_image_names == ["busybox"]
+
+        nodes = wait_for_all_nodes_to_reach_state(local_batch_client, pool_id, WAIT, poll_interval_seconds=0.2)
+        manager = f.choose_swarm_manager(nodes)
+        assert ipaddress.ip_address(manager.ip_address) == min(ipaddress.ip_address(node.ip_address) for node in nodes)
+        [worker] = [node for node in nodes if node.id != manager.id]
+
+        job_ids.append(job_id)
+        create_job_if_not_exists(local_batch_client, models.BatchJobCreateOptions(
+            id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id)))
+        assert f.add_swarm_init_task(local_batch_client, job_id, manager, "init") == "init"
+        [init] = wait_for_tasks_to_complete(local_batch_client, job_id, WAIT, 0.2)
+        assert f.describe_where_task_ran(init, manager.id) == \
+            f"task init: success, exit code 0, ran on node {manager.id} (as asked)"
+        join_token, host_key_line = f.read_swarm_init_output(local_batch_client, job_id, "init")
+        assert join_token.startswith("SWMTKN-") and host_key_line.split()[:2] == [manager.ip_address, "ssh-ed25519"]
+
+        [join_id] = f.add_swarm_join_tasks(local_batch_client, job_id, [worker], manager.ip_address, join_token)
+        add_tasks(local_batch_client, job_id, [f.container_task("busybox", "in-a-container")])
+        tasks = {task.id: task for task in wait_for_tasks_to_complete(local_batch_client, job_id, WAIT, 0.2)}
+        assert f.describe_where_task_ran(tasks[join_id], worker.id).endswith(f"ran on node {worker.id} (as asked)")
+        assert join_token not in local_batch_client.get_task(job_id, join_id).command_line
+        assert tasks["in-a-container"].execution_info.exit_code == 0
+        container_output = b"".join(local_batch_client.download_task_file(job_id, "in-a-container", "stdout.txt"))
+        assert container_output.decode().startswith("Hello from task in-a-container, in a container of image busybox")
+
+        node_ids = [node.id for node in nodes]
+        expiry = datetime.now(timezone.utc) + timedelta(hours=1)
+        f.add_node_user_to_nodes(local_batch_client, pool_id, node_ids, "copied", public_key, expiry)
+        f.add_node_user_to_nodes(local_batch_client, pool_id, node_ids, "copied", public_key, expiry)  # replaced
+        address, port = f.get_remote_login_address(local_batch_client, pool_id, manager.id)
+        ssh_client = f.connect_with_pinned_host_key(address, port, "copied", private_key, host_key_line, 30)
+        try:
+            assert ssh_client.get_transport().is_authenticated()
+        finally:
+            ssh_client.close()
+        other_host_key = f"{address} " + ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+        with pytest.raises(paramiko.SSHException, match=r"not the pinned ssh-ed25519 SHA256:\S+ that the node printed"):
+            f.connect_with_pinned_host_key(address, port, "copied", private_key, other_host_key, 30)
+
+        engine = docker.DockerClient(base_url=f"tcp://{manager.ip_address}:2375", timeout=30)
+        try:
+            assert "swarm active, 2 node(s), 1 manager(s)" in f.describe_swarm(engine)[0]
+            assert f.start_container_and_read_its_output(engine, "busybox", ["echo", "copied"], 60) == "copied\n"
+        finally:
+            engine.close()
+
+        script = f.write_tunnel_script(tmp_path, pool_id, address, port, "copied", private_key, host_key_line)
+        assert script == tmp_path / f"{pool_id}-tunnel.sh" and script.stat().st_mode & stat.S_IXUSR
+        assert stat.S_IMODE((tmp_path / f"{pool_id}-ssh-key").stat().st_mode) == 0o600
+        assert (tmp_path / f"{pool_id}-known-hosts").read_text() == \
+            f"[{address}]:{port} {' '.join(host_key_line.split()[1:3])}\n"
+
+        report = CleanupReport()
+        f.delete_node_user_from_nodes(local_batch_client, pool_id, node_ids, "copied", report)
+        assert (report.deleted, report.failed, report.not_reached) == \
+            ([f"user copied on node {node_id}" for node_id in node_ids], [], [])
+        with pytest.raises(paramiko.AuthenticationException):
+            f.connect_with_pinned_host_key(address, port, "copied", private_key, host_key_line, 30).close()
+    finally:
+        with contextlib.suppress(ResourceNotFoundError):
+            local_batch_client.begin_delete_pool(pool_id, polling_interval=0.1).result()
