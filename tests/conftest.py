@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import os
+import signal
 from typing import Iterator
 
 import pytest
@@ -35,6 +36,12 @@ from localbatch.node.network import NODE_SUBNET_ENV_VAR, random_node_subnet
 from tests.samples.support import environment_without_overrides
 
 FAST_POLL_INTERVAL_SECONDS = "0.2"
+
+
+# A shell that starts the suite in the background (`make test &` in a script) hands it SIGINT
+# ignored, and every sample it starts would inherit that and never see the Ctrl-C the interrupt
+# tests send. With a handler here, programs started from the suite get SIGINT's default again.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass(frozen=True)
