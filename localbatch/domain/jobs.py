@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from .. import wire
 from ..errors import BatchServiceError, invalid_property
-from . import exitconditions
+from . import exitconditions, jobmanager
 from .context import DomainContext
 from .entities import Job, Task
 from .networking import check_subnet
@@ -20,11 +20,10 @@ from .pools import Pools
 from .preparation import Preparations, job_tasks
 from .states import RUNNING_TASK_STATES, UNFINISHED_TASK_STATES
 from .tasks import Tasks
-from .validation import check_durations, check_id, job_closed, not_emulated, pool_info_without_secrets
+from .validation import check_durations, check_id, job_closed, pool_info_without_secrets
 
 logger = logging.getLogger(__name__)
 
-NOT_EMULATED_JOB_PROPERTIES = ("jobManagerTask",)
 UPDATABLE_PROPERTIES = ("priority", "maxParallelTasks", "allowTaskPreemption", "constraints", "metadata",
                         "onAllTasksComplete", "poolInfo", "networkConfiguration")
 STOPPED_TASKS_GRACE_SECONDS = 30
@@ -65,6 +64,9 @@ class Jobs:
             "onTaskFailure": body.get("onTaskFailure") or "noaction",
             **preparation_and_release,
         }
+        manager = jobmanager.job_manager_spec(body)
+        if manager is not None:
+            data[jobmanager.JOB_MANAGER] = manager
         for optional in ("displayName", "commonEnvironmentSettings", "metadata", "networkConfiguration"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
@@ -74,20 +76,31 @@ class Jobs:
         job = Job(data)
         job.touch()
         self.repo.add_job(job)
+        if manager is not None:  # created with the job, and first in its queue
+            [(_, error)] = self.tasks.create_tasks(job.id, [jobmanager.task_body(manager)])
+            if error is not None:
+                raise jobmanager.with_property_prefix(error)
         self._arm_wall_clock(job)
         self._complete_if_all_tasks_done(job)  # terminatejob with no tasks yet: complete at once
         return job
 
     def check_job_specification(self, body: dict) -> None:
         """What a job (or a job schedule's jobSpecification) must satisfy before anything is created."""
-        for unsupported in NOT_EMULATED_JOB_PROPERTIES:
-            if body.get(unsupported):
-                raise not_emulated(unsupported)
         pool_info = body["poolInfo"]
         if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
             raise invalid_property("poolInfo", "{}", "Specify either poolId or autoPoolSpecification.")
-        job_tasks(body)  # the preparation and release tasks are checked too
+        preparation_and_release = job_tasks(body)  # the preparation and release tasks are checked too
         check_subnet("networkConfiguration", body.get("networkConfiguration"))
+        manager = jobmanager.job_manager_spec(body)
+        if manager is not None:
+            # Checked as add_task checks a task of the job (the job does not exist yet).
+            job = Job({"id": body.get("id") or "job", "poolInfo": pool_info, "constraints": _constraints(body.get("constraints")),
+                       "onTaskFailure": body.get("onTaskFailure") or "noaction",
+                       "executionInfo": {"poolId": pool_info.get("poolId")}, **preparation_and_release})
+            try:
+                self.tasks.new_task(job, jobmanager.task_body(manager))
+            except BatchServiceError as error:
+                raise jobmanager.with_property_prefix(error) from None
 
     def _create_auto_pool(self, job_id: str, spec: dict) -> str:
         if spec.get("poolLifetimeOption", "").lower() != "job":
@@ -236,7 +249,8 @@ class Jobs:
 
     # ---- completion -------------------------------------------------------------------------------------
     def _task_completed(self, job: Job, task: Task) -> None:
-        """A task completed: take the job action of its exit options (on jobs that ask for that)."""
+        """A task completed: take the job action of its exit options (on jobs that ask for that), or
+        end the job when its job manager completed with killJobOnCompletion."""
         if job.state == "active" and job.data["onTaskFailure"].lower() == exitconditions.PERFORM_EXIT_OPTIONS:
             info = task.execution_info
             options = exitconditions.resolve(task.data.get("exitConditions"), info.get("exitCode"),
@@ -247,6 +261,9 @@ class Jobs:
             if options.job_action == "disable":
                 self.disable_job(job.id, "requeue")
                 return
+        if job.state == "active" and jobmanager.kills_job_on_completion(job, task):
+            self.terminate_job(job.id, jobmanager.TERMINATE_REASON)
+            return
         self._complete_if_all_tasks_done(job)
 
     def _complete_if_all_tasks_done(self, job: Job) -> None:

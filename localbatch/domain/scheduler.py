@@ -9,6 +9,7 @@ import asyncio
 import itertools
 from typing import TYPE_CHECKING, Callable, Optional
 
+from . import jobmanager
 from .states import SCHEDULABLE_NODE_STATES
 
 if TYPE_CHECKING:
@@ -48,36 +49,55 @@ class Scheduler:
         if pool is None or pool.data["state"] != "active":
             return
         slots_per_node = pool.data.get("taskSlotsPerNode", 1)
+        pool_jobs = self._jobs_for_pool(pool_key)
+        # A node running an exclusive job manager takes no other task while it runs.
+        exclusive = {jobmanager.job_manager_key(job) for job in pool_jobs
+                     if (job.data.get(jobmanager.JOB_MANAGER) or {}).get("runExclusive", True) is not False}
         free = {node.id: slots_per_node - sum(node.running.values())
                 for node in pool.nodes.values()
                 if node.data["state"] in SCHEDULABLE_NODE_STATES and node.data["schedulingState"] == "enabled"
-                and not node.after_tasks}
+                and not node.after_tasks and not exclusive.intersection(node.running)}
         free = {node_id: slots for node_id, slots in free.items() if slots > 0}
         if not free:
             return
         pack = (pool.data.get("taskSchedulingPolicy") or {}).get("nodeFillType", "spread").lower() == "pack"
-        jobs = sorted((job for job in self._jobs_for_pool(pool_key) if job.state == "active" and job.pending),
+        jobs = sorted((job for job in pool_jobs if job.state == "active" and job.pending),
                       key=lambda job: (-job.data.get("priority", 0), job.data["creationTime"]))
         for job in jobs:
             limit = job.data.get("maxParallelTasks", -1)
             running = job.running_count
             # Look a little past the free slots only, so a long queue costs nothing per pass.
             candidates = list(itertools.islice(job.pending, sum(free.values()) + LOOKAHEAD))
+            manager_key = jobmanager.job_manager_key(job)
+            if manager_key in job.pending:  # the job manager goes first, retries included
+                candidates = [manager_key, *(key for key in candidates if key != manager_key)]
             for task_key in candidates:
                 if not free or (limit != -1 and running >= limit):
                     break
                 task = job.tasks[task_key]
-                node_id = self._choose_node(free, task, pack, job.barred_nodes)
+                barred = job.barred_nodes | self._nodes_refused_by(job, task, pool, free, slots_per_node)
+                node_id = self._choose_node(free, task, pack, barred)
                 if node_id is None:
                     continue
                 del job.pending[task_key]
                 free[node_id] -= task.required_slots
-                if free[node_id] <= 0:
+                if free[node_id] <= 0 or jobmanager.runs_exclusive(job, task):
                     del free[node_id]
                 running += 1
                 self._start_task(pool.nodes[node_id], job, task)
             if not free:
                 return
+
+    @staticmethod
+    def _nodes_refused_by(job: "Job", task: "Task", pool: "Pool", free: dict[str, int], slots_per_node: int) -> set[str]:
+        """Free nodes a job manager may not use: busy ones when it runs exclusive, low-priority ones
+        when it does not allow them."""
+        refused: set[str] = set()
+        if jobmanager.runs_exclusive(job, task):
+            refused |= {node_id for node_id, slots in free.items() if slots < slots_per_node}
+        if not jobmanager.allows_low_priority_node(job, task):
+            refused |= {node_id for node_id in free if not pool.nodes[node_id].is_dedicated}
+        return refused
 
     @staticmethod
     def _choose_node(free: dict[str, int], task: "Task", pack: bool, barred: set[str]) -> Optional[str]:

@@ -23,8 +23,7 @@ from .validation import (check_container_settings, check_durations, check_id, ch
 
 logger = logging.getLogger(__name__)
 
-NOT_EMULATED_TASK_PROPERTIES = ("multiInstanceSettings", "applicationPackageReferences",
-                                "authenticationTokenSettings")
+NOT_EMULATED_TASK_PROPERTIES = ("multiInstanceSettings", "applicationPackageReferences")
 
 
 class Tasks:
@@ -62,6 +61,12 @@ class Tasks:
         return results
 
     def _create_task(self, job: Job, body: dict) -> Task:
+        task = self.new_task(job, body)
+        self.repo.add_task(job, task)
+        return task
+
+    def new_task(self, job: Job, body: dict) -> Task:
+        """A task of `job` made from an add_task body, checked as the service checks it; not added yet."""
         check_id("id", body["id"])
         if body["id"].lower() in job.tasks:
             raise BatchServiceError("TaskExists")
@@ -99,7 +104,6 @@ class Tasks:
                 data[optional] = body[optional]
         task = Task(job.id, data)
         task.touch()
-        self.repo.add_task(job, task)
         return task
 
     def _check_container_settings(self, job: Job, settings: dict) -> None:

@@ -260,8 +260,10 @@ def test_errors_name_what_is_wrong(client, pool_id):
         client.create_job_schedule(models.BatchJobScheduleCreateOptions(
             id=unique_id("sched"), schedule=models.BatchJobScheduleConfiguration(),
             job_specification=_spec(pool_id, job_manager_task=models.BatchJobManagerTask(
-                id="m", command_line="/bin/true"))))
-    assert caught.value.status_code == 501 and _details(caught.value)["Feature"] == "jobManagerTask"
+                id="m", command_line="/bin/true", application_package_references=[
+                    models.BatchApplicationPackageReference(application_id="app")]))))
+    assert caught.value.status_code == 501
+    assert _details(caught.value)["Feature"] == "jobManagerTask.applicationPackageReferences"
     with pytest.raises(HttpResponseError) as caught:
         client.create_job_schedule(models.BatchJobScheduleCreateOptions(
             id=unique_id("sched"), schedule=models.BatchJobScheduleConfiguration(),

@@ -64,12 +64,17 @@ def test_task_features_not_emulated_are_named(client, pool_id, extra, feature):
 
 
 def test_job_features_not_emulated_are_named(client, pool_id):
+    job_id = unique_id("job")
     with pytest.raises(HttpResponseError) as caught:
         client.create_job(models.BatchJobCreateOptions(
-            id=unique_id("job"), pool_info=models.BatchPoolInfo(pool_id=pool_id),
-            job_manager_task=models.BatchJobManagerTask(id="manager", command_line="/bin/true")))
+            id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+            job_manager_task=models.BatchJobManagerTask(
+                id="manager", command_line="/bin/true",
+                application_package_references=[models.BatchApplicationPackageReference(application_id="app")])))
     assert caught.value.status_code == 501
-    assert _details(caught.value)["Feature"] == "jobManagerTask"
+    assert _details(caught.value)["Feature"] == "jobManagerTask.applicationPackageReferences"
+    with pytest.raises(ResourceNotFoundError):  # nothing of the job was created
+        client.get_job(job_id)
 
 
 def test_account_reads_with_nothing_to_emulate_are_empty(client, pool_id):
