@@ -24,7 +24,8 @@ from .identity.certificates import server_ssl_context
 from .identity.endpoint import IdentityEndpoint, load_identity_header
 from .identity.tokens import TokenIssuer
 from .arm.identities import UNPRIVILEGED_IDENTITY
-from .node.managed_identity import NodeIdentityEndpoint
+from .node.managed_identity import IdentityNotFound, NodeIdentityEndpoint
+from .node.storage_identity import NodeStorageCredential, StorageIdentityError, ssl_option
 from .services import AzureServices
 from .domain.runtime import Timings
 from .domain.quotas import Quotas
@@ -66,6 +67,7 @@ class LocalBatchServer:
             raise ValueError("--services-port needs a certificate and key (--services-cert and --services-key, or "
                              "--cert and --key): Key Vault and management clients send tokens over https only")
         self.node_ca_bundle = os.path.abspath(node_ca_bundle) if node_ca_bundle else None
+        self._node_ssl = ssl_option(self.node_ca_bundle)  # what the node agent trusts for Storage over https
         self.azure_services: Optional[AzureServices] = None  # Key Vault and ARM, while served
         self.node_identity: Optional[NodeIdentityEndpoint] = None
         self._services_runner: Optional[web.ServerRunner] = None
@@ -132,6 +134,7 @@ class LocalBatchServer:
             self.node_identity = NodeIdentityEndpoint(self._find_pool, self.identity.issue, self.identity.find_identity)
             for name, service in self.services.items():
                 service.context.node_environment = functools.partial(self._node_environment, name)
+                service.context.node_storage = functools.partial(self._node_storage, name)
             authenticator = Authenticator(self.accounts, self.account_name, self.identity,
                                           self.allowed_authentication_modes)
             self.pipeline = Pipeline(self.services, build_router(), authenticator, self.debug,
@@ -199,6 +202,19 @@ class LocalBatchServer:
         if self.node_ca_bundle:
             environment.update({"SSL_CERT_FILE": self.node_ca_bundle, "REQUESTS_CA_BUNDLE": self.node_ca_bundle})
         return environment
+
+    def _node_storage(self, account: str, pool_id: str, node_id: str) -> NodeStorageCredential:
+        """How Batch reaches Storage on a node as one of its pool's identities (identityReference)."""
+        def issue(resource: str, resource_id: str) -> str:
+            if self.node_identity is None:
+                raise StorageIdentityError("Identity not found: localbatch has no token issuer.")
+            try:
+                return self.node_identity.issue_for_node(account, pool_id, node_id, resource,
+                                                         {"mi_res_id": resource_id}).access_token
+            except IdentityNotFound as not_found:
+                raise StorageIdentityError(f"{not_found.description}: {resource_id} is not an identity of "
+                                           f"pool {pool_id}.") from None
+        return NodeStorageCredential(issue, self._node_ssl)
 
     async def stop_async(self) -> None:
         if self._services_runner is not None:

@@ -6,6 +6,7 @@ from typing import Callable, Optional
 
 from ..node.agent import NodeAgent, NodeIdentity
 from ..node.network import NodeNetwork
+from ..node.storage_identity import NodeStorageCredential
 from ..node.services import NodeServices
 from ..store import Store
 from .entities import Node, Pool
@@ -30,6 +31,8 @@ class DomainContext:
     kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
     # (pool id, node id) -> variables the node gives its programs (its managed identity endpoint).
     node_environment: Callable[[str, str], dict[str, str]] = field(default=lambda pool_id, node_id: {})
+    # (pool id, node id) -> how Batch reaches Storage on that node as one of its pool's identities.
+    node_storage: Callable[[str, str], Optional[NodeStorageCredential]] = field(default=lambda pool_id, node_id: None)
 
     def identity(self, node: Node) -> NodeIdentity:
         pool = self.repo.find_pool(node.pool_id)
@@ -37,7 +40,8 @@ class DomainContext:
         if pool is not None and container_configuration(pool) is not None:
             docker_host = self.agent.layout.engine(node.pool_id, node.id).docker_host
         return NodeIdentity(self.account_name, self.account_url, node.pool_id, node.id, node.is_dedicated,
-                            environment=self.node_environment(node.pool_id, node.id), docker_host=docker_host)
+                            environment=self.node_environment(node.pool_id, node.id), docker_host=docker_host,
+                            storage=self.node_storage(node.pool_id, node.id))
 
 
 def container_configuration(pool: Pool) -> Optional[dict]:

@@ -8,14 +8,12 @@ from typing import Optional
 
 from ..errors import BatchServiceError, invalid_property
 from ..node.logs import LogUploadError, node_log_files, upload
+from ..node.storage_identity import StorageIdentityError
 from .context import DomainContext
-from .validation import not_emulated
 
 
 async def upload_node_logs(context: DomainContext, pool_id: str, node_id: str, body: dict) -> dict:
     node = context.repo.get_node(pool_id, node_id)
-    if body.get("identityReference"):
-        raise not_emulated("identityReference")
     if node.state in ("creating", "starting", "leavingpool"):
         raise BatchServiceError("NodeNotReady", "The node's logs cannot be uploaded before it has started.")
     start, end = _moment("startTime", body["startTime"]), _moment("endTime", body.get("endTime"))
@@ -24,12 +22,22 @@ async def upload_node_logs(context: DomainContext, pool_id: str, node_id: str, b
     parts = body["containerUrl"].split("?", 1)[0]
     if not parts.startswith(("http://", "https://")):
         raise invalid_property("containerUrl", parts, "Expected the URL of a blob container.")
+    storage = context.identity(node).storage
+    headers, trust = {}, storage.ssl if storage is not None else True
+    if body.get("identityReference"):
+        try:
+            if storage is None:
+                raise StorageIdentityError("Identity not found: this node has no managed identity endpoint.")
+            headers = storage.headers(body["identityReference"])
+        except StorageIdentityError as exc:
+            raise invalid_property("identityReference.resourceId", body["identityReference"].get("resourceId"),
+                                   str(exc)) from None
     root = context.agent.layout.root(node.pool_id, node.id)
     loop = asyncio.get_running_loop()
     files = await loop.run_in_executor(None, node_log_files, root, start, end)
     directory = f"{node.pool_id}/{node.id}/{uuid.uuid4()}"
     try:
-        await upload(body["containerUrl"], directory, root, files)
+        await upload(body["containerUrl"], directory, root, files, headers, trust)
     except LogUploadError as exc:
         raise invalid_property("containerUrl", parts, f"The logs could not be uploaded: {exc}.") from None
     return {"virtualDirectoryName": directory, "numberOfFilesUploaded": len(files)}

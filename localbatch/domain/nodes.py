@@ -247,7 +247,8 @@ class Nodes:
             await self.context.store.durable()  # on record as running before it runs
             outcome = await self.agent.run_program(
                 _start_task_key(node), start_task["commandLine"], start_task.get("resourceFiles") or [], paths, env,
-                None, on_start=lambda pid: setattr(node, "start_task_pid", pid), container=container)
+                None, on_start=lambda pid: setattr(node, "start_task_pid", pid), container=container,
+                storage=self.context.identity(node).storage)
             node.start_task_pid = None
             if generation != node.boot_generation:
                 return False

@@ -185,7 +185,7 @@ class Preparations:
         settings = [*(job.data.get("commonEnvironmentSettings") or []), *(spec.get("environmentSettings") or [])]
         env = self.agent.environment(self.context.identity(node), paths, settings, job.id, spec["id"])
         outcome = await self.agent.run_program(key, spec["commandLine"], spec.get("resourceFiles") or [], paths, env,
-                                               timeout)
+                                               timeout, storage=self.context.identity(node).storage)
         if not job.attached or self.context.repo.pool_of(node) is None:
             return None
         return outcome

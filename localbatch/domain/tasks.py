@@ -277,7 +277,8 @@ class Tasks:
                 return
         paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
         settings = [*(job.data.get("commonEnvironmentSettings") or []), *(task.data.get("environmentSettings") or [])]
-        env = self.agent.environment(self.context.identity(node), paths, settings, job.id, task.id)
+        identity = self.context.identity(node)
+        env = self.agent.environment(identity, paths, settings, job.id, task.id)
         timeout = wire.parse_duration(task.data["constraints"]["maxWallClockTime"])
         container = None
         if task.data.get("containerSettings"):
@@ -285,10 +286,11 @@ class Tasks:
                                                    task.data["containerSettings"])
         outcome = await self.agent.run_program(
             task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
-            on_start=lambda pid: self._process_started(node, task, pid), container=container)
+            on_start=lambda pid: self._process_started(node, task, pid), container=container,
+            storage=identity.storage)
         if task.data.get("outputFiles") and task.node_key == node.key and task.state in RUNNING_TASK_STATES:
             await self.context.transitions.step("output_files_uploading")  # still running meanwhile
-            outcome = await self.agent.upload_output_files(task.data["outputFiles"], outcome, paths)
+            outcome = await self.agent.upload_output_files(task.data["outputFiles"], outcome, paths, identity.storage)
         if task.node_key != node.key or task.state not in RUNNING_TASK_STATES:
             return  # evicted or ended while it ran; bookkeeping already done
         self._release_slot(node, task)

@@ -215,8 +215,6 @@ def check_output_file(path: str, output_file: dict) -> None:
     container = output_file["destination"].get("container")
     if not container:
         raise BatchServiceError("MissingRequiredProperty", values={"PropertyName": f"{path}.destination.container"})
-    if container.get("identityReference"):
-        raise not_emulated(f"{path}.destination.container.identityReference")
     if not str(container["containerUrl"]).lower().startswith(("http://", "https://")):
         raise invalid_property(f"{path}.destination.container.containerUrl", "(not shown: it may hold a SAS)",
                                "Expected the http(s) URL of a blob container.")

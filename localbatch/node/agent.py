@@ -21,6 +21,7 @@ from .engines import DockerEngines, EngineError, docker_cli
 from .layout import EnginePaths, NodeLayout, TaskPaths
 from .outputfiles import OutputFileError, OutputFileUploader
 from .resourcefiles import ResourceFileDownloader, ResourceFileError
+from .storage_identity import NodeStorageCredential
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class NodeIdentity:
     # What the node itself offers its programs, e.g. its managed identity endpoint.
     environment: Mapping[str, str] = field(default_factory=dict)
     docker_host: Optional[str] = None   # the node's engine, on a container pool
+    # How Batch itself reaches Storage on this node as one of its pool's identities (identityReference).
+    storage: Optional[NodeStorageCredential] = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,8 @@ class NodeAgent:
     async def run_program(self, key: str, command_line: str, resource_files: list[dict], paths: TaskPaths,
                           env: dict[str, str], timeout: Optional[float],
                           on_start: Optional[Callable[[int], None]] = None,
-                          container: Optional[ContainerRun] = None) -> ProgramOutcome:
+                          container: Optional[ContainerRun] = None,
+                          storage: Optional[NodeStorageCredential] = None) -> ProgramOutcome:
         """Download inputs, run the command line (in a container, when given one), and say how it ended.
 
         `on_start(pid)` is called once the program runs (after its inputs are downloaded).
@@ -198,7 +202,7 @@ class NodeAgent:
         self._starting.add(key)
         try:
             return await self._run_program(key, command_line, resource_files, paths, env, timeout, on_start,
-                                           container)
+                                           container, storage)
         except processes.LauncherGone as exc:
             logger.warning("the launcher of %s died (%s); the program runs again", key, exc)
             return ProgramOutcome(stop_reason="agent_restart")
@@ -214,14 +218,15 @@ class NodeAgent:
     async def _run_program(self, key: str, command_line: str, resource_files: list[dict], paths: TaskPaths,
                            env: dict[str, str], timeout: Optional[float],
                            on_start: Optional[Callable[[int], None]],
-                           container: Optional[ContainerRun]) -> ProgramOutcome:
+                           container: Optional[ContainerRun],
+                           storage: Optional[NodeStorageCredential] = None) -> ProgramOutcome:
         if resource_files:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, os.makedirs, paths.working_dir, 0o777, True)
             except OSError as exc:
                 return ProgramOutcome.agent_fault(f"cannot create the task directory: {exc}")
             try:
-                await self._downloader.download_all(resource_files, paths.working_dir)
+                await self._downloader.download_all(resource_files, paths.working_dir, storage)
             except ResourceFileError as exc:
                 _append_text(paths.stderr, exc.message + "\n")
                 return ProgramOutcome(failure=Failure("usererror", exc.code, exc.message))
@@ -332,13 +337,13 @@ class NodeAgent:
             return ProgramOutcome.agent_fault(f"cannot start the process: {exc}")
 
     async def upload_output_files(self, output_files: list[dict], outcome: ProgramOutcome,
-                                  paths: TaskPaths) -> ProgramOutcome:
+                                  paths: TaskPaths, storage: Optional[NodeStorageCredential] = None) -> ProgramOutcome:
         """Upload the output files that apply once the process has exited; a failed upload makes the
         task fail with a FileUpload... failure (keeping its exit code), as on Azure."""
         if not output_files or outcome.exit_code is None or outcome.stop_reason not in (None, "timeout"):
             return outcome
         try:
-            await self._uploader.upload_all(output_files, outcome.exit_code, paths)
+            await self._uploader.upload_all(output_files, outcome.exit_code, paths, storage)
         except OutputFileError as exc:
             return ProgramOutcome(outcome.exit_code, Failure("usererror", exc.code, exc.message), outcome.stop_reason)
         except OSError as exc:

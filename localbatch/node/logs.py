@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 
 from .layout import STDERR, STDOUT
+from .storage_identity import SslOption
 
 UPLOAD_TIMEOUT_SECONDS = 120
 
@@ -42,8 +43,10 @@ def node_log_files(root: str, start: dt.datetime, end: Optional[dt.datetime]) ->
     return sorted(found)
 
 
-async def upload(container_url: str, virtual_directory: str, root: str, files: list[str]) -> None:
-    """PUT each file as a block blob `<virtual_directory>/<file>` through the container's SAS."""
+async def upload(container_url: str, virtual_directory: str, root: str, files: list[str],
+                 headers: Optional[dict[str, str]] = None, trust: SslOption = True) -> None:
+    """PUT each file as a block blob `<virtual_directory>/<file>` through the container's SAS, or
+    with `headers` (a node identity's bearer token), trusting `trust` for https."""
     timeout = aiohttp.ClientTimeout(total=UPLOAD_TIMEOUT_SECONDS, sock_connect=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for relative in files:
@@ -51,8 +54,8 @@ async def upload(container_url: str, virtual_directory: str, root: str, files: l
                 data = handle.read()
             url = _blob_url(container_url, f"{virtual_directory}/{relative}")
             try:
-                async with session.put(url, data=data, headers={"x-ms-blob-type": "BlockBlob",
-                                                                "Content-Type": "text/plain"}) as response:
+                async with session.put(url, data=data, ssl=trust, headers={
+                        "x-ms-blob-type": "BlockBlob", "Content-Type": "text/plain", **(headers or {})}) as response:
                     if response.status >= 300:
                         raise LogUploadError(f"the container answered {response.status} {response.reason} "
                                              f"to the upload of {relative}")

@@ -75,6 +75,30 @@ class NodeIdentityEndpoint:
             return None
         return account, pool_id, node_id
 
+    def issue_for_node(self, account: str, pool_id: str, node_id: str, resource: str,
+                       wanted: dict[str, Optional[str]]) -> Any:
+        """A token for `resource` as one of the node's pool identities: the one `wanted` names
+        (client_id, object_id, principal_id or mi_res_id), or the pool's only one. Raises
+        IdentityNotFound, with what IMDS would say, when the pool has no such identity."""
+        pool = self._find_pool(account, pool_id)
+        if pool is None or node_id not in pool.nodes:
+            raise IdentityNotFound("Identity not found: this node no longer exists.")
+        assigned = (pool.data.get("identity") or {}).get("userAssignedIdentities") or []
+        if not assigned:
+            raise IdentityNotFound("Identity not found")
+        if any(wanted.values()):
+            chosen = [item for item in assigned if _matches(item, wanted)]
+        else:
+            chosen = assigned if len(assigned) == 1 else []  # IMDS picks the only one, or none
+        if not chosen:
+            raise IdentityNotFound("Identity not found" if any(wanted.values()) else
+                                   "Multiple user assigned identities exist, please specify the clientId / "
+                                   "resourceId of the identity in the token request")
+        identity = self._find_identity(resource_id=chosen[0]["resourceId"])
+        if identity is None:
+            raise IdentityNotFound("Identity not found")
+        return self._issue(resource, identity)
+
     # ---- the endpoint ---------------------------------------------------------------------
     def in_front_of(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
                     ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
@@ -98,37 +122,31 @@ class NodeIdentityEndpoint:
         if not resource.startswith("https://"):
             return _error(400, "invalid_resource", "The resource query parameter must be an https:// resource URI.")
         account, pool_id, node_id = node
-        pool = self._find_pool(account, pool_id)
-        if pool is None or node_id not in pool.nodes:
-            return _error(400, "invalid_request", "Identity not found: this node no longer exists.")
-        assigned = (pool.data.get("identity") or {}).get("userAssignedIdentities") or []
-        if not assigned:
-            return _error(400, "invalid_request", "Identity not found")
         wanted = {name: request.query.get(name) for name in ("client_id", "object_id", "principal_id", "mi_res_id")}
-        if any(wanted.values()):
-            chosen = [item for item in assigned if _matches(item, wanted)]
-        else:
-            chosen = assigned if len(assigned) == 1 else []  # IMDS picks the only one, or none
-        if not chosen:
-            return _error(400, "invalid_request", "Identity not found" if any(wanted.values()) else
-                          "Multiple user assigned identities exist, please specify the clientId / resourceId of the "
-                          "identity in the token request")
-        identity = self._find_identity(resource_id=chosen[0]["resourceId"])
-        if identity is None:
-            return _error(400, "invalid_request", "Identity not found")
-        issued = self._issue(resource, identity)
-        logger.info("issued a token for %s to a task on node %s of pool %s", resource, node_id, pool_id)
+        try:
+            issued = self.issue_for_node(account, pool_id, node_id, resource, wanted)
+        except IdentityNotFound as not_found:
+            return _error(400, "invalid_request", not_found.description)
+        logger.info("issued a token for %s to a program on node %s of pool %s", resource, node_id, pool_id)
         return web.json_response({
             "access_token": issued.access_token, "expires_on": str(issued.expires_on),
             "resource": issued.resource, "token_type": issued.token_type, "client_id": issued.client_id,
         }, headers={"Cache-Control": "no-store"})
 
 
+class IdentityNotFound(Exception):
+    """The node's pool has no identity that matches; `description` is what IMDS answers."""
+
+    def __init__(self, description: str):
+        super().__init__(description)
+        self.description = description
+
+
 def _matches(item: dict, wanted: dict[str, Optional[str]]) -> bool:
-    principal = wanted["object_id"] or wanted["principal_id"]
-    return ((not wanted["client_id"] or item["clientId"].lower() == wanted["client_id"].lower())
+    principal = wanted.get("object_id") or wanted.get("principal_id")
+    return ((not wanted.get("client_id") or item["clientId"].lower() == wanted["client_id"].lower())
             and (not principal or item["principalId"].lower() == principal.lower())
-            and (not wanted["mi_res_id"] or item["resourceId"].lower() == wanted["mi_res_id"].lower()))
+            and (not wanted.get("mi_res_id") or item["resourceId"].lower() == wanted["mi_res_id"].lower()))
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

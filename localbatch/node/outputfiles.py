@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 
 from .layout import TaskPaths
+from .storage_identity import NodeStorageCredential, StorageIdentityError
 
 STORAGE_SERVICE_VERSION = "2021-08-06"
 WILDCARDS = set("*?[")
@@ -77,8 +78,11 @@ class OutputFileUploader:
         if self._session is not None:
             await self._session.close()
 
-    async def upload_all(self, output_files: list[dict], exit_code: int, paths: TaskPaths) -> None:
-        """Upload what applies after this exit code; the first failure raises OutputFileError."""
+    async def upload_all(self, output_files: list[dict], exit_code: int, paths: TaskPaths,
+                         storage: Optional[NodeStorageCredential] = None) -> None:
+        """Upload what applies after this exit code; the first failure raises OutputFileError. A
+        container with an identityReference is written with a Storage token of that identity of the
+        node's pool (`storage`)."""
         chosen = [output_file for output_file in output_files if applies(output_file, exit_code)]
         if not chosen:
             return
@@ -91,7 +95,7 @@ class OutputFileUploader:
                 if not uploads:
                     log.append(f"No file matched {output_file['filePattern']!r}.")
                 for upload in uploads:
-                    await self._put(container, upload)
+                    await self._put(container, upload, storage)
                     log.append(f"Uploaded {upload.local_path} to {_redact(_blob_url(container['containerUrl'], upload.blob_name))}")
         except OutputFileError as exc:
             await _write(paths.upload_errors, exc.message)
@@ -99,9 +103,17 @@ class OutputFileUploader:
         finally:
             await _write(paths.upload_log, "\n".join(log))
 
-    async def _put(self, container: dict, upload: Upload) -> None:
+    async def _put(self, container: dict, upload: Upload, storage: Optional[NodeStorageCredential]) -> None:
         url = _blob_url(container["containerUrl"], upload.blob_name)
         headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": STORAGE_SERVICE_VERSION}
+        reference = container.get("identityReference")
+        try:
+            if reference and storage is None:
+                raise StorageIdentityError("Identity not found: this node has no managed identity endpoint.")
+            headers.update(storage.headers(reference) if reference and storage else {})
+        except StorageIdentityError as exc:
+            raise OutputFileError("FileUploadMiscError", f"Could not upload {upload.local_path} to {_redact(url)} "
+                                  f"through the node identity: {exc}") from None
         for header in container.get("uploadHeaders") or []:
             headers[header["name"]] = header.get("value") or ""
         try:
@@ -111,7 +123,8 @@ class OutputFileUploader:
                                   f"Could not read {upload.local_path}: {exc.strerror or exc}") from None
         try:
             # aiohttp streams an open file in chunks with its size as Content-Length: never whole in memory.
-            async with self._http().put(url, data=source, headers=headers) as response:
+            async with self._http().put(url, data=source, headers=headers,
+                                        ssl=storage.ssl if storage else True) as response:
                 body = await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise OutputFileError("FileUploadMiscError",

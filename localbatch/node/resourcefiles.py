@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 
 from ..accounts import azurite_connection_string
+from .storage_identity import NodeStorageCredential, SslOption, StorageIdentityError
 
 DEFAULT_FILE_MODE = 0o770
 AZURITE_CONNECTION_STRING = azurite_connection_string()
@@ -79,15 +80,21 @@ class ResourceFileDownloader:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600, sock_connect=30))
         return self._session
 
-    async def download_all(self, resource_files: list[dict], working_dir: str) -> None:
-        """Download every resource file; any failure is a ResourceFileError naming it (never its SAS)."""
+    async def download_all(self, resource_files: list[dict], working_dir: str,
+                           storage: Optional[NodeStorageCredential] = None) -> None:
+        """Download every resource file; any failure is a ResourceFileError naming it (never its SAS).
+        A file with an identityReference is read with a Storage token of that identity of the node's
+        pool (`storage`)."""
         for resource_file in resource_files:
             source = _redact(resource_file.get("httpUrl") or resource_file.get("storageContainerUrl")
                              or resource_file.get("autoStorageContainerName") or "")
             try:
-                await self.download(resource_file, working_dir)
+                await self.download(resource_file, working_dir, storage)
             except ResourceFileError:
                 raise
+            except StorageIdentityError as exc:
+                raise ResourceFileError("BlobAccessDenied", f"Could not download from {source} through the "
+                                        f"node identity: {exc}") from None
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise ResourceFileError("BlobDownloadMiscError",
                                         f"Could not download from {source}: {_describe(exc)}") from None
@@ -98,23 +105,30 @@ class ResourceFileDownloader:
                 raise ResourceFileError("FileIOError", f"Could not write the files from {source} into the "
                                         f"working directory: {exc.strerror or exc}") from None
 
-    async def download(self, resource_file: dict, working_dir: str) -> None:
+    async def download(self, resource_file: dict, working_dir: str,
+                       storage: Optional[NodeStorageCredential] = None) -> None:
         mode = int(resource_file["fileMode"], 8) if resource_file.get("fileMode") else DEFAULT_FILE_MODE
+        reference = resource_file.get("identityReference")
+        if reference and storage is None:
+            raise StorageIdentityError("Identity not found: this node has no managed identity endpoint.")
+        access = _Access(storage.headers(reference) if reference else {}, storage.ssl if storage else True)
         if resource_file.get("httpUrl"):
             target = _target(working_dir, resource_file.get("filePath", ""))
-            await self._fetch(resource_file["httpUrl"], target, mode)
+            await self._fetch(resource_file["httpUrl"], target, mode, access)
             return
         if resource_file.get("autoStorageContainerName"):
+            # Read through the auto-storage account's own SAS (the account is this stack's, not the identity's).
             container_url = self._auto_storage.container_sas_url(resource_file["autoStorageContainerName"])
+            access = _Access({}, access.ssl)
         else:
             container_url = resource_file["storageContainerUrl"]
         base_dir = resource_file.get("filePath", "")
-        names = await self._list_blobs(container_url, resource_file.get("blobPrefix", ""))
+        names = await self._list_blobs(container_url, resource_file.get("blobPrefix", ""), access)
         for name in names:
             target = _target(working_dir, posixpath.join(base_dir, name) if base_dir else name)
-            await self._fetch(_blob_url(container_url, name), target, mode)
+            await self._fetch(_blob_url(container_url, name), target, mode, access)
 
-    async def _list_blobs(self, container_url: str, prefix: str) -> list[str]:
+    async def _list_blobs(self, container_url: str, prefix: str, access: "_Access") -> list[str]:
         names: list[str] = []
         marker = ""
         while True:
@@ -123,7 +137,8 @@ class ResourceFileDownloader:
                 query["prefix"] = prefix
             if marker:
                 query["marker"] = marker
-            async with self._http().get(_with_query(container_url, query)) as response:
+            async with self._http().get(_with_query(container_url, query), headers=access.headers,
+                                        ssl=access.ssl) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise _download_error(response.status, _redact(container_url), "list the container")
@@ -133,10 +148,10 @@ class ResourceFileDownloader:
             if not marker:
                 return names
 
-    async def _fetch(self, url: str, target: str, mode: int) -> None:
+    async def _fetch(self, url: str, target: str, mode: int, access: "_Access") -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
-            async with self._http().get(url) as response:
+            async with self._http().get(url, headers=access.headers, ssl=access.ssl) as response:
                 if response.status != 200:
                     raise _download_error(response.status, _redact(url), "download")
                 with open(target, "wb") as out:
@@ -146,6 +161,13 @@ class ResourceFileDownloader:
             raise ResourceFileError("BlobDownloadMiscError",
                                     f"Could not download {_redact(url)}: {_describe(exc)}") from None
         os.chmod(target, mode)
+
+
+@dataclass(frozen=True)
+class _Access:
+    """How one resource file is read: its identity's headers (none with a SAS), and what https trusts."""
+    headers: dict
+    ssl: SslOption
 
 
 def _describe(exc: BaseException) -> str:

@@ -115,7 +115,9 @@ def test_upload_node_logs_errors(client, pool_id):
         client.upload_node_logs(pool_id, node_id, models.UploadBatchServiceLogsOptions(
             container_url="http://127.0.0.1:9/c?sv=x", start_time=now,
             identity_reference=models.BatchNodeIdentityReference(resource_id="/subscriptions/x")))
-    assert caught.value.status_code == 501 and _details(caught.value)["Feature"] == "identityReference"
+    # The pool has no identity at all (identities are given through the management plane).
+    assert caught.value.status_code == 400 and _details(caught.value)["PropertyName"] == "identityReference.resourceId"
+    assert "/subscriptions/x" in _details(caught.value)["Reason"]
     with pytest.raises(HttpResponseError) as caught:
         client.upload_node_logs(pool_id, node_id, models.UploadBatchServiceLogsOptions(
             container_url="http://127.0.0.1:9/c", start_time=now, end_time=now - dt.timedelta(hours=1)))

@@ -48,13 +48,7 @@ def test_pool_features_not_emulated_are_named(client, extra, feature):
 @pytest.mark.parametrize("extra, feature", [
     ({"multi_instance_settings": models.MultiInstanceSettings(coordination_command_line="/bin/true",
                                                               number_of_instances=2)}, "multiInstanceSettings"),
-    ({"output_files": [models.OutputFile(file_pattern="*.txt", destination=models.OutputFileDestination(
-        container=models.OutputFileBlobContainerDestination(
-            container_url="http://127.0.0.1:9/c",
-            identity_reference=models.BatchNodeIdentityReference(resource_id="/subscriptions/x/identity"))),
-        upload_options=models.OutputFileUploadConfiguration(upload_condition="tasksuccess"))]},
-     "outputFiles[0].destination.container.identityReference"),
-], ids=["multi-instance", "output-files-through-a-node-identity"])
+], ids=["multi-instance"])
 def test_task_features_not_emulated_are_named(client, pool_id, extra, feature):
     job_id = create_job(client, pool_id)
     with pytest.raises(HttpResponseError) as caught:
