@@ -5,7 +5,6 @@ identities (given through the management plane); any other is refused, naming it
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Iterator
 
 import pytest

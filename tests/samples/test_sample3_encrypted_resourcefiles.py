@@ -5,6 +5,7 @@ after cleanup, and a failure at every step still cleaning up (the key included).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,6 +24,7 @@ from tests.samples.support import (
     SAMPLE3,
     Backend,
     FailRequests,
+    Inventory,
     assert_left_behind,
     connection_lost,
     created_ids,
@@ -189,37 +191,61 @@ def test_a_failure_at_any_step_still_cleans_up_and_removes_the_key(
     assert _sample3_keys(_key_client(local_stack, stack_credentials)) == keys_before
 
 
-def test_a_key_that_cannot_be_deleted_is_reported_as_left_with_the_step_that_failed(
-    local_backend: Backend, local_stack: LocalStack, stack_credentials: DefaultAzureCredential,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    """The vault refuses the delete: the last line names the failed step and the key still there, and says how to delete it."""
+@dataclass
+class _KeyDeleteRun:
+    """What a run whose upload fails, and whose key deletion then fails too, left to check."""
+    delete_failure: FailRequests
+    exit_code: int
+    out: str
+    err: str
+    key_name: str
+    before: Inventory
+
+
+def _run_with_key_delete_failing(
+    failure: Callable[[], BaseException], local_backend: Backend, local_stack: LocalStack,
+    credentials: DefaultAzureCredential, capsys: pytest.CaptureFixture,
+) -> _KeyDeleteRun:
+    """Run sample 3 as its main does, with the upload of the node's files failing (a connection
+    lost) and then the key's deletion failing with `failure`."""
     settings = local_backend.settings(SAMPLE3)
     encryption = sample3.EncryptionSettings.load(settings.sample_configuration_path)
     upload_fails = FailRequests("PUT", r"/prepare_node\.sh$", connection_lost)
-    delete_fails = FailRequests("DELETE", r"^/keys/sample3-key-[^/]+$", connection_lost)
-    key_client = _key_client(local_stack, stack_credentials, per_call_policies=[delete_fails])
+    delete_fails = FailRequests("DELETE", r"^/keys/sample3-key-[^/]+$", failure)
+    key_client = _key_client(local_stack, credentials, per_call_policies=[delete_fails])
     management_client = sample3.create_management_client(
-        stack_credentials, encryption.subscription_id, local_stack.services_endpoint)
+        credentials, encryption.subscription_id, local_stack.services_endpoint)
     resources = sample3.CreatedResources()
     before = take_inventory(local_backend)
 
     with create_blob_service_client(settings.storage, **upload_fails.as_storage_client_options()) as blob_service_client:
         exit_code = run_sample_main(SAMPLE3, lambda: sample3.run_encrypted_resource_files(
             local_backend.batch_client, blob_service_client, key_client, management_client, settings, encryption,
-            stack_credentials, local_stack=True, resources=resources), resources)
+            credentials, local_stack=True, resources=resources), resources)
 
     printed = capsys.readouterr()
     [key_name] = [line.split()[3] for line in printed.out.splitlines() if line.startswith("Created RSA key ")]
-    assert (upload_fails.failed, delete_fails.failed, exit_code) == (1, 1, 1), printed
-    [last_line] = printed.err.splitlines()
+    assert upload_fails.failed == 1, printed
+    return _KeyDeleteRun(delete_fails, exit_code, printed.out, printed.err, key_name, before)
+
+
+def test_a_key_that_cannot_be_deleted_is_reported_as_left_with_the_step_that_failed(
+    local_backend: Backend, local_stack: LocalStack, stack_credentials: DefaultAzureCredential,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The vault refuses the delete: the last line names the failed step and the key still there, and says how to delete it."""
+    run = _run_with_key_delete_failing(connection_lost, local_backend, local_stack, stack_credentials, capsys)
+
+    key_name = run.key_name
+    assert (run.delete_failure.failed, run.exit_code) == (1, 1), run.out + run.err
+    [last_line] = run.err.splitlines()
     assert last_line.startswith(f"{SAMPLE3}: error: upload the node's files to container sample3-inputs-")
     assert last_line.endswith(f"ServiceRequestError: injected failure: connection lost; could not delete key {key_name}: "
                               "ServiceRequestError: injected failure: connection lost")
-    assert f"Could not delete key {key_name}: " in printed.out
-    assert f"To delete key {key_name}: " in printed.out
-    assert "Deleted container sample3-inputs-" in printed.out
-    assert_left_behind(local_backend, before, NOTHING)
+    assert f"Could not delete key {key_name}: " in run.out
+    assert f"To delete key {key_name}: " in run.out
+    assert "Deleted container sample3-inputs-" in run.out
+    assert_left_behind(local_backend, run.before, NOTHING)
     key_client = _key_client(local_stack, stack_credentials)
     assert key_client.get_key(key_name).name == key_name  # still there, as reported
     sample3.delete_key(key_client, key_name, purge=True)
@@ -231,30 +257,15 @@ def test_cleanup_stopped_at_once_during_the_key_deletion_says_the_key_is_left(
     capsys: pytest.CaptureFixture,
 ) -> None:
     """A Ctrl-C that stops the run while the key is being deleted (as a second one does): exit 130, key named."""
-    settings = local_backend.settings(SAMPLE3)
-    encryption = sample3.EncryptionSettings.load(settings.sample_configuration_path)
-    upload_fails = FailRequests("PUT", r"/prepare_node\.sh$", connection_lost)
-    delete_stopped = FailRequests("DELETE", r"^/keys/sample3-key-[^/]+$", KeyboardInterrupt)
-    key_client = _key_client(local_stack, stack_credentials, per_call_policies=[delete_stopped])
-    management_client = sample3.create_management_client(
-        stack_credentials, encryption.subscription_id, local_stack.services_endpoint)
-    resources = sample3.CreatedResources()
-    before = take_inventory(local_backend)
+    run = _run_with_key_delete_failing(KeyboardInterrupt, local_backend, local_stack, stack_credentials, capsys)
 
-    with create_blob_service_client(settings.storage, **upload_fails.as_storage_client_options()) as blob_service_client:
-        exit_code = run_sample_main(SAMPLE3, lambda: sample3.run_encrypted_resource_files(
-            local_backend.batch_client, blob_service_client, key_client, management_client, settings, encryption,
-            stack_credentials, local_stack=True, resources=resources), resources)
-
-    printed = capsys.readouterr()
-    [key_name] = [line.split()[3] for line in printed.out.splitlines() if line.startswith("Created RSA key ")]
-    assert (delete_stopped.failed, exit_code) == (1, 130), printed
-    assert printed.err.splitlines() == [
-        f"{SAMPLE3}: error: interrupted; cleanup was stopped before deleting key {key_name}"]
-    assert_left_behind(local_backend, before, NOTHING)  # its container was deleted before the key
+    assert (run.delete_failure.failed, run.exit_code) == (1, 130), run.out + run.err
+    assert run.err.splitlines() == [
+        f"{SAMPLE3}: error: interrupted; cleanup was stopped before deleting key {run.key_name}"]
+    assert_left_behind(local_backend, run.before, NOTHING)  # its container was deleted before the key
     key_client = _key_client(local_stack, stack_credentials)
-    assert key_client.get_key(key_name).name == key_name
-    sample3.delete_key(key_client, key_name, purge=True)
+    assert key_client.get_key(run.key_name).name == run.key_name
+    sample3.delete_key(key_client, run.key_name, purge=True)
 
 
 def test_runs_with_entra_id_everywhere_and_logs_no_token(entra_backend: Backend, https_stack: LocalStack,

@@ -10,7 +10,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -22,13 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import sample4_docker_swarm as sample4
-from common import REPOSITORY_ROOT
 from common.cleanup import CreatedResources
 from common.cli import StepFailed
 from common.clients import create_batch_client
 from common.config import environment_variable_name, sample_configuration_path
 from common.helpers import unique_resource_name
-from common.local import localbatch_answers, start_localbatch
 from localbatch.node.engines import docker_unavailable_reason
 from localbatch.node.layout import NodeLayout
 from tests.samples.support import (
@@ -486,45 +483,6 @@ def test_a_tunnel_script_with_a_pool_that_would_be_deleted_is_a_configuration_er
         "or run with --keep-resources\n"
     )
     assert run.stdout == ""
-
-
-@pytest.fixture
-def slow_localbatch(tmp_path: Path) -> Iterator[str]:
-    """A localbatch whose nodes take minutes to start, so the sample is surely still waiting for them."""
-    with start_localbatch(tmp_path / "state", extra_args=["--node-startup-seconds", "600"]) as emulator:
-        yield emulator.url
-
-
-@needs_local_docker
-def test_ctrl_c_in_a_terminal_cleans_up_and_exits_130(
-    slow_localbatch: str, local_sample_environment: dict[str, str], tmp_path: Path
-) -> None:
-    """A real SIGINT to the sample's process group, as Ctrl-C in a terminal sends it."""
-    environment = {**local_sample_environment, environment_variable_name("Batch", "endpoint"): slow_localbatch}
-    backend = Backend("slow-local", environment)
-    before = take_inventory(backend)
-    sample = subprocess.Popen(
-        [sys.executable, str(REPOSITORY_ROOT / SAMPLE4)], cwd=tmp_path, env=environment,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        printed = []
-        for line in sample.stdout:  # ends when the sample exits, at the latest
-            printed.append(line)
-            if "waiting for its nodes to be idle" in line:
-                os.killpg(sample.pid, signal.SIGINT)
-        stderr = sample.stderr.read()
-        returncode = sample.wait(timeout=120)
-    finally:
-        if sample.poll() is None:
-            sample.kill()
-
-    output = "".join(printed)
-    assert returncode == 130, f"{output}\n{stderr}"
-    assert stderr == f"{SAMPLE4}: error: interrupted; everything it created was deleted\n"
-    assert re.search(r"^Deleted pool sample4-pool-", output, re.MULTILINE)
-    assert localbatch_answers(slow_localbatch)
-    assert_left_behind(backend, before, NOTHING)
 
 
 @needs_local_docker
