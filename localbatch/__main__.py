@@ -56,8 +56,15 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+def program_name(argv0: str) -> str:
+    """The name usage lines give: `python -m localbatch` when started as a module, else the
+    command's own name (the `localbatch` console script)."""
+    name = os.path.basename(argv0)
+    return "python -m localbatch" if name in ("__main__.py", "") else name
+
+
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m localbatch",
+    parser = argparse.ArgumentParser(prog=program_name(sys.argv[0]),
                                      description="A local emulator of the Azure Batch data-plane REST API.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=10100, help="port to listen on; 0 picks a free one (default 10100)")

@@ -41,6 +41,11 @@ def test_pip_install_editable_gives_a_localbatch_command_and_module_that_work_fr
     usage = subprocess.run([str(python), "-m", "localbatch", "--help"], cwd=elsewhere, env=environment,
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and "--location" in usage.stdout, usage.stderr
+    assert usage.stdout.startswith("usage: python -m localbatch ["), usage.stdout
+    command_usage = subprocess.run([str(environment_directory / "bin" / "localbatch"), "--help"], cwd=elsewhere,
+                                   env=environment, capture_output=True, text=True, timeout=60)
+    assert command_usage.returncode == 0 and command_usage.stdout.startswith("usage: localbatch ["), command_usage.stdout
+    assert command_usage.stdout.partition("\noptions:")[2] == usage.stdout.partition("\noptions:")[2] != ""
 
     log = tmp_path / "localbatch.log"
     with log.open("wb") as output:
