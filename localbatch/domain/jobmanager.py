@@ -2,7 +2,8 @@
 
 The job manager task is created with its job and is then an ordinary task of the job (list_tasks
 shows it, its id is taken). It differs in three ways, all read from the job's `jobManagerTask`:
-- it is scheduled before the job's other tasks (also when it is retried);
+- it is scheduled before the job's other tasks (also when it is retried): while it waits for a
+  node, they wait too;
 - `runExclusive` (default true): it runs only on a node with no other task, and no other task
   starts on that node while it runs;
 - `allowLowPriorityNode` (default true): false keeps it off low-priority (spot) nodes.
@@ -50,9 +51,21 @@ def is_job_manager(job: Job, task: Task) -> bool:
 
 
 def job_manager_key(job: Job) -> Optional[str]:
-    """The task key ("job/task") of the job's job manager, if it has one."""
+    """The task key ("job/task", as nodes hold their running tasks) of the job's job manager, if any."""
     spec = job.data.get(JOB_MANAGER)
     return f"{job.key}/{spec['id'].lower()}" if spec else None
+
+
+def job_manager_id(job: Job) -> Optional[str]:
+    """The job manager's lower-cased id (as the job keys its tasks and its queue), if it has one."""
+    spec = job.data.get(JOB_MANAGER)
+    return spec["id"].lower() if spec else None
+
+
+def exclusive_job_manager_key(job: Job) -> Optional[str]:
+    """The task key of the job's job manager when it runs exclusive (the default), else None."""
+    spec = job.data.get(JOB_MANAGER)
+    return job_manager_key(job) if spec and spec.get("runExclusive", True) is not False else None
 
 
 def runs_exclusive(job: Job, task: Task) -> bool:

@@ -94,7 +94,8 @@ class Jobs:
         manager = jobmanager.job_manager_spec(body)
         if manager is not None:
             # Checked as add_task checks a task of the job (the job does not exist yet).
-            job = Job({"id": body.get("id") or "job", "poolInfo": pool_info, "constraints": _constraints(body.get("constraints")),
+            job = Job({"id": body.get("id") or "job", "poolInfo": pool_info,
+                       "constraints": _constraints(body.get("constraints")),
                        "onTaskFailure": body.get("onTaskFailure") or "noaction",
                        "executionInfo": {"poolId": pool_info.get("poolId")}, **preparation_and_release})
             try:

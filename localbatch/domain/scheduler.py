@@ -51,8 +51,7 @@ class Scheduler:
         slots_per_node = pool.data.get("taskSlotsPerNode", 1)
         pool_jobs = self._jobs_for_pool(pool_key)
         # A node running an exclusive job manager takes no other task while it runs.
-        exclusive = {jobmanager.job_manager_key(job) for job in pool_jobs
-                     if (job.data.get(jobmanager.JOB_MANAGER) or {}).get("runExclusive", True) is not False}
+        exclusive = {key for key in map(jobmanager.exclusive_job_manager_key, pool_jobs) if key is not None}
         free = {node.id: slots_per_node - sum(node.running.values())
                 for node in pool.nodes.values()
                 if node.data["state"] in SCHEDULABLE_NODE_STATES and node.data["schedulingState"] == "enabled"
@@ -68,7 +67,7 @@ class Scheduler:
             running = job.running_count
             # Look a little past the free slots only, so a long queue costs nothing per pass.
             candidates = list(itertools.islice(job.pending, sum(free.values()) + LOOKAHEAD))
-            manager_key = jobmanager.job_manager_key(job)
+            manager_key = jobmanager.job_manager_id(job)
             if manager_key in job.pending:  # the job manager goes first, retries included
                 candidates = [manager_key, *(key for key in candidates if key != manager_key)]
             for task_key in candidates:
@@ -77,6 +76,8 @@ class Scheduler:
                 task = job.tasks[task_key]
                 barred = job.barred_nodes | self._nodes_refused_by(job, task, pool, free, slots_per_node)
                 node_id = self._choose_node(free, task, pack, barred)
+                if node_id is None and task_key == manager_key:
+                    break  # the job manager starts before the job's other tasks
                 if node_id is None:
                     continue
                 del job.pending[task_key]

@@ -213,3 +213,23 @@ def test_the_aio_client_creates_a_job_with_its_job_manager(server, client, pool_
             assert [task.id async for task in aio.list_tasks(job_id)] == ["manager"]
     asyncio.run(create())
     assert _wait_for_job(client, job_id).execution_info.termination_reason == "JMComplete"
+
+
+def test_the_jobs_other_tasks_wait_until_its_job_manager_has_started(client, tmp_path):
+    pool = unique_id("pool")
+    create_pool_and_wait(client, pool, nodes=1, task_slots_per_node=2)
+    other_job = create_job(client, pool)
+    client.create_task(other_job, models.BatchTaskCreateOptions(id="busy", command_line=_gated(tmp_path / "busy")))
+    wait_for_task(client, other_job, "busy", states=("running",))
+    # The node has a free slot, but an exclusive job manager needs the whole node: nothing of its job runs.
+    job_id = unique_id("job")
+    client.create_job(models.BatchJobCreateOptions(
+        id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool),
+        job_manager_task=_manager(_gated(tmp_path / "manager"), kill_job_on_completion=False)))
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="worker", command_line="/bin/true"))
+    (tmp_path / "busy").touch()
+    manager = wait_for_task(client, job_id, "manager", states=("running",))
+    (tmp_path / "manager").touch()
+    worker = wait_for_task(client, job_id, "worker")
+    assert worker.execution_info.start_time >= client.get_task(job_id, "manager").execution_info.end_time
+    assert manager.execution_info.start_time >= client.get_task(other_job, "busy").execution_info.end_time
