@@ -93,7 +93,9 @@ def test_without_the_identity_the_download_is_refused_by_storage(client, pool_id
     task = run_task(client, job_id, "/bin/cat one.txt", resource_files=[
         models.ResourceFile(http_url=f"{container.url}/single.txt", file_path="one.txt")])
     assert task.execution_info.failure_info.category == "usererror"
-    assert task.execution_info.failure_info.code in ("BlobAccessDenied", "BlobNotFound")  # no credential at all
+    # No credential at all: Storage refuses it (403), as it refuses an anonymous read of a private container.
+    assert (task.execution_info.failure_info.code, task.execution_info.exit_code) == ("BlobAccessDenied", None)
+    assert "HTTP 403" in task.execution_info.failure_info.message
 
 
 def test_an_identity_that_is_not_the_pools_is_refused_naming_it(client, pool_id, container):
