@@ -15,9 +15,10 @@ from azure.batch.aio import BatchClient as AsyncBatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
-from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
+from localbatch import LocalBatchServer, WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
 
-from .support import (LRO_POLLING, create_job, terminate_options, create_pool_and_wait, read_task_file, unique_id, wait_for, wait_for_all_tasks,
+from .conftest import fast_timings
+from .support import (LRO_POLLING, batch_client, create_job, terminate_options, create_pool_and_wait, read_task_file, unique_id, wait_for, wait_for_all_tasks,
                       wait_for_nodes, wait_for_task)
 
 
@@ -233,3 +234,18 @@ def test_the_jobs_other_tasks_wait_until_its_job_manager_has_started(client, tmp
     worker = wait_for_task(client, job_id, "worker")
     assert worker.execution_info.start_time >= client.get_task(job_id, "manager").execution_info.end_time
     assert manager.execution_info.start_time >= client.get_task(other_job, "busy").execution_info.end_time
+
+
+def test_a_job_manager_running_when_localbatch_stops_runs_again_after_the_restart(tmp_path):
+    location = str(tmp_path / "localbatch")
+    with LocalBatchServer(location, timings=fast_timings()) as server, batch_client(server.url) as client:
+        pool = unique_id("pool")
+        create_pool_and_wait(client, pool, nodes=1, task_slots_per_node=2)
+        job_id = _create_job(client, pool, _manager(_gated(tmp_path / "gate", "echo done"), run_exclusive=True))
+        wait_for_task(client, job_id, "manager", states=("running",))
+    (tmp_path / "gate").touch()
+    with LocalBatchServer(location, timings=fast_timings()) as server, batch_client(server.url) as client:
+        job = _wait_for_job(client, job_id)
+        manager = client.get_task(job_id, "manager")
+        assert job.execution_info.termination_reason == "JMComplete" and job.job_manager_task.run_exclusive
+        assert (manager.execution_info.requeue_count, read_task_file(client, job_id, "manager")) == (1, "done\n")
