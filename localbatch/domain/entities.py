@@ -234,12 +234,14 @@ class Task(_TrackedHistoryEntity):
     TRANSIENT = frozenset({"assignment"})
 
     def __init__(self, job_id: str, data: dict, node_key: Optional[str] = None, pid: Optional[int] = None,
-                 working_dir: Optional[str] = None):
+                 working_dir: Optional[str] = None, instances: Optional[dict] = None):
         self.job_id = job_id
         self.data = data
-        self.node_key = node_key        # "pool/node" while it holds a slot
+        self.node_key = node_key        # "pool/node" while it holds a slot (a multi-instance task's master)
         self.pid = pid                  # while its program runs, to kill it after a crash
         self.working_dir = working_dir
+        # A multi-instance task's instances of its latest run, by id ("0" the primary): see multiinstance.py.
+        self.instances = instances or {}
         self.assignment = 0             # bumped each time it is given a node, to tell runs apart
 
     @property
@@ -254,13 +256,22 @@ class Task(_TrackedHistoryEntity):
     def execution_info(self) -> TrackedDict:
         return self.data["executionInfo"]
 
+    @property
+    def multi_instance(self) -> Optional[dict]:
+        """The multiInstanceSettings of a multi-instance task, None for any other task."""
+        return self.data.get("multiInstanceSettings")
+
     def record(self) -> dict:
-        return {"jobId": self.job_id, "data": self.data, "nodeKey": self.node_key, "pid": self.pid,
-                "workingDir": self.working_dir}
+        record = {"jobId": self.job_id, "data": self.data, "nodeKey": self.node_key, "pid": self.pid,
+                  "workingDir": self.working_dir}
+        if self.instances:
+            record["instances"] = self.instances
+        return record
 
     @classmethod
     def from_record(cls, record: dict) -> "Task":
-        return cls(record["jobId"], record["data"], record.get("nodeKey"), record.get("pid"), record.get("workingDir"))
+        return cls(record["jobId"], record["data"], record.get("nodeKey"), record.get("pid"), record.get("workingDir"),
+                   record.get("instances"))
 
 
 class Job(_TrackedHistoryEntity):

@@ -10,6 +10,7 @@ import itertools
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import jobmanager
+from .multiinstance import choose_nodes
 from .states import SCHEDULABLE_NODE_STATES
 
 if TYPE_CHECKING:
@@ -21,12 +22,15 @@ LOOKAHEAD = 64
 class Scheduler:
     def __init__(self, find_pool: Callable[[str], Optional["Pool"]],
                  jobs_for_pool: Callable[[str], list["Job"]],
-                 start_task: Callable[["Node", "Job", "Task"], None], launch: Callable[[], None]):
-        """`start_task` assigns a task to a node; `launch` runs after each pass (once for all the
-        tasks it assigned, so they share one commit of the store before their programs start)."""
+                 start_task: Callable[["Node", "Job", "Task"], None], launch: Callable[[], None],
+                 start_multi_instance_task: Callable[[list["Node"], "Job", "Task"], None]):
+        """`start_task` assigns a task to a node, `start_multi_instance_task` one to several nodes
+        (its master first); `launch` runs after each pass (once for all the tasks it assigned, so
+        they share one commit of the store before their programs start)."""
         self._find_pool = find_pool
         self._jobs_for_pool = jobs_for_pool
         self._start_task = start_task
+        self._start_multi_instance_task = start_multi_instance_task
         self._launch = launch
         self._kicked: set[str] = set()
 
@@ -74,6 +78,18 @@ class Scheduler:
                 if not free or (limit != -1 and running >= limit):
                     break
                 task = job.tasks[task_key]
+                if task.multi_instance:
+                    node_ids = choose_nodes(pool, free, task, job.barred_nodes)
+                    if node_ids is None:
+                        continue  # it waits until enough nodes are free at once
+                    del job.pending[task_key]
+                    for node_id in node_ids:
+                        free[node_id] -= 1
+                        if free[node_id] <= 0:
+                            del free[node_id]
+                    running += 1
+                    self._start_multi_instance_task([pool.nodes[node_id] for node_id in node_ids], job, task)
+                    continue
                 barred = job.barred_nodes | self._nodes_refused_by(job, task, pool, free, slots_per_node)
                 node_id = self._choose_node(free, task, pack, barred)
                 if node_id is None and task_key == manager_key:

@@ -69,7 +69,7 @@ class BatchService:
         self.job_schedules = JobSchedules(self.context, self.jobs, self.clock)
         self.autoscale = AutoScale(self.context, self.pools, self.clock)
         self.scheduler = Scheduler(self.repo.find_pool, self.repo.jobs_on_pool, self.tasks.begin,
-                                   self.tasks.launch)
+                                   self.tasks.launch, self.tasks.begin_multi_instance)
         self.context.kick = self.scheduler.kick
 
     @property

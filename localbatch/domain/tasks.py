@@ -16,6 +16,7 @@ from . import exitconditions
 from .context import DomainContext, container_configuration
 from .dependencies import Dependencies, check_depends_on
 from .entities import Job, Node, Task
+from .multiinstance import MultiInstanceRuns, check_multi_instance_settings
 from .runtime import loop_running
 from .states import RUNNING_TASK_STATES
 from .validation import (check_container_settings, check_durations, check_id, check_output_file,
@@ -23,7 +24,7 @@ from .validation import (check_container_settings, check_durations, check_id, ch
 
 logger = logging.getLogger(__name__)
 
-NOT_EMULATED_TASK_PROPERTIES = ("multiInstanceSettings", "applicationPackageReferences")
+NOT_EMULATED_TASK_PROPERTIES = ("applicationPackageReferences",)
 
 
 class Tasks:
@@ -39,7 +40,10 @@ class Tasks:
         self.prepared: Callable[[Node, Job], bool] = lambda node, job: True
         self.prepare: Callable[[Node, Job], Awaitable[bool]] = _always_ready
         self.dependencies = Dependencies(self._make_pending)
-        self._assigned: list[tuple[Node, Job, Task]] = []  # by the scheduler's current pass
+        self.multi_instance = MultiInstanceRuns(context, self)
+        # What the scheduler's current pass assigned: each starts its programs once given whether
+        # the record of the assignment is durable.
+        self._assigned: list[Callable[[bool], Awaitable[None]]] = []
 
     # ---- operations ----------------------------------------------------------------------------
     def create_tasks(self, job_id: str, bodies: list[dict]) -> list[tuple[Optional[Task], Optional[BatchServiceError]]]:
@@ -83,6 +87,7 @@ class Tasks:
             self._check_container_settings(job, body["containerSettings"])
         for index, output_file in enumerate(body.get("outputFiles") or []):
             check_output_file(f"outputFiles[{index}]", output_file)
+        multi_instance = check_multi_instance_settings(body)
         check_depends_on(job, body["id"], body.get("dependsOn"))
         exitconditions.check_exit_conditions(body.get("exitConditions"), job.data.get("onTaskFailure") or "noaction")
         # The job's maxWallClockTime limits the job as a whole (see Jobs), not each task.
@@ -102,6 +107,8 @@ class Tasks:
         for optional in ("outputFiles", "dependsOn", "exitConditions"):
             if body.get(optional):
                 data[optional] = body[optional]
+        if multi_instance is not None:
+            data["multiInstanceSettings"] = multi_instance
         task = Task(job.id, data)
         task.touch()
         return task
@@ -188,6 +195,8 @@ class Tasks:
             if option == "terminate":
                 self._complete(job, task, ProgramOutcome.terminated())
             return
+        if self.multi_instance.stop(task, option):
+            return  # its run stops every instance and finishes the bookkeeping
         if self.agent.stop(task.key, option):
             return  # the runner finishes the bookkeeping when the process exits
         node = self.repo.node_of(task)
@@ -217,6 +226,7 @@ class Tasks:
                 if task.state in RUNNING_TASK_STATES:
                     if task.pid and task.working_dir:
                         processes.kill_leftover_process_group(task.pid, task.working_dir)
+                    self.multi_instance.recover(task)
                     self._requeue(job, task)
                 elif task.state == "active":
                     self.dependencies.admit(job, task)
@@ -245,7 +255,15 @@ class Tasks:
         waits = task.data.get("resourceFiles") or not self.prepared(node, job)
         task.set_state("preparing" if waits else "running")
         job.running_count += 1
-        self._assigned.append((node, job, task))
+        self._assigned.append(lambda durable: self._run(node, job, task, durable))
+
+    def begin_multi_instance(self, nodes: list[Node], job: Job, task: Task) -> None:
+        """Called by the scheduler: a multi-instance task takes every node it needs (the master first)."""
+        if self.context.background.closing:
+            job.pending[task.id.lower()] = None
+            return
+        job.running_count += 1
+        self._assigned.append(self.multi_instance.begin(nodes, job, task))
 
     def launch(self) -> None:
         """Start the programs of the tasks just assigned, once the record that they run is durable:
@@ -254,8 +272,8 @@ class Tasks:
             return
         assigned, self._assigned = self._assigned, []
         durable = self.context.store.flush()  # one commit for the whole pass, in this turn
-        for node, job, task in assigned:
-            self.context.background.spawn(self._run(node, job, task, durable))
+        for run in assigned:
+            self.context.background.spawn(run(durable))
 
     async def _run(self, node: Node, job: Job, task: Task, durable: bool) -> None:
         if not durable:  # the store could not commit: wait until it can
@@ -294,6 +312,11 @@ class Tasks:
         if task.node_key != node.key or task.state not in RUNNING_TASK_STATES:
             return  # evicted or ended while it ran; bookkeeping already done
         self._release_slot(node, task)
+        self.finish(job, task, outcome, node)
+
+    def finish(self, job: Job, task: Task, outcome: ProgramOutcome, node: Node) -> None:
+        """A run of the task ended (its slots are free again): requeue it, retry it within its
+        maxTaskRetryCount, or complete it. `node` is where it ran (a multi-instance task's master)."""
         if not task.attached:
             return  # deleted (or its job) while it ran: keep nothing
         if outcome.stop_reason in ("requeue", "agent_restart"):
@@ -324,18 +347,27 @@ class Tasks:
         task.pid = pid
 
     def _release_slot(self, node: Node, task: Task) -> None:
-        if node.running.pop(task.key, None) is not None:
+        self.release_nodes([node], task)
+
+    def release_nodes(self, nodes: list[Node], task: Task) -> None:
+        """The task no longer holds slots on these nodes (all of a multi-instance task's at once)."""
+        held = False
+        for node in nodes:
+            if node.running.pop(task.key, None) is not None:
+                held = True
+            node.record_slots()
+            if node.state == "running" and not node.running:
+                node.set_state("idle")
+        if held:
             job = self.repo.find_job(task.job_id)
             if job is not None:
                 job.running_count = max(0, job.running_count - 1)
-        node.record_slots()
-        if node.state == "running" and not node.running:
-            node.set_state("idle")
         task.node_key = None
         task.pid = None
-        if not node.running:
-            self.on_node_drained(node)
-        self.context.kick(node.pool_id)
+        for node in nodes:
+            if not node.running:
+                self.on_node_drained(node)
+            self.context.kick(node.pool_id)
 
     def _requeue(self, job: Job, task: Task) -> None:
         info = task.execution_info
@@ -343,6 +375,8 @@ class Tasks:
         info["lastRequeueTime"] = wire.now_iso()
         task.node_key = None
         task.pid = None
+        if task.instances:
+            task.instances = {}  # a multi-instance task's interrupted instances start afresh on its next run
         task.set_state("active")
         job.pending[task.id.lower()] = None
         if loop_running():  # during recovery at start-up the loop is not running yet

@@ -8,8 +8,9 @@ from azure.batch import models
 from .. import schema
 from ..errors import BatchServiceError
 from ..http import Call, Reply
-from .common import body_of, check_conditions, created, entity_list_reply, entity_reply, updated
-from .views import job_url, task_view
+from ..domain.multiinstance import subtasks
+from .common import body_of, check_conditions, created, entity_list_reply, entity_reply, list_reply, updated
+from .views import job_url, subtask_view, task_view
 
 MAX_TASKS_PER_COLLECTION = 100
 
@@ -100,5 +101,6 @@ def reactivate_task(call: Call) -> Reply:
 
 
 def list_sub_tasks(call: Call) -> Reply:
-    call.service.repo.get_task(call.params["jobId"], call.params["taskId"])
-    return Reply(200, {"odata.metadata": call.metadata("subtaskinfo"), "value": []})
+    task = call.service.repo.get_task(call.params["jobId"], call.params["taskId"])
+    return list_reply(call, [subtask_view(call, subtask) for subtask in subtasks(task)], "subtaskinfo",
+                      key=lambda subtask: f"{subtask['id']:010d}", filterable=False)

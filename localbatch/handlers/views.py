@@ -32,7 +32,16 @@ def job_view(call: Call, job: Job) -> dict:
 
 
 def task_view(call: Call, task: Task) -> dict:
-    view = {"id": task.id, "url": f"{job_url(call, task.job_id)}/tasks/{_segment(task.id)}", **task.data}
+    return _with_node_urls(call, {"id": task.id, "url": f"{job_url(call, task.job_id)}/tasks/{_segment(task.id)}",
+                                  **task.data})
+
+
+def subtask_view(call: Call, subtask: dict) -> dict:
+    """A subtask of a multi-instance task (see domain/multiinstance.py), with its node's URLs."""
+    return _with_node_urls(call, dict(subtask))
+
+
+def _with_node_urls(call: Call, view: dict) -> dict:
     node_info = view.get("nodeInfo")
     if node_info:
         node_url = f"{pool_url(call, node_info['poolId'])}/nodes/{node_info['nodeId']}"

@@ -221,15 +221,9 @@ class NodeAgent:
                            container: Optional[ContainerRun],
                            storage: Optional[NodeStorageCredential] = None) -> ProgramOutcome:
         if resource_files:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, os.makedirs, paths.working_dir, 0o777, True)
-            except OSError as exc:
-                return ProgramOutcome.agent_fault(f"cannot create the task directory: {exc}")
-            try:
-                await self._downloader.download_all(resource_files, paths.working_dir, storage)
-            except ResourceFileError as exc:
-                _append_text(paths.stderr, exc.message + "\n")
-                return ProgramOutcome(failure=Failure("usererror", exc.code, exc.message))
+            failed = await self.download_inputs(resource_files, paths.working_dir, paths.stderr, storage)
+            if failed is not None:
+                return failed
         if key in self._stop_reasons:  # stopped while its inputs were downloading
             return ProgramOutcome(stop_reason=self._stop_reasons[key])
         try:
@@ -262,6 +256,26 @@ class NodeAgent:
                 timer.cancel()
             self._processes.pop(key, None)
         return _outcome(128 - exit_code if exit_code < 0 else exit_code, self._stop_reasons.get(key))
+
+    async def download_inputs(self, resource_files: list[dict], directory: str, stderr: str,
+                              storage: Optional[NodeStorageCredential] = None) -> Optional[ProgramOutcome]:
+        """Download resource files into `directory` (made if missing), through `storage` where they
+        name an identity; the outcome of a program that cannot start when that fails (the reason
+        also goes to `stderr`), None when they are all there."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, os.makedirs, directory, 0o777, True)
+        except OSError as exc:
+            return ProgramOutcome.agent_fault(f"cannot create the task directory: {exc}")
+        try:
+            await self._downloader.download_all(resource_files, directory, storage)
+        except ResourceFileError as exc:
+            _append_text(stderr, exc.message + "\n")
+            return ProgramOutcome(failure=Failure("usererror", exc.code, exc.message))
+        except Exception:
+            logger.exception("downloading resource files into %s failed inside the emulator", directory)
+            return ProgramOutcome.agent_fault("The node agent failed while downloading resource files; "
+                                              "see the emulator's log.")
+        return None
 
     async def _create_container(self, key: str, container: ContainerRun, argv: list[str], paths: TaskPaths,
                                 env: dict[str, str]):

@@ -398,3 +398,35 @@ def kill_leftover_process_group(pid: int, expected_cwd: str) -> bool:
         return True
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
+
+
+def kill_orphaned_groups(groups: list[int], rounds: int = 5) -> None:
+    """Kill what is left of process groups whose leaders have exited and been reaped: the
+    background processes (services, daemons) those programs started.
+
+    A process whose pid is one of the groups' ids cannot be that group's leader any more: the
+    number was given to a new process after the group emptied, so that group is left alone.
+    """
+    wanted = set(groups)
+    for _ in range(rounds):  # members may fork while they are being killed
+        members = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as stat_file:
+                    fields = stat_file.read().rsplit(b")", 1)[1].split()
+                state, group = fields[0], int(fields[2])
+            except (OSError, IndexError, ValueError):
+                continue
+            if group in wanted and state != b"Z":
+                members.append((int(name), group))
+        reused = {group for pid, group in members if pid == group}
+        members = [pid for pid, group in members if group not in reused]
+        if not members:
+            return
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

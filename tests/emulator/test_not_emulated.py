@@ -46,9 +46,9 @@ def test_pool_features_not_emulated_are_named(client, extra, feature):
 
 
 @pytest.mark.parametrize("extra, feature", [
-    ({"multi_instance_settings": models.MultiInstanceSettings(coordination_command_line="/bin/true",
-                                                              number_of_instances=2)}, "multiInstanceSettings"),
-], ids=["multi-instance"])
+    ({"application_package_references": [models.BatchApplicationPackageReference(application_id="app")]},
+     "applicationPackageReferences"),
+], ids=["application-packages"])
 def test_task_features_not_emulated_are_named(client, pool_id, extra, feature):
     job_id = create_job(client, pool_id)
     with pytest.raises(HttpResponseError) as caught:
