@@ -189,7 +189,7 @@ class MultiInstanceRuns:
         return True
 
     def recover(self, task: Task) -> None:
-        """At start-up: kill the coordination commands an interrupted run left behind."""
+        """At start-up: kill the coordination commands an interrupted run left behind, and what they started."""
         layout = self.agent.layout
         for record in task.instances.values():
             pid, node_key = record.get("_pid"), record.get("_nodeKey")
@@ -197,6 +197,9 @@ class MultiInstanceRuns:
                 pool_key, _, node_id = node_key.partition("/")
                 working_dir = layout.task(pool_key, node_id, task.job_id, task.id).working_dir
                 processes.kill_leftover_process_group(pid, working_dir)
+        groups = [record["_group"] for record in task.instances.values() if record.get("_group")]
+        if groups:
+            processes.kill_orphaned_groups(groups)
 
     # ---- one run -------------------------------------------------------------------------------
     async def _run(self, run: _Run, durable: bool) -> None:
@@ -333,6 +336,7 @@ class MultiInstanceRuns:
         if task.assignment != run.assignment or record is None or not task.attached:
             return
         record["_pid"] = pid
+        record["_group"] = pid  # kept after it exits: what it left running is ended with the task
         _set_instance_state(record, "running")
         if index == PRIMARY and task.state == "preparing":
             task.set_state("running")
@@ -370,6 +374,7 @@ class MultiInstanceRuns:
             if record is None or record["state"] == "completed":
                 continue
             record.pop("_pid", None)
+            record.pop("_group", None)  # ended by _kill_daemons
             _set_instance_state(record, "completed")
             (run.outcomes.get(index) or ProgramOutcome.terminated()).apply_to(record)
 
