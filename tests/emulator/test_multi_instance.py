@@ -5,7 +5,6 @@ node reboot, wall clock, restart durability, and the errors (sync and aio client
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
 from pathlib import Path
 
@@ -366,7 +365,8 @@ def test_a_finished_task_ends_what_its_coordination_commands_left_running(client
     wait_for(lambda: not any(_alive(pid) for pid in daemons), "the coordination commands' daemons to end")
 
 
-def test_rebooting_a_subtasks_node_requeues_the_whole_task(client, marks):
+@pytest.mark.parametrize("how", ["reboot", "remove"])
+def test_rebooting_or_removing_a_subtasks_node_requeues_the_whole_task(client, marks, how):
     pool_id = unique_id("mpipool")
     create_pool_and_wait(client, pool_id, nodes=2, enable_inter_node_communication=True)
     job_id = create_job(client, pool_id)
@@ -377,11 +377,20 @@ def test_rebooting_a_subtasks_node_requeues_the_whole_task(client, marks):
     try:
         wait_for(lambda: (marks / "runs").exists(), "the primary's command line to start")
         [subtask] = client.list_subtasks(job_id, "mpi")
-        client.begin_reboot_node(pool_id, subtask.node_info.node_id, reboot_options("requeue"),
-                                 polling_interval=LRO_POLLING).result()
+        if how == "reboot":
+            client.begin_reboot_node(pool_id, subtask.node_info.node_id, reboot_options("requeue"),
+                                     polling_interval=LRO_POLLING).result()
+        else:
+            client.begin_remove_nodes(pool_id, models.BatchNodeRemoveOptions(
+                node_ids=[subtask.node_info.node_id], node_deallocation_option="requeue"),
+                polling_interval=LRO_POLLING).result()
         requeued = _task_state(client, job_id, "mpi", lambda task: task.execution_info.requeue_count == 1)
         assert requeued.execution_info.retry_count == 0
-        wait_for(lambda: (marks / "runs").read_text() == "run\nrun\n", "the task to run again on both nodes")
+        if how == "remove":  # one node cannot run it: it waits for a second one
+            assert requeued.state == "active" and list(client.list_subtasks(job_id, "mpi")) == []
+            client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(target_dedicated_nodes=2),
+                                     polling_interval=LRO_POLLING).result()
+        wait_for(lambda: (marks / "runs").read_text() == "run\nrun\n", "the task to run again on two nodes")
     finally:
         gate.touch()
     task = wait_for_task(client, job_id, "mpi")
