@@ -19,8 +19,9 @@ from localbatch.accounts import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
-from .support import (LRO_POLLING, batch_client, create_job, create_pool_and_wait, read_task_file, reboot_options,
-                      terminate_options, unique_id, wait_for, wait_for_nodes, wait_for_task)
+from .support import (LRO_POLLING, RunningEmulator, batch_client, crash_with_launchers, create_job,
+                      create_pool_and_wait, read_task_file, reboot_options, terminate_options, unique_id, wait_for,
+                      wait_for_nodes, wait_for_task)
 from .test_resource_files import blob_sas_url
 
 ENVIRONMENT = ("AZ_BATCH_HOST_LIST", "AZ_BATCH_NODE_LIST", "AZ_BATCH_MASTER_NODE", "AZ_BATCH_IS_CURRENT_NODE_MASTER",
@@ -497,3 +498,32 @@ def test_subtasks_survive_a_restart_and_a_running_task_runs_again(tmp_path, mark
             assert [(s.state, s.exit_code) for s in client.list_subtasks("mpi-job", "interrupted")] == [
                 ("completed", 0)]
             assert len((marks / "coordination-pids").read_text().split()) == 4  # both instances, twice
+
+
+def test_after_a_crash_the_restart_ends_what_the_interrupted_run_left_and_runs_it_again(tmp_path, marks):
+    location = tmp_path / "state"
+    emulators = [RunningEmulator(location, "--node-startup-seconds", "0.05")]
+    try:
+        with batch_client(emulators[0].url()) as client:
+            create_pool_and_wait(client, "mpi-pool", nodes=2, enable_inter_node_communication=True)
+            job_id = create_job(client, "mpi-pool", "mpi-job")
+            client.create_task(job_id, models.BatchTaskCreateOptions(
+                id="mpi", command_line=_shell(
+                    f"if [ -e {marks}/first ]; then exit 0; fi; touch {marks}/first; echo $$ > {marks}/primary; "
+                    "exec sleep 300"),
+                multi_instance_settings=_multi_instance(2, _shell(f"sleep 300 & echo $! >> {marks}/daemons"))))
+            wait_for(lambda: (marks / "primary").exists() and (marks / "primary").read_text().strip(),
+                     "the primary's command line to start")
+            assert client.get_task(job_id, "mpi").state == "running"  # read, so on record
+        crash_with_launchers(emulators[0])
+        left = [int(pid) for pid in (marks / "daemons").read_text().split()] + [int((marks / "primary").read_text())]
+        assert len(left) == 3 and all(_alive(pid) for pid in left), "a crash leaves the task's processes running"
+
+        emulators.append(RunningEmulator(location, "--node-startup-seconds", "0.05"))
+        with batch_client(emulators[1].url()) as client:
+            task = wait_for_task(client, "mpi-job", "mpi")
+            assert (task.execution_info.result, task.execution_info.requeue_count) == ("success", 1)
+        wait_for(lambda: not any(_alive(pid) for pid in left), "the interrupted run's processes to be ended")
+    finally:
+        for emulator in emulators:
+            emulator.kill()
