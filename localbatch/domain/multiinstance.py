@@ -20,7 +20,6 @@ its coordination command's process, to kill after a crash).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
@@ -34,8 +33,6 @@ from .validation import check_resource_file
 
 if TYPE_CHECKING:
     from .tasks import Tasks
-
-logger = logging.getLogger(__name__)
 
 # AZ_BATCH_MASTER_NODE is the master's address and this port (on Azure the Batch service reserves it).
 MASTER_PORT = 6000
