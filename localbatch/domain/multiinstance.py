@@ -195,8 +195,8 @@ class MultiInstanceRuns:
                 working_dir = layout.task(pool_key, node_id, task.job_id, task.id).working_dir
                 processes.kill_leftover_process_group(pid, working_dir)
         groups = [record["_group"] for record in task.instances.values() if record.get("_group")]
-        if groups:
-            processes.kill_orphaned_groups(groups)
+        if groups:  # only processes of this task: the numbers may have been reused while it was down
+            processes.kill_orphaned_groups(groups, {"AZ_BATCH_JOB_ID": task.job_id, "AZ_BATCH_TASK_ID": task.id})
 
     # ---- one run -------------------------------------------------------------------------------
     async def _run(self, run: _Run, durable: bool) -> None:

@@ -400,14 +400,17 @@ def kill_leftover_process_group(pid: int, expected_cwd: str) -> bool:
         return False
 
 
-def kill_orphaned_groups(groups: list[int], rounds: int = 5) -> None:
+def kill_orphaned_groups(groups: list[int], environment: Optional[Mapping[str, str]] = None, rounds: int = 5) -> None:
     """Kill what is left of process groups whose leaders have exited and been reaped: the
     background processes (services, daemons) those programs started.
 
     A process whose pid is one of the groups' ids cannot be that group's leader any more: the
     number was given to a new process after the group emptied, so that group is left alone.
+    `environment`: kill only processes started with these variables (a later start, when
+    the numbers may have been reused since, makes sure a process is the task's).
     """
     wanted = set(groups)
+    markers = [f"{name}={value}".encode() for name, value in (environment or {}).items()]
     for _ in range(rounds):  # members may fork while they are being killed
         members = []
         for name in os.listdir("/proc"):
@@ -422,7 +425,7 @@ def kill_orphaned_groups(groups: list[int], rounds: int = 5) -> None:
             if group in wanted and state != b"Z":
                 members.append((int(name), group))
         reused = {group for pid, group in members if pid == group}
-        members = [pid for pid, group in members if group not in reused]
+        members = [pid for pid, group in members if group not in reused and _started_with(pid, markers)]
         if not members:
             return
         for pid in members:
@@ -430,3 +433,15 @@ def kill_orphaned_groups(groups: list[int], rounds: int = 5) -> None:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def _started_with(pid: int, markers: list[bytes]) -> bool:
+    """Whether the process was started with every NAME=value of `markers` in its environment."""
+    if not markers:
+        return True
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ_file:
+            variables = set(environ_file.read().split(b"\0"))
+    except OSError:
+        return False
+    return all(marker in variables for marker in markers)
