@@ -16,12 +16,14 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from localbatch import LocalBatchServer
 from localbatch.accounts import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
+from localbatch.node.engines import docker_unavailable_reason
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
 from .support import (LRO_POLLING, RunningEmulator, batch_client, crash_with_launchers, create_job,
                       create_pool_and_wait, read_task_file, reboot_options, terminate_options, unique_id, wait_for,
                       wait_for_nodes, wait_for_task)
+from .test_containers import BUSYBOX, ENGINE_WAIT, container_vm_configuration
 from .test_resource_files import blob_sas_url
 
 ENVIRONMENT = ("AZ_BATCH_HOST_LIST", "AZ_BATCH_NODE_LIST", "AZ_BATCH_MASTER_NODE", "AZ_BATCH_IS_CURRENT_NODE_MASTER",
@@ -230,6 +232,32 @@ def test_instances_wait_in_preparing_for_the_jobs_preparation_task_on_their_node
     assert wait_for_task(client, job_id, "mpi").execution_info.result == "success"
     assert sorted((marks / "prepared").read_text().split()) == sorted(node.id for node in client.list_nodes(mpi_pool))
     assert [(s.previous_state, s.state) for s in client.list_subtasks(job_id, "mpi")] == [("running", "completed")] * 2
+
+
+@pytest.mark.skipif(docker_unavailable_reason() is not None, reason=str(docker_unavailable_reason()))
+def test_on_a_container_pool_every_instance_runs_in_a_container_of_the_tasks_image(client):
+    pool_id = unique_id("mpicontainers")
+    client.create_pool(models.BatchPoolCreateOptions(
+        id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=2, enable_inter_node_communication=True,
+        virtual_machine_configuration=container_vm_configuration(BUSYBOX)))
+    try:
+        wait_for_nodes(client, pool_id, 2, timeout=ENGINE_WAIT)
+        job_id = create_job(client, pool_id)
+        client.create_task(job_id, models.BatchTaskCreateOptions(
+            id="mpi", command_line="sh -c 'cat $AZ_BATCH_TASK_SHARED_DIR/coordinated; busybox | head -1'",
+            container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX),
+            multi_instance_settings=_multi_instance(2, "sh -c 'echo $AZ_BATCH_IS_CURRENT_NODE_MASTER "
+                                                       "| tee $AZ_BATCH_TASK_SHARED_DIR/coordinated'")))
+        task = wait_for_task(client, job_id, "mpi", timeout=ENGINE_WAIT)
+        assert task.execution_info.result == "success", task.execution_info.failure_info
+        output = read_task_file(client, job_id, "mpi")
+        assert output.startswith("true\nBusyBox")
+        [subtask] = client.list_subtasks(job_id, "mpi")
+        assert (subtask.exit_code, subtask.result) == (0, "success")
+        assert _node_text(client, pool_id, subtask.node_info.node_id,
+                          f"{subtask.node_info.task_root_directory}/stdout.txt") == "false\n"
+    finally:
+        client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
 
 
 # ---- failures ------------------------------------------------------------------------------------------
