@@ -234,6 +234,23 @@ def test_instances_wait_in_preparing_for_the_jobs_preparation_task_on_their_node
     assert [(s.previous_state, s.state) for s in client.list_subtasks(job_id, "mpi")] == [("running", "completed")] * 2
 
 
+def test_a_node_whose_preparation_task_failed_is_left_out_and_the_task_runs_on_others(client, mpi_pool):
+    bad_node = sorted(node.id for node in client.list_nodes(mpi_pool))[0]
+    job_id = create_job(client, mpi_pool, job_preparation_task=models.BatchJobPreparationTask(
+        command_line=_shell(f'[ "$AZ_BATCH_NODE_ID" != "{bad_node}" ]')))
+    client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="mpi", command_line="/bin/true", affinity_info=models.BatchAffinityInfo(affinity_id=f"TVM:{bad_node}"),
+        multi_instance_settings=_multi_instance(2, "/bin/true")))
+    task = wait_for_task(client, job_id, "mpi")
+    assert (task.execution_info.result, task.execution_info.retry_count, task.execution_info.requeue_count) == (
+        "success", 0, 0)
+    used = {task.node_info.node_id, *(s.node_info.node_id for s in client.list_subtasks(job_id, "mpi"))}
+    assert len(used) == 2 and bad_node not in used
+    statuses = {status.node_id: status for status in client.list_job_preparation_and_release_task_status(job_id)}
+    assert statuses[bad_node].job_preparation_task_execution_info.result == "failure"  # it was tried there first
+    wait_for_nodes(client, mpi_pool, 3)
+
+
 @pytest.mark.skipif(docker_unavailable_reason() is not None, reason=str(docker_unavailable_reason()))
 def test_on_a_container_pool_every_instance_runs_in_a_container_of_the_tasks_image(client):
     pool_id = unique_id("mpicontainers")
