@@ -212,6 +212,9 @@ class MultiInstanceRuns:
                 if limit < 10 ** 8:
                     timer = asyncio.get_running_loop().call_later(limit, run.stop, "timeout")
                 await asyncio.gather(*(self._instance(run, index, node) for index, node in enumerate(run.nodes)))
+        except asyncio.CancelledError:  # the emulator stops: so does what the instances started
+            processes.kill_orphaned_groups(list(run.groups))
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -356,8 +359,8 @@ class MultiInstanceRuns:
 
     # ---- the end of a run ------------------------------------------------------------------------
     async def _kill_daemons(self, run: _Run) -> None:
-        """End what the coordination commands left running (the services they started), as the
-        end of a task ends its processes on a node."""
+        """End what the coordination commands left running (the services they started for the
+        task): they belong to the task, whose run is over."""
         if run.groups:
             await asyncio.get_running_loop().run_in_executor(None, processes.kill_orphaned_groups, list(run.groups))
 

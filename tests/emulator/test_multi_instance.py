@@ -525,7 +525,8 @@ def test_subtasks_survive_a_restart_and_a_running_task_runs_again(tmp_path, mark
                 id="interrupted", command_line=_shell(
                     f"if [ -e {marks}/first ]; then echo second run; exit 0; fi; "
                     f"echo $$ > {marks}/pid; touch {marks}/first; exec sleep 60"),
-                multi_instance_settings=_multi_instance(2, _shell(f'echo $$ >> {marks}/coordination-pids'))))
+                multi_instance_settings=_multi_instance(2, _shell(
+                    f'echo $$ >> {marks}/coordination-pids; sleep 300 & echo $! >> {marks}/daemons'))))
             wait_for(lambda: (marks / "pid").exists() and (marks / "pid").read_text().strip(),
                      "the interrupted task's command line to start")
             pid = int((marks / "pid").read_text())
@@ -533,6 +534,10 @@ def test_subtasks_survive_a_restart_and_a_running_task_runs_again(tmp_path, mark
     finally:
         first.stop()
     assert not _alive(pid), "stopping the server must end the primary's process"
+    daemons = [int(daemon) for daemon in (marks / "daemons").read_text().split()]
+    assert len(daemons) == 2
+    wait_for(lambda: not any(_alive(daemon) for daemon in daemons),
+             "stopping the server to end what the coordination commands started")
 
     with LocalBatchServer(str(location), timings=fast_timings(), node_subnet=subnet) as second:
         with batch_client(second.url) as client:
