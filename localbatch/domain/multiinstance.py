@@ -264,8 +264,9 @@ class MultiInstanceRuns:
         settings = task.multi_instance
         paths = self.agent.layout.task(node.pool_id, node.id, job.id, task.id)
         variables = [*(job.data.get("commonEnvironmentSettings") or []), *(task.data.get("environmentSettings") or [])]
-        env = self._environment(run, index, paths.directory, self.agent.environment(
-            self.context.identity(node), paths, variables, job.id, task.id))
+        identity = self.context.identity(node)
+        env = self._environment(run, index, paths.directory,
+                                self.agent.environment(identity, paths, variables, job.id, task.id))
         container = None
         if task.data.get("containerSettings"):
             container = ContainerRun.from_settings(self.agent.layout.engine(node.pool_id, node.id),
@@ -275,7 +276,7 @@ class MultiInstanceRuns:
             downloads.append((task.data.get("resourceFiles") or [], paths.working_dir))
         for resource_files, directory in downloads:
             if resource_files and not run.over:
-                failed = await self.agent.download_inputs(resource_files, directory, paths.stderr)
+                failed = await self.agent.download_inputs(resource_files, directory, paths.stderr, identity.storage)
                 if failed is not None:
                     run.outcomes[index] = failed
                     run.fail(index, failed)
@@ -324,7 +325,7 @@ class MultiInstanceRuns:
             return
         if task.data.get("outputFiles") and task.attached:
             await self.context.transitions.step("output_files_uploading")  # still running meanwhile
-            outcome = await self.agent.upload_output_files(task.data["outputFiles"], outcome, paths)
+            outcome = await self.agent.upload_output_files(task.data["outputFiles"], outcome, paths, identity.storage)
         run.application = outcome
         run.changed()
 

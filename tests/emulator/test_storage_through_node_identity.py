@@ -142,3 +142,31 @@ def test_node_logs_are_uploaded_with_the_pools_identity(client, pool_id, contain
     details = {detail.code: detail.message for detail in caught.value.error.details}
     assert details["PropertyName"] == "identityReference.resourceId"
     assert UNPRIVILEGED_IDENTITY.resource_id in details["Reason"]
+
+
+def test_a_multi_instance_tasks_common_resource_files_come_through_the_identity_on_every_node(services, client,
+                                                                                             container):
+    pool = unique_id("identity-mpi-pool")
+    services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool, arm.Pool(
+        identity=arm.BatchPoolIdentity(type="UserAssigned", user_assigned_identities={
+            POOL_IDENTITY.resource_id: arm.UserAssignedIdentities()}),
+        properties=arm.PoolProperties(
+            vm_size="standard_d2s_v3", inter_node_communication="Enabled",
+            deployment_configuration=arm.DeploymentConfiguration(virtual_machine_configuration=arm.VirtualMachineConfiguration(
+                image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 22.04")),
+            scale_settings=arm.ScaleSettings(fixed_scale=arm.FixedScaleSettings(target_dedicated_nodes=2)))))
+    wait_for_nodes(client, pool, 2)
+    container.upload_blob("common.txt", b"common")
+    job_id = create_job(client, pool)
+    task = run_task(client, job_id, "/bin/bash -c 'cat $AZ_BATCH_TASK_SHARED_DIR/common.txt'",
+                    multi_instance_settings=models.MultiInstanceSettings(
+                        number_of_instances=2, coordination_command_line="/bin/bash -c 'cat ../common.txt'",
+                        common_resource_files=[models.ResourceFile(
+                            http_url=f"{container.url}/common.txt", file_path="common.txt",
+                            identity_reference=_reference())]))
+    assert task.execution_info.result == "success", task.execution_info.failure_info
+    assert read_task_file(client, job_id, task.id) == "common"
+    [subtask] = client.list_subtasks(job_id, task.id)
+    assert (subtask.exit_code, subtask.result) == (0, "success")
+    assert b"".join(client.download_node_file(pool, subtask.node_info.node_id,
+                                              f"{subtask.node_info.task_root_directory}/stdout.txt")) == b"common"
