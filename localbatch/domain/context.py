@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ..node.agent import NodeAgent, NodeIdentity
+from ..node.blobmount.manager import BlobMounts
 from ..node.network import NodeNetwork
 from ..node.storage_identity import NodeStorageCredential
 from ..node.services import NodeServices
@@ -27,6 +28,8 @@ class DomainContext:
     quotas: Quotas = field(default_factory=Quotas)
     network: NodeNetwork = field(default_factory=NodeNetwork)
     services: Optional[NodeServices] = None  # the nodes' SSH servers and NAT frontends
+    mounts: Optional[BlobMounts] = None      # the nodes' mounted blob containers
+    storage_endpoint: str = ""               # the blob endpoint beside which mounted accounts are found
     # Set once the scheduler exists (it needs the task runner, which needs this context).
     kick: Callable[[Optional[str]], None] = field(default=lambda pool_id: None)
     # (pool id, node id) -> variables the node gives its programs (its managed identity endpoint).

@@ -199,10 +199,13 @@ class Pool(Entity):
     machine = states.POOL
     TRANSIENT = frozenset({"nodes"})
 
-    def __init__(self, data: dict, next_node_index: int = 0, auto_pool_job_id: Optional[str] = None):
+    def __init__(self, data: dict, next_node_index: int = 0, auto_pool_job_id: Optional[str] = None,
+                 mount_secrets: Optional[dict] = None):
         self.data = data
         self.next_node_index = next_node_index
         self.auto_pool_job_id = auto_pool_job_id
+        # mountConfiguration index -> {"accountKey" | "sasKey": ...}: kept for the nodes, never shown.
+        self.mount_secrets = mount_secrets or {}
         self.nodes: dict[str, Node] = {}
 
     @property
@@ -221,11 +224,12 @@ class Pool(Entity):
         self.data["allocationStateTransitionTime"] = wire.now_iso()
 
     def record(self) -> dict:
-        return {"data": self.data, "nextNodeIndex": self.next_node_index, "autoPoolJobId": self.auto_pool_job_id}
+        return {"data": self.data, "nextNodeIndex": self.next_node_index, "autoPoolJobId": self.auto_pool_job_id,
+                "mountSecrets": self.mount_secrets}
 
     @classmethod
     def from_record(cls, record: dict) -> "Pool":
-        return cls(record["data"], record["nextNodeIndex"], record.get("autoPoolJobId"))
+        return cls(record["data"], record["nextNodeIndex"], record.get("autoPoolJobId"), record.get("mountSecrets"))
 
 
 class Task(_TrackedHistoryEntity):

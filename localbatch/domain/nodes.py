@@ -17,6 +17,7 @@ from .. import wire
 from ..errors import BatchServiceError
 from ..node import processes
 from ..node.agent import ContainerRun
+from ..node.blobmount.manager import MountError
 from ..node.containerimages import ImageUnavailable
 from ..node.credentials import new_host_key
 from ..node.engines import EngineError
@@ -25,6 +26,7 @@ from ..node.ssh import NodeSshSettings
 from .context import DomainContext, container_configuration
 from .endpoints import assign_inbound_endpoints, frontend_ports, nat_pools, remote_login_settings
 from .entities import Node, Pool
+from .mounts import mount_error, pool_mounts
 from .tasks import Tasks
 from .validation import user_record
 
@@ -97,6 +99,7 @@ class Nodes:
         await self.context.transitions.step("node_leaving")
         await self.stop_services(node)
         await self.stop_engine(node)
+        await self.unmount_file_systems(node)
         still_in_pool = pool.nodes.get(node.id) is node  # not already taken away with its pool
         self.repo.remove_node(pool, node)
         if still_in_pool:
@@ -132,6 +135,7 @@ class Nodes:
         if restart in ("reboot", "reimage"):
             await self.stop_services(node)
             await self.stop_engine(node)
+            await self.unmount_file_systems(node)
         if restart == "reimage":
             await loop.run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
         if node.state == "creating":
@@ -155,6 +159,14 @@ class Nodes:
             error = await self._start_engine(pool, node)
             if generation != node.boot_generation or not node.attached:
                 return  # removed or restarted meanwhile: that path stops the engine and the services
+            if error is not None:
+                node.data["errors"] = [error]
+                node.set_state("unusable")
+                return
+        if pool.data.get("mountConfiguration"):  # mounted before the start task runs, as on Azure
+            error = await self.mount_file_systems(pool, node, generation)
+            if generation != node.boot_generation or not node.attached:
+                return  # removed or restarted meanwhile: that path unmounts
             if error is not None:
                 node.data["errors"] = [error]
                 node.set_state("unusable")
@@ -229,6 +241,42 @@ class Nodes:
         """Stop the node's engine, if it has one; its data stays with the node."""
         if self.agent.engines is not None:
             await self.agent.engines.stop(self.agent.layout.engine(node.pool_id, node.id))
+
+    # ---- mounted blob containers (see node/blobmount/) -------------------------------------------------
+    async def mount_file_systems(self, pool: Pool, node: Node, generation: int) -> Optional[dict]:
+        """Mount the pool's blob containers on the node; the node error when one cannot be mounted."""
+        try:
+            await self.context.mounts.mount_node(
+                node.key, pool.id, node.id, pool_mounts(pool, self.context.storage_endpoint), generation,
+                still_wanted=lambda: generation == node.boot_generation and node.attached,
+                on_lost=lambda path, reason: self._mount_lost(node, generation, path, reason))
+        except MountError as exc:
+            return mount_error(exc.path, exc.message)
+        return None
+
+    async def unmount_file_systems(self, node: Node) -> None:
+        await self.context.mounts.unmount_node(node.key)
+
+    def _mount_lost(self, node: Node, generation: int, path: str, reason: str) -> None:
+        """A mount helper died: the node cannot serve its tasks the mount any more."""
+        if generation != node.boot_generation or not node.attached or node.state not in ("idle", "running"):
+            return
+        self.tasks.evict(node, "requeue")
+        node.data["errors"] = [mount_error(path, reason)]
+        node.set_state("unusable")
+
+    async def mount_file_systems_of_running_nodes(self) -> None:
+        """At start-up, before the first answer: a node that was up mounts its containers again
+        (one still booting mounts them as it boots); one that cannot becomes unusable."""
+        async def remount(pool: Pool, node: Node) -> None:
+            error = await self.mount_file_systems(pool, node, node.boot_generation)
+            if error is not None and node.state in ("idle", "running"):
+                node.data["errors"] = [error]
+                node.set_state("unusable")
+        await asyncio.gather(*(remount(pool, node) for pool in list(self.repo.pools.values())
+                               if pool.state != "deleting" and pool.data.get("mountConfiguration")
+                               for node in list(pool.nodes.values())
+                               if node.state in ("idle", "running", "starttaskfailed")))
 
     def _ready(self, node: Node) -> None:
         node.set_state("running" if node.running else "idle")

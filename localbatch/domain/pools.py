@@ -18,6 +18,7 @@ from .quotas import cores_of, quota_error
 from .tasks import Tasks
 from .autoscale.checks import check_interval
 from .extensions import without_protected_settings
+from .mounts import check_mount_configuration, without_mount_secrets
 from .networking import check_pool_network
 from .validation import check_id, check_pool_body, check_start_task, check_virtual_machine_configuration, without_secrets
 
@@ -64,10 +65,12 @@ class Pools:
         vm_config = without_protected_settings(dict(body["virtualMachineConfiguration"]))
         vm_config["imageReference"] = {"version": "latest", **vm_config["imageReference"]}
         data["virtualMachineConfiguration"] = vm_config
-        for optional in ("displayName", "startTask", "metadata", "networkConfiguration", "upgradePolicy",
-                         "mountConfiguration"):
+        for optional in ("displayName", "startTask", "metadata", "networkConfiguration", "upgradePolicy"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
+        mounts, mount_secrets = without_mount_secrets(body.get("mountConfiguration"))
+        if mounts:
+            data["mountConfiguration"] = mounts
         if body.get("userAccounts") is not None:
             data["userAccounts"] = without_secrets(body["userAccounts"])
         if data["enableAutoScale"]:
@@ -75,7 +78,7 @@ class Pools:
             data["autoScaleEvaluationInterval"] = check_interval(body.get("autoScaleEvaluationInterval"))
         if identity is not None:
             data["identity"] = identity
-        pool = Pool(data, auto_pool_job_id=auto_pool_job_id)
+        pool = Pool(data, auto_pool_job_id=auto_pool_job_id, mount_secrets=mount_secrets)
         pool.touch()
         self.repo.add_pool(pool)
         self._resize_to_target(pool)
@@ -116,9 +119,14 @@ class Pools:
         if body.get("virtualMachineConfiguration") is not None:
             check_virtual_machine_configuration(body["virtualMachineConfiguration"])
         check_pool_network(body.get("networkConfiguration"))
+        check_mount_configuration(body.get("mountConfiguration"))
         check_start_task(body.get("startTask"),
                          body.get("virtualMachineConfiguration") or pool.data.get("virtualMachineConfiguration") or {})
+        if body.get("mountConfiguration") is not None:  # nodes that boot from now on mount the new list
+            pool.data["mountConfiguration"], pool.mount_secrets = without_mount_secrets(body["mountConfiguration"])
         for name in UPDATABLE_PROPERTIES:
+            if name == "mountConfiguration":
+                continue
             if body.get(name) is not None:
                 pool.data[name] = (without_protected_settings(body[name]) if name == "virtualMachineConfiguration"
                                    else body[name])
@@ -196,7 +204,8 @@ class Pools:
             node.boot_generation += 1
             self.context.agent.stop(f"start:{node.key}", "shutdown")
             await self.nodes.stop_services(node)
-        await asyncio.gather(*(self.nodes.stop_engine(node) for node in nodes))
+        await asyncio.gather(*(self.nodes.stop_engine(node) for node in nodes),
+                             *(self.nodes.unmount_file_systems(node) for node in nodes))
         self.repo.remove_pool(pool)
         for node in nodes:
             self.nodes.release_network(node)

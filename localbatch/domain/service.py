@@ -11,6 +11,7 @@ import os
 from typing import Iterator, Optional
 
 from ..node.agent import NodeAgent
+from ..node.blobmount.manager import BlobMounts, blob_endpoint_of
 from ..node.containerimages import ImageCache
 from ..node.engines import DockerEngines
 from ..node.layout import NodeLayout
@@ -57,6 +58,8 @@ class BatchService:
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
                                      quotas=quotas or Quotas(), network=network or NodeNetwork())
         self.context.services = NodeServices(self.context.network)
+        self.context.mounts = BlobMounts(agent.layout)
+        self.context.storage_endpoint = blob_endpoint_of((auto_storage or AutoStorage()).connection_string)
         self.tasks = Tasks(self.context)
         self.nodes = Nodes(self.context, self.tasks)
         self.pools = Pools(self.context, self.nodes, self.tasks)
@@ -104,6 +107,7 @@ class BatchService:
         """Bring back the SSH servers and NAT frontends of the nodes that are up; called on the
         loop before the server answers, so a node reported idle can be reached at once."""
         await self.nodes.start_services_of_running_nodes()
+        await self.nodes.mount_file_systems_of_running_nodes()
 
     def start_background_work(self) -> None:
         """Resume timers, node boots, deletions and scheduling; called on the loop once the server runs."""
@@ -118,6 +122,10 @@ class BatchService:
             await self.context.services.close()  # nothing is left listening
         except Exception:  # pylint: disable=broad-except
             logger.exception("stopping the nodes' SSH servers and NAT frontends failed")
+        try:
+            await self.context.mounts.close()  # nothing is left mounted
+        except Exception:  # pylint: disable=broad-except
+            logger.exception("unmounting the nodes' blob containers failed")
         try:
             await self.context.agent.close()
             if self.context.agent.engines is not None:

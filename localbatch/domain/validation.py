@@ -13,6 +13,7 @@ from ..node.resourcefiles import check_relative_path
 from .autoscale.checks import check_formula, check_interval
 from .endpoints import check_endpoint_configuration
 from .extensions import without_protected_settings
+from .mounts import check_mount_configuration, without_mount_secrets
 from .networking import check_pool_network
 
 _ID_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -68,9 +69,9 @@ def check_pool_body(body: dict) -> None:
                 raise invalid_property(name, body[name], "Target node counts cannot be set when enableAutoScale is true.")
     elif body.get("autoScaleFormula") is not None:
         raise invalid_property("autoScaleFormula", body["autoScaleFormula"], "A formula needs enableAutoScale set to true.")
-    for name in ("mountConfiguration", "applicationPackageReferences"):
-        if body.get(name):
-            raise not_emulated(name)
+    if body.get("applicationPackageReferences"):
+        raise not_emulated("applicationPackageReferences")
+    check_mount_configuration(body.get("mountConfiguration"))
     for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
         if (body.get(name) or 0) < 0:
             raise invalid_property(name, body[name], "The value must be zero or more.")
@@ -153,13 +154,15 @@ def without_secrets(user_accounts: list[dict]) -> list[dict]:
 
 
 def pool_info_without_secrets(pool_info: dict) -> dict:
-    """A job's poolInfo as kept and shown: its auto-pool's user passwords, private keys and
-    extensions' protectedSettings are never stored or echoed."""
+    """A job's poolInfo as kept and shown: its auto-pool's user passwords, private keys,
+    extensions' protectedSettings and mount keys are never stored or echoed."""
     pool = ((pool_info or {}).get("autoPoolSpecification") or {}).get("pool") or {}
     vm_configuration = pool.get("virtualMachineConfiguration") or {}
-    if not pool.get("userAccounts") and not vm_configuration.get("extensions"):
+    if not pool.get("userAccounts") and not vm_configuration.get("extensions") and not pool.get("mountConfiguration"):
         return pool_info
     kept = dict(pool)
+    if pool.get("mountConfiguration"):
+        kept["mountConfiguration"] = without_mount_secrets(pool["mountConfiguration"])[0]
     if pool.get("userAccounts"):
         kept["userAccounts"] = without_secrets(pool["userAccounts"])
     if vm_configuration.get("extensions"):

@@ -19,6 +19,14 @@ outside /mnt/batch/tasks on a real node:
 and its runtime state (exec root, socket) under /run, where unix socket paths stay short:
 
     /run/localbatch-docker/<16 hex of the node root>/{exec/, docker.sock}
+
+A node of a pool with a mount configuration has each blob container mounted (a FUSE file
+system, see node/blobmount/) at `fsmounts/<relativeMountPath>`, with its log beside it as
+`fsmounts/blobfuse-<relativeMountPath>.log` (Batch names mount logs `<type>-<mount dir>.log`).
+The mount helper's file cache and its credentials file live beside the node, outside what the
+node files API shows:
+
+    <nodes dir>/<pool>/.mounts/<node id>/<n>/{cache/, credentials.json (0600, while it starts)}
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from typing import Optional
+
+from .blobmount.mountpoints import detach_below
 
 NODE_SUBDIRECTORIES = ("shared", "startup", "workitems", "applications", "fsmounts", "volatile")
 STDOUT = "stdout.txt"
@@ -69,6 +79,23 @@ class TaskPaths:
 
 
 ENGINE_RUN_DIRECTORY = "/run/localbatch-docker"
+MOUNT_LOG_PREFIX = "blobfuse-"
+
+
+@dataclass(frozen=True)
+class MountPaths:
+    """One blob container mount of a node: where it is mounted, its log, its helper's own files."""
+    mount_point: str   # fsmounts/<relativeMountPath>
+    log: str           # fsmounts/blobfuse-<relativeMountPath>.log
+    directory: str     # the helper's: cache and credentials, outside the node's files
+
+    @property
+    def cache_dir(self) -> str:
+        return os.path.join(self.directory, "cache")
+
+    @property
+    def credentials(self) -> str:
+        return os.path.join(self.directory, "credentials.json")
 
 
 @dataclass(frozen=True)
@@ -147,6 +174,17 @@ class NodeLayout:
         return EnginePaths(os.path.join(self.pool_dir(pool_id), ".engines", node_id),
                            os.path.join(ENGINE_RUN_DIRECTORY, root_hash))
 
+    def mount(self, pool_id: str, node_id: str, index: int, relative_mount_path: str) -> MountPaths:
+        """The `index`-th mount of the pool's mountConfiguration on this node."""
+        mounts_dir = self.mounts_dir(pool_id, node_id)
+        log_name = MOUNT_LOG_PREFIX + relative_mount_path.strip("/").replace("/", "_") + ".log"
+        return MountPaths(os.path.join(mounts_dir, relative_mount_path.strip("/")), os.path.join(mounts_dir, log_name),
+                          os.path.join(self.mounts_state_dir(pool_id, node_id), str(index)))
+
+    def mounts_state_dir(self, pool_id: str, node_id: str) -> str:
+        """Every mount helper's own files of a node (caches, credentials while a helper starts)."""
+        return os.path.join(self.pool_dir(pool_id), ".mounts", node_id)
+
     def container_data_path(self, pool_id: str, node_id: str, source: str, task: TaskPaths,
                             job_id: Optional[str]) -> Optional[str]:
         """The directory a containerHostBatchBindMounts source names, for this program; None when
@@ -175,11 +213,14 @@ class NodeLayout:
         return home
 
     def remove_node(self, pool_id: str, node_id: str) -> None:
+        detach_below(self.root(pool_id, node_id))  # never walk into a mounted container: it would empty it
         shutil.rmtree(self.root(pool_id, node_id), ignore_errors=True)
         shutil.rmtree(os.path.dirname(self.home_dir(pool_id, node_id, "_")), ignore_errors=True)
         shutil.rmtree(self.engine(pool_id, node_id).directory, ignore_errors=True)
+        shutil.rmtree(self.mounts_state_dir(pool_id, node_id), ignore_errors=True)
 
     def remove_pool(self, pool_id: str) -> None:
+        detach_below(self.pool_dir(pool_id))
         shutil.rmtree(self.pool_dir(pool_id), ignore_errors=True)
 
     def remove_job(self, pool_id: str, node_ids: list[str], job_id: str) -> None:
