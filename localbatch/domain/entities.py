@@ -318,19 +318,23 @@ class JobSchedule(_TrackedHistoryEntity):
     machine = states.JOB_SCHEDULE
 
     def __init__(self, data: dict, job_ids: Optional[list] = None, last_run: Optional[str] = None,
-                 pool_id: Optional[str] = None):
+                 pool_id: Optional[str] = None, mount_secrets: Optional[dict] = None):
         self.data = data
         self.job_ids = job_ids or []
         self.last_run = last_run
         self.pool_id = pool_id
+        # Its auto-pool's mount keys by mountConfiguration index, for the pools it creates; never shown.
+        self.mount_secrets = mount_secrets or {}
 
     @property
     def key(self) -> str:
         return self.id.lower()
 
     def record(self) -> dict:
-        return {"data": self.data, "jobIds": self.job_ids, "lastRun": self.last_run, "poolId": self.pool_id}
+        return {"data": self.data, "jobIds": self.job_ids, "lastRun": self.last_run, "poolId": self.pool_id,
+                "mountSecrets": self.mount_secrets}
 
     @classmethod
     def from_record(cls, record: dict) -> "JobSchedule":
-        return cls(record["data"], record.get("jobIds"), record.get("lastRun"), record.get("poolId"))
+        return cls(record["data"], record.get("jobIds"), record.get("lastRun"), record.get("poolId"),
+                   record.get("mountSecrets"))

@@ -25,6 +25,7 @@ from .context import DomainContext
 from .entities import Job, JobSchedule
 from .jobs import Jobs
 from .runtime import Clock
+from .mounts import auto_pool_mount_secrets, with_mount_secrets
 from .validation import check_durations, check_id, pool_info_without_secrets
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class JobSchedules:
         for optional in ("displayName", "metadata"):
             if body.get(optional) is not None:
                 data[optional] = body[optional]
-        schedule = JobSchedule(data)
+        schedule = JobSchedule(data, mount_secrets=auto_pool_mount_secrets(body["jobSpecification"]["poolInfo"]))
         schedule.touch()
         self.repo.add_job_schedule(schedule)
         self._evaluate(schedule)
@@ -77,6 +78,7 @@ class JobSchedules:
         if body.get("jobSpecification") is not None:
             self._check_job_specification(body["jobSpecification"])
             schedule.data["jobSpecification"] = _without_secrets(body["jobSpecification"])
+            schedule.mount_secrets = auto_pool_mount_secrets(body["jobSpecification"]["poolInfo"])
         if body.get("metadata") is not None:
             schedule.data["metadata"] = body["metadata"]
         elif replace:
@@ -217,6 +219,7 @@ class JobSchedules:
 
     def _create_job(self, schedule: JobSchedule, opportunity: dt.datetime) -> None:
         spec = schedule.data["jobSpecification"]
+        spec = {**spec, "poolInfo": with_mount_secrets(spec["poolInfo"], schedule.mount_secrets)}
         job_id = f"{schedule.id}:job-{len(schedule.job_ids) + 1}"
         auto_pool = (spec["poolInfo"].get("autoPoolSpecification") or {})
         pool_id = None

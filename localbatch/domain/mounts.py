@@ -107,6 +107,26 @@ def without_mount_secrets(mounts: Optional[list]) -> tuple[Optional[list], dict]
     return kept, secrets
 
 
+def auto_pool_mount_secrets(pool_info: dict) -> dict:
+    """The mount secrets of a poolInfo's auto-pool specification (kept apart, like a pool's)."""
+    pool = ((pool_info or {}).get("autoPoolSpecification") or {}).get("pool") or {}
+    return without_mount_secrets(pool.get("mountConfiguration"))[1]
+
+
+def with_mount_secrets(pool_info: dict, secrets: dict) -> dict:
+    """A kept poolInfo with its auto-pool's mount secrets put back, to create the auto-pool from."""
+    pool = ((pool_info or {}).get("autoPoolSpecification") or {}).get("pool") or {}
+    if not secrets or not pool.get("mountConfiguration"):
+        return pool_info
+    mounts = []
+    for index, entry in enumerate(pool["mountConfiguration"]):
+        if (entry or {}).get(BLOB) and str(index) in secrets:
+            entry = {**entry, BLOB: {**entry[BLOB], **secrets[str(index)]}}
+        mounts.append(entry)
+    return {**pool_info, "autoPoolSpecification": {**pool_info["autoPoolSpecification"],
+                                                   "pool": {**pool, "mountConfiguration": mounts}}}
+
+
 def pool_mounts(pool: Pool, blob_endpoint: str) -> list[BlobMount]:
     """The blob mounts a node of `pool` makes, credentials included."""
     mounts = []

@@ -27,7 +27,7 @@ from localbatch.node.network import random_node_subnet
 
 from .conftest import Azurite, fast_timings
 from .support import (LRO_POLLING, RawClient, batch_client, create_job, pool_options, read_task_file, reboot_options,
-                      run_task, unique_id, wait_for, wait_for_nodes)
+                      run_task, unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason()))
 
@@ -388,3 +388,35 @@ def test_a_pool_update_with_a_mount_kind_not_emulated_is_refused_and_changes_not
     assert caught.value.status_code == 501
     assert storage_client.get_pool(pool_id).mount_configuration is None
     delete_pool_and_wait(storage_client, pool_id)
+
+
+# ---- auto-pools: a job's and a job schedule's ---------------------------------------------------------------
+def _auto_pool(blob_storage: Azurite, container: str, lifetime: str) -> models.BatchPoolInfo:
+    return models.BatchPoolInfo(auto_pool_specification=models.BatchAutoPoolSpecification(
+        pool_lifetime_option=lifetime, pool=models.BatchPoolSpecification(
+            vm_size="standard_d2s_v3", target_dedicated_nodes=1,
+            virtual_machine_configuration=pool_options("x").virtual_machine_configuration,
+            mount_configuration=[blob_mount(blob_storage, container)])))
+
+
+def test_a_job_schedules_auto_pools_mount_with_the_key_it_never_shows(storage_client, storage_server, blob_storage,
+                                                                      files):
+    schedule_id = unique_id("schedule")
+    storage_client.create_job_schedule(models.BatchJobScheduleCreateOptions(
+        id=schedule_id, schedule=models.BatchJobScheduleConfiguration(),
+        job_specification=models.BatchJobSpecification(pool_info=_auto_pool(blob_storage, files.container_name, "job"))))
+    job_id = wait_for(lambda: storage_client.get_job_schedule(schedule_id).execution_info.recent_job,
+                      f"job schedule {schedule_id} to create its job").id
+    storage_client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="reader", command_line=shell('cat "$AZ_BATCH_NODE_MOUNTS_DIR/data/inputs/data.txt"')))
+    wait_for_task(storage_client, job_id, "reader", timeout=MOUNT_WAIT)
+    assert read_task_file(storage_client, job_id, "reader") == "input from blob storage\n"
+    raw = RawClient(storage_server.url)
+    for target in (f"/jobschedules/{schedule_id}", f"/jobs/{job_id}"):
+        assert blob_storage.account_key not in raw.request("GET", target).body.decode()
+    auto_pool_id = storage_client.get_job(job_id).execution_info.pool_id
+    storage_client.begin_terminate_job_schedule(schedule_id, polling_interval=LRO_POLLING).result()
+    storage_client.begin_delete_job_schedule(schedule_id, polling_interval=LRO_POLLING).result()
+    pool_dir = Path(storage_server.location) / "nodes" / auto_pool_id.lower()
+    wait_for(lambda: not fuse_mounts_below(pool_dir) and not helper_processes(pool_dir),
+             "the auto-pool's mounts to go with it", MOUNT_WAIT)
