@@ -249,7 +249,9 @@ class Nodes:
             await self.context.mounts.mount_node(
                 node.key, pool.id, node.id, pool_mounts(pool, self.context.storage_endpoint), generation,
                 still_wanted=lambda: generation == node.boot_generation and node.attached,
-                on_lost=lambda path, reason: self._mount_lost(node, generation, path, reason))
+                on_lost=lambda path, reason: self._mount_lost(node, generation, path, reason),
+                trust={name: value for name, value in self.context.node_environment(pool.id, node.id).items()
+                       if name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")})
         except MountError as exc:
             return mount_error(exc.path, exc.message)
         return None
