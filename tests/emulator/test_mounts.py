@@ -8,6 +8,7 @@ the emulator's own reason, which is also what a pool with a blob mount gets as i
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -17,10 +18,12 @@ from typing import Optional
 
 import pytest
 from azure.batch import models
+from azure.batch.aio import BatchClient as AsyncBatchClient
+from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-from localbatch import LocalBatchServer
+from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME, LocalBatchServer
 from localbatch.node.blobmount.manager import fuse_unavailable_reason
 from localbatch.node.blobmount.mountpoints import mount_points_below
 from localbatch.node.network import random_node_subnet
@@ -420,3 +423,45 @@ def test_a_job_schedules_auto_pools_mount_with_the_key_it_never_shows(storage_cl
     pool_dir = Path(storage_server.location) / "nodes" / auto_pool_id.lower()
     wait_for(lambda: not fuse_mounts_below(pool_dir) and not helper_processes(pool_dir),
              "the auto-pool's mounts to go with it", MOUNT_WAIT)
+
+
+def test_a_node_removed_by_a_resize_or_reimaged_is_unmounted_and_a_reimage_mounts_again(storage_client,
+                                                                                       storage_server,
+                                                                                       blob_storage, container):
+    pool_id = unique_id("mounts")
+    kept, removed = create_mounted_pool(storage_client, pool_id, [blob_mount(blob_storage, container.container_name)],
+                                        nodes=2)
+    storage_client.begin_remove_nodes(pool_id, models.BatchNodeRemoveOptions(node_ids=[removed.id]),
+                                      polling_interval=LRO_POLLING).result()
+    wait_for_nodes(storage_client, pool_id, 1, timeout=MOUNT_WAIT)
+    removed_root = node_root(storage_server, pool_id, removed.id)
+    assert fuse_mounts_below(removed_root) == []
+    assert [pid for pid in helper_processes(removed_root.parent)
+            if removed.id in Path(f"/proc/{pid}/cmdline").read_text()] == []
+    storage_client.begin_reimage_node(pool_id, kept.id, models._models.BatchNodeReimageOptions(  # pylint: disable=protected-access
+        node_reimage_option="requeue"),
+                                      polling_interval=LRO_POLLING).result()
+    wait_for_nodes(storage_client, pool_id, 1, timeout=MOUNT_WAIT)
+    point = mount_point(storage_server, pool_id, kept.id)
+    assert fuse_mounts_below(point) == [(str(point), "fuse.blobfuse2")]
+    assert len(helper_processes(point.parents[2])) == 1  # the pool directory: only the kept node's helper
+    delete_pool_and_wait(storage_client, pool_id)
+
+
+def test_the_aio_client_creates_a_mounted_pool_and_never_sees_its_key(storage_client, storage_server, blob_storage,
+                                                                      container):
+    pool_id = unique_id("mounts")
+
+    async def scenario() -> tuple[models.BatchPool, list[models.BatchPool]]:
+        async with AsyncBatchClient(storage_server.url,
+                                    AzureNamedKeyCredential(WELL_KNOWN_ACCOUNT_NAME, WELL_KNOWN_ACCOUNT_KEY)) as client:
+            await client.create_pool(pool_options(pool_id, 0, mount_configuration=[
+                blob_mount(blob_storage, container.container_name)]))
+            pool = await client.get_pool(pool_id)
+            listed = [listed async for listed in client.list_pools(filter=f"id eq '{pool_id}'")]
+            return pool, listed
+    pool, listed = asyncio.run(scenario())
+    delete_pool_and_wait(storage_client, pool_id)
+    for seen in (pool, *listed):
+        blob = seen.mount_configuration[0].azure_blob_file_system_configuration
+        assert (blob.relative_mount_path, blob.account_key, blob.sas_key) == ("data", None, None)

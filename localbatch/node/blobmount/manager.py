@@ -27,6 +27,7 @@ from .mountpoints import detach, mount_points_below
 logger = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 60.0   # seconds a helper gets to check access and mount
+STARTING_AT_ONCE = 4   # helpers starting at the same time (each is a Python process importing the SDK)
 STOP_TIMEOUT = 20.0    # seconds it gets to upload what is dirty and exit once unmounted
 _PR_SET_PDEATHSIG = 1
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
@@ -112,6 +113,7 @@ class BlobMounts:
         self.layout = layout
         self._helpers: dict[str, list[_Helper]] = {}       # node key -> its helpers
         self._locks: dict[str, asyncio.Lock] = {}
+        self._starting: Optional[asyncio.Semaphore] = None  # made on the loop that uses it
 
     def _lock(self, node_key: str) -> asyncio.Lock:
         return self._locks.setdefault(node_key, asyncio.Lock())
@@ -133,7 +135,12 @@ class BlobMounts:
                 if not still_wanted():
                     return
                 paths = self.layout.mount(pool_id, node_id, mount.index, mount.relative_mount_path)
-                helper = await self._start(mount, paths, generation, trust or {})
+                if self._starting is None:
+                    self._starting = asyncio.Semaphore(STARTING_AT_ONCE)
+                async with self._starting:  # a pool of many nodes does not start all its helpers at once
+                    if not still_wanted():
+                        return
+                    helper = await self._start(mount, paths, generation, trust or {})
                 self._helpers.setdefault(node_key, []).append(helper)
                 helper.watcher = asyncio.get_running_loop().create_task(self._watch(helper, on_lost))
 
