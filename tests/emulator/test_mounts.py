@@ -29,7 +29,7 @@ from localbatch.node.blobmount.mountpoints import mount_points_below
 from localbatch.node.network import random_node_subnet
 
 from .conftest import Azurite, fast_timings
-from .support import (LRO_POLLING, RawClient, batch_client, create_job, pool_options, read_task_file, reboot_options,
+from .support import (LRO_POLLING, RawClient, RunningEmulator, batch_client, create_job, pool_options, read_task_file, reboot_options,
                       run_task, unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason()))
@@ -465,3 +465,31 @@ def test_the_aio_client_creates_a_mounted_pool_and_never_sees_its_key(storage_cl
     for seen in (pool, *listed):
         blob = seen.mount_configuration[0].azure_blob_file_system_configuration
         assert (blob.relative_mount_path, blob.account_key, blob.sas_key) == ("data", None, None)
+
+
+def test_a_killed_emulator_leaves_no_mount_and_the_next_start_mounts_again(tmp_path, blob_storage, files):
+    location = tmp_path / "localbatch"
+    environment = {"LOCALBATCH_AUTOSTORAGE_CONNECTION_STRING": blob_storage.connection_string,
+                   "LOCALBATCH_NODE_SUBNET": random_node_subnet()}
+    pool_id = unique_id("mounts")
+    emulator = RunningEmulator(location, env=environment)
+    try:
+        with batch_client(emulator.url()) as client:
+            node = create_mounted_pool(client, pool_id, [blob_mount(blob_storage, files.container_name)])[0]
+        assert len(fuse_mounts_below(location)) == 1
+    finally:
+        emulator.kill()  # SIGKILL: its helpers get SIGTERM from the kernel and unmount
+    wait_for(lambda: not fuse_mounts_below(location) and not helper_processes(location),
+             "the helpers of a killed emulator to unmount and end")
+    again = RunningEmulator(location, env=environment)
+    try:
+        with batch_client(again.url()) as client:
+            point = location / "nodes" / pool_id.lower() / node.id / "fsmounts" / "data"
+            assert fuse_mounts_below(location) == [(str(point), "fuse.blobfuse2")]
+            job_id = create_job(client, pool_id)
+            task = run_task(client, job_id, shell('cat "$AZ_BATCH_NODE_MOUNTS_DIR/data/inputs/data.txt"'))
+            assert read_task_file(client, job_id, task.id) == "input from blob storage\n"
+        assert again.finish(signal.SIGTERM) == 0
+    finally:
+        again.kill()
+    assert fuse_mounts_below(location) == [] and helper_processes(location) == []
