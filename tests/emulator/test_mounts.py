@@ -164,6 +164,7 @@ def test_files_renamed_removed_and_truncated_through_the_mount_change_the_blobs(
     task = run_task(storage_client, job_id, shell(
         'set -e; cd "$AZ_BATCH_NODE_MOUNTS_DIR/data"; mkdir -p a/b; echo one > a/b/f.txt; mv a renamed; '
         'truncate -s 3 inputs/data.txt; rm -f gone.txt; echo x > gone.txt; rm gone.txt; '
+        'echo kept > open.txt; exec 3>>open.txt; rm open.txt; echo more >&3; exec 3>&-; '
         'if rmdir renamed 2>/dev/null; then echo removed; else echo "not empty"; fi; '
         'if cat missing.txt 2>/dev/null; then echo found; else echo "no such file"; fi'))
     assert task.execution_info.result == "success", read_task_file(storage_client, job_id, task.id, "stderr.txt")

@@ -21,6 +21,7 @@ class CachedFile:
     path: str                    # the local copy
     opens: int = 0
     dirty: bool = False          # written (or created) since it was last uploaded
+    deleted: bool = False        # unlinked while open: never uploaded again
     released_at: Optional[float] = None  # monotonic time of its last close
 
 
@@ -89,11 +90,13 @@ class FileCache:
         finally:
             if cached.opens == 0:
                 cached.released_at = time.monotonic()
-                if self.timeout <= 0:
+                if cached.deleted:
+                    _remove(cached.path)
+                elif self.timeout <= 0:
                     self.forget(cached.name)
 
     def upload(self, cached: CachedFile) -> None:
-        if cached.dirty:
+        if cached.dirty and not cached.deleted:
             self.store.upload(cached.name, cached.path)
             cached.dirty = False
 
@@ -104,7 +107,7 @@ class FileCache:
     def renamed(self, old: str, new: str) -> None:
         """The blob was renamed: its cached copy (and its open handles) follow it."""
         cached = self._files.pop(old, None)
-        self.forget(new)
+        self.unlinked(new)  # what the target was is replaced
         if cached is not None:
             path = self._local_path(new)
             os.replace(cached.path, path)
@@ -116,10 +119,17 @@ class FileCache:
         cached = self._files.get(name)
         if cached is not None and not cached.opens:
             del self._files[name]
-            try:
-                os.remove(cached.path)
-            except OSError:
-                pass
+            _remove(cached.path)
+
+    def unlinked(self, name: str) -> None:
+        """`name` was deleted: a handle still open keeps its data (as POSIX has it) but the blob
+        is never uploaded again, and new opens do not see it."""
+        cached = self._files.pop(name, None)
+        if cached is None:
+            return
+        cached.deleted, cached.dirty = True, False
+        if not cached.opens:
+            _remove(cached.path)
 
     def names_below(self, directory: str) -> list[str]:
         prefix = f"{directory}/" if directory else ""
@@ -176,3 +186,10 @@ class FileCache:
         path = os.path.join(self.directory, "files", name)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -135,7 +135,7 @@ class BlobFileSystem(Operations):
         except StorageError as exc:
             if exc.errno != errno.ENOENT or cached is None:  # a file not uploaded yet exists only here
                 raise FuseOSError(exc.errno) from None
-        self.cache.forget(name)
+        self.cache.unlinked(name)
         return 0
 
     # ---- directories ------------------------------------------------------------------------------------

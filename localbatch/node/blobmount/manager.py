@@ -174,6 +174,12 @@ class BlobMounts:
             line = await asyncio.wait_for(process.stdout.readline(), MOUNT_TIMEOUT)
         except asyncio.TimeoutError:
             line = f"error: the mount did not complete within {MOUNT_TIMEOUT:.0f} s".encode()
+        except asyncio.CancelledError:  # the emulator stops while this mount is being made
+            helper.stopping = True
+            if process.returncode is None:
+                process.kill()
+            _clean_up(paths)
+            raise
         text = line.decode("utf-8", "replace").strip()
         if text == "mounted":
             logger.info("mounted container %s of account %s at %s", mount.container_name, mount.account_name,
