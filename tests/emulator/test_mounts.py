@@ -309,6 +309,12 @@ def test_mount_secrets_are_never_echoed_nor_logged(storage_client, storage_serve
     assert "sasKey" not in pool["mountConfiguration"][1]["azureBlobFileSystemConfiguration"]
     for text in [*(answer.decode() for answer in answers), caplog.text]:
         assert blob_storage.account_key not in text and "c2VjcmV0LXNhcy1zaWduYXR1cmU" not in text
+    helpers = helper_processes(Path(storage_server.location) / "nodes" / pool_id.lower())
+    assert len(helpers) == 1  # the mount with the key; the one with the made-up SAS failed
+    for pid in helpers:  # the key reaches the helper in a file it deletes, not its command line or environment
+        for part in ("cmdline", "environ"):
+            assert blob_storage.account_key.encode() not in Path(f"/proc/{pid}/{part}").read_bytes()
+    assert not list((Path(storage_server.location) / "nodes" / pool_id.lower() / ".mounts").rglob("credentials.json"))
     node = next(iter(storage_client.list_nodes(pool_id)))
     for name in ("fsmounts/blobfuse-data.log", "fsmounts/blobfuse-s.log"):
         log = b"".join(storage_client.download_node_file(pool_id, node.id, name)).decode()
