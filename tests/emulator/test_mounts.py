@@ -25,7 +25,6 @@ from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME, LocalBatchServer
 from localbatch.node.blobmount.manager import fuse_unavailable_reason
-from localbatch.node.blobmount.mountpoints import mount_points_below
 from localbatch.node.network import random_node_subnet
 
 from .conftest import Azurite, fast_timings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import importlib
 import json
 import logging
 import os
@@ -77,8 +78,8 @@ def fuse_unavailable_reason() -> Optional[str]:
     if shutil.which("fusermount3") is None:
         return "fusermount3 is not installed (Debian package fuse3): blob containers cannot be mounted."
     try:
-        import mfusepy  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    except (ImportError, OSError, EnvironmentError) as exc:
+        importlib.import_module("mfusepy")  # loads libfuse3
+    except (ImportError, OSError) as exc:
         return f"libfuse3 cannot be loaded ({exc}; Debian package libfuse3-3, Python package mfusepy)."
     return None
 

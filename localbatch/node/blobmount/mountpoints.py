@@ -32,10 +32,6 @@ def mount_points_below(directory: str) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def is_mount_point(path: str) -> bool:
-    return os.path.realpath(path) in mount_points_below(path)
-
-
 def detach(point: str) -> bool:
     """Lazily unmount `point` (as `umount -l`); False when the kernel refused."""
     libc = ctypes.CDLL(None, use_errno=True)
