@@ -175,16 +175,19 @@ def test_files_renamed_removed_and_truncated_through_the_mount_change_the_blobs(
     delete_pool_and_wait(storage_client, pool_id)
 
 
-def test_a_sas_key_mounts_and_allow_other_presents_blobfuse2s_open_modes(storage_client, blob_storage, files):
+def test_a_sas_key_mounts_and_allow_other_presents_blobfuse2s_open_modes(storage_client, storage_server, blob_storage,
+                                                                         files):
     sas = generate_container_sas(blob_storage.account_name, files.container_name, account_key=blob_storage.account_key,
                                  permission=ContainerSasPermissions(read=True, write=True, list=True, delete=True),
                                  expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     pool_id = unique_id("mounts")
-    create_mounted_pool(storage_client, pool_id, [blob_mount(blob_storage, files.container_name, "sas", sas=sas,
-                                                             options="-o allow_other -o attr_timeout=240")])
+    node = create_mounted_pool(storage_client, pool_id, [blob_mount(
+        blob_storage, files.container_name, "by sas", sas=sas, options="-o allow_other -o attr_timeout=240")])[0]
+    point = mount_point(storage_server, pool_id, node.id, "by sas")
+    assert fuse_mounts_below(point) == [(str(point), "fuse.blobfuse2")]
     job_id = create_job(storage_client, pool_id)
     task = run_task(storage_client, job_id, shell(
-        'set -e; cd "$AZ_BATCH_NODE_MOUNTS_DIR/sas"; stat -c "%a" inputs/data.txt inputs; echo sas > by-sas.txt'))
+        'set -e; cd "$AZ_BATCH_NODE_MOUNTS_DIR/by sas"; stat -c "%a" inputs/data.txt inputs; echo sas > by-sas.txt'))
     assert task.execution_info.result == "success", read_task_file(storage_client, job_id, task.id, "stderr.txt")
     assert read_task_file(storage_client, job_id, task.id).split() == ["777", "777"]
     assert files.download_blob("by-sas.txt").readall() == b"sas\n"
