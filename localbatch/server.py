@@ -126,6 +126,9 @@ class LocalBatchServer:
                 service = BatchService(location, name, self.timings, self.auto_storage, self.quotas, self.network)
                 self.services[name] = service
                 service.load()
+                # The CA bundle nodes trust is known now (the identity endpoint once it listens):
+                # blob mounts made again before the first answer need it.
+                service.context.node_environment = functools.partial(self._node_environment, name)
                 await service.start_node_services()
             identity_directory = os.path.join(self.location, IDENTITY_DIRECTORY)
             self.identity = TokenIssuer.open(identity_directory)
