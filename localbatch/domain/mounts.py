@@ -74,7 +74,9 @@ def _check_blob(path: str, blob: dict) -> None:
                                "starting and ending with a letter or digit.")
     relative = blob["relativeMountPath"]
     reason = check_relative_path(relative) or (
-        "The path may not contain control characters." if any(ord(c) < 32 for c in relative) else None)
+        "The path may not contain control characters." if any(ord(c) < 32 for c in relative) else None) or (
+        "The path must name a directory below the mounts directory." if any(
+            segment in ("", ".") for segment in relative.strip("/").split("/")) else None)
     if reason:
         raise invalid_property(f"{path}.relativeMountPath", relative.encode("unicode_escape").decode("ascii"),
                                reason.replace("task working directory", "mounts directory (AZ_BATCH_NODE_MOUNTS_DIR)"))

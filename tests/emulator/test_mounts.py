@@ -354,6 +354,8 @@ def _blob(**values) -> dict:
      ("PropertyName", "mountConfiguration[0].azureBlobFileSystemConfiguration.relativeMountPath")),
     ([_blob(relativeMountPath="../up")], 400, "InvalidPropertyValue",
      ("PropertyName", "mountConfiguration[0].azureBlobFileSystemConfiguration.relativeMountPath")),
+    ([_blob(relativeMountPath=".")], 400, "InvalidPropertyValue",
+     ("PropertyName", "mountConfiguration[0].azureBlobFileSystemConfiguration.relativeMountPath")),
     ([_blob(), _blob(relativeMountPath="data/")], 400, "InvalidPropertyValue",
      ("PropertyName", "mountConfiguration[1].azureBlobFileSystemConfiguration.relativeMountPath")),
     ([_blob(), _blob(relativeMountPath="data/inner")], 400, "InvalidPropertyValue",
@@ -365,7 +367,7 @@ def _blob(**values) -> dict:
     ([_blob(relativeMountPath=f"m{index}") for index in range(11)], 400, "InvalidPropertyValue",
      ("PropertyName", "mountConfiguration")),
 ], ids=["nfs", "cifs", "azure-files", "identity-reference", "two-kinds", "no-kind", "no-credential",
-        "two-credentials", "no-path", "absolute-path", "escaping-path", "duplicate-path", "nested-path",
+        "two-credentials", "no-path", "absolute-path", "escaping-path", "dot-path", "duplicate-path", "nested-path",
         "account-name", "container-name", "eleven-mounts"])
 def test_mount_configurations_are_checked_as_the_service_checks_them(storage_server, mounts, status, code, detail):
     raw = RawClient(storage_server.url)
