@@ -2,9 +2,10 @@
 a node makes from it, and the node error a failed mount gives.
 
 Only azureBlobFileSystemConfiguration is emulated (node/blobmount/); the other kinds answer
-501 naming them. The credential (accountKey or sasKey) is kept apart from what GET returns, in
-the pool's `mount_secrets`, by mount index, because nodes added later, rebooted or brought back
-after a restart must mount again.
+501 naming them. A secret credential (accountKey or sasKey) is kept apart from what GET returns,
+in the pool's `mount_secrets`, by mount index, because nodes added later, rebooted or brought
+back after a restart must mount again; an identityReference is no secret: the node's helper gets
+Storage tokens for that identity from the node's managed identity endpoint.
 """
 from __future__ import annotations
 
@@ -55,7 +56,6 @@ def check_mount_configuration(mounts: Optional[list], prefix: str = "mountConfig
 
 
 def _check_blob(path: str, blob: dict) -> None:
-    from .validation import not_emulated
     for required in ("accountName", "containerName", "relativeMountPath"):
         if not blob.get(required):
             raise missing_property(f"{path}.{required}")
@@ -63,8 +63,8 @@ def _check_blob(path: str, blob: dict) -> None:
     if len(credentials) != 1:
         raise invalid_property(path, ",".join(credentials) or "none",
                                "Specify exactly one of accountKey, sasKey and identityReference.")
-    if credentials[0] == "identityReference":
-        raise not_emulated(f"{path}.identityReference")
+    if credentials[0] == "identityReference" and not blob["identityReference"].get("resourceId"):
+        raise missing_property(f"{path}.identityReference.resourceId")
     if not _ACCOUNT_NAME.match(blob["accountName"]):
         raise invalid_property(f"{path}.accountName", blob["accountName"],
                                "A storage account name has 3 to 24 lower-case letters and digits.")
@@ -129,16 +129,25 @@ def with_mount_secrets(pool_info: dict, secrets: dict) -> dict:
                                                    "pool": {**pool, "mountConfiguration": mounts}}}
 
 
+def has_identity_mounts(pool: Pool) -> bool:
+    """Whether a node of the pool mounts a container through its managed identity (which needs the
+    node's identity endpoint, up only once localbatch listens)."""
+    return any(((entry or {}).get(BLOB) or {}).get("identityReference")
+               for entry in pool.data.get("mountConfiguration") or [])
+
+
 def pool_mounts(pool: Pool, blob_endpoint: str) -> list[BlobMount]:
     """The blob mounts a node of `pool` makes, credentials included."""
     mounts = []
     for index, entry in enumerate(pool.data.get("mountConfiguration") or []):
         blob = (entry or {}).get(BLOB)
         if blob:
+            credential = dict((pool.mount_secrets or {}).get(str(index)) or {})
+            if blob.get("identityReference"):
+                credential = {"identityResourceId": blob["identityReference"]["resourceId"]}
             mounts.append(BlobMount(index, blob["relativeMountPath"].strip("/"), blob["accountName"],
                                     blob["containerName"], account_url(blob_endpoint, blob["accountName"]),
-                                    dict((pool.mount_secrets or {}).get(str(index)) or {}),
-                                    blob.get("blobfuseOptions") or ""))
+                                    credential, blob.get("blobfuseOptions") or ""))
     return mounts
 
 

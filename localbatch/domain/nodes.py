@@ -26,13 +26,15 @@ from ..node.ssh import NodeSshSettings
 from .context import DomainContext, container_configuration
 from .endpoints import assign_inbound_endpoints, frontend_ports, nat_pools, remote_login_settings
 from .entities import Node, Pool
-from .mounts import mount_error, pool_mounts
+from .mounts import has_identity_mounts, mount_error, pool_mounts
 from .tasks import Tasks
 from .validation import user_record
 
 logger = logging.getLogger(__name__)
 
 NODE_AGENT_VERSION = "1.12.7"
+# What a node's mount helpers get of what the node gives its programs: CAs, managed identity endpoint.
+HELPER_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER")
 BOOTING_STATES = ("creating", "starting", "waitingforstarttask", "rebooting", "reimaging")
 RESTARTABLE_STATES = ("idle", "running", "starttaskfailed", "unusable", "offline")
 NODE_COUNT_NAMES = ("creating", "idle", "offline", "preempted", "rebooting", "reimaging", "running", "starting",
@@ -250,8 +252,8 @@ class Nodes:
                 node.key, pool.id, node.id, pool_mounts(pool, self.context.storage_endpoint), generation,
                 still_wanted=lambda: generation == node.boot_generation and node.attached,
                 on_lost=lambda path, reason: self._mount_lost(node, generation, path, reason),
-                trust={name: value for name, value in self.context.node_environment(pool.id, node.id).items()
-                       if name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")})
+                environment={name: value for name, value in self.context.node_environment(pool.id, node.id).items()
+                             if name in HELPER_VARIABLES})
         except MountError as exc:
             return mount_error(exc.path, exc.message)
         return None
@@ -277,6 +279,7 @@ class Nodes:
                 node.set_state("unusable")
         await asyncio.gather(*(remount(pool, node) for pool in list(self.repo.pools.values())
                                if pool.state != "deleting" and pool.data.get("mountConfiguration")
+                               and not has_identity_mounts(pool)
                                for node in list(pool.nodes.values())
                                if node.state in ("idle", "running", "starttaskfailed")))
 
@@ -410,8 +413,10 @@ class Nodes:
                 node.record_slots()
                 if node.state == "running":
                     node.set_state("idle")
-                if node.state == "idle" and container_configuration(pool) is not None:
-                    # Its engine stopped with the emulator: the node boots again, engine and all.
+                if node.state == "idle" and (container_configuration(pool) is not None or has_identity_mounts(pool)):
+                    # Its engine stopped with the emulator: the node boots again, engine and all. So
+                    # does a node mounting through its identity, whose endpoint is up only once
+                    # localbatch listens (other mounts are made again before that, below).
                     node.boot_generation += 1
                     node.set_state("rebooting")
 

@@ -339,8 +339,8 @@ def _blob(**values) -> dict:
     ([{"azureFileShareConfiguration": {"accountName": "a", "azureFileUrl": "https://a.file.core.windows.net/s",
                                        "accountKey": "k", "relativeMountPath": "f"}}],
      501, "FeatureNotEmulated", ("Feature", "mountConfiguration[0].azureFileShareConfiguration")),
-    ([_blob(accountKey=None, identityReference={"resourceId": "/subscriptions/x/identity"})], 501,
-     "FeatureNotEmulated", ("Feature", "mountConfiguration[0].azureBlobFileSystemConfiguration.identityReference")),
+    ([_blob(accountKey=None, identityReference={"resourceId": ""})], 400, "MissingRequiredProperty",
+     ("PropertyName", "mountConfiguration[0].azureBlobFileSystemConfiguration.identityReference.resourceId")),
     ([{**_blob(), "nfsMountConfiguration": {"source": "h:/e", "relativeMountPath": "n"}}], 400,
      "InvalidPropertyValue", ("PropertyName", "mountConfiguration[0]")),
     ([{}], 400, "InvalidPropertyValue", ("PropertyName", "mountConfiguration[0]")),
@@ -366,7 +366,7 @@ def _blob(**values) -> dict:
      ("PropertyName", "mountConfiguration[0].azureBlobFileSystemConfiguration.containerName")),
     ([_blob(relativeMountPath=f"m{index}") for index in range(11)], 400, "InvalidPropertyValue",
      ("PropertyName", "mountConfiguration")),
-], ids=["nfs", "cifs", "azure-files", "identity-reference", "two-kinds", "no-kind", "no-credential",
+], ids=["nfs", "cifs", "azure-files", "identity-without-resource-id", "two-kinds", "no-kind", "no-credential",
         "two-credentials", "no-path", "absolute-path", "escaping-path", "dot-path", "duplicate-path", "nested-path",
         "account-name", "container-name", "eleven-mounts"])
 def test_mount_configurations_are_checked_as_the_service_checks_them(storage_server, mounts, status, code, detail):

@@ -4,7 +4,8 @@
 
 The settings file (JSON, mode 0600, written by manager.py) names the mount point, the cache
 directory, the log, the account's blob endpoint, the container, the options and the credential
-(accountKey or sasKey). The helper reads it and deletes it at once, so the credential is never
+(accountKey or sasKey; or the resource id of a pool identity, whose Storage tokens come from the
+node's managed identity endpoint in IDENTITY_ENDPOINT/IDENTITY_HEADER). The helper reads it and deletes it at once, so the credential is never
 on a command line, in the environment or left on disk. It checks access as blobfuse2 does (one
 listing), mounts in the foreground and prints `mounted` on stdout once the kernel has the file
 system; when it cannot, it prints `error: <reason>` and exits non-zero. SIGTERM unmounts and
@@ -74,11 +75,18 @@ def main(argv: list[str]) -> int:
     from .cache import FileCache
     from .filesystem import BlobFileSystem
     from .storage import BlobStore, StorageError
+    token_credential = None
+    if credential.get("identityResourceId"):  # the node's managed identity endpoint, as blobfuse2's msi mode
+        from azure.identity import ManagedIdentityCredential
+        token_credential = ManagedIdentityCredential(identity_config={"mi_res_id": credential["identityResourceId"]})
     store = BlobStore.connect(settings["accountUrl"], settings["containerName"], settings["accountName"],
-                              account_key=credential.get("accountKey"), sas=credential.get("sasKey"))
-    log.info("mounting container %s of account %s (%s) at %s%s", settings["containerName"],
-             settings["accountName"], settings["accountUrl"], settings["mountPoint"],
-             f" with {' '.join(options.recorded)} recorded only" if options.recorded else "")
+                              account_key=credential.get("accountKey"), sas=credential.get("sasKey"),
+                              token_credential=token_credential)
+    authentication = (f"the identity {credential['identityResourceId']}" if credential.get("identityResourceId")
+                      else "the account key" if credential.get("accountKey") else "a SAS")
+    log.info("mounting container %s of account %s (%s) at %s with %s%s", settings["containerName"],
+             settings["accountName"], settings["accountUrl"], settings["mountPoint"], authentication,
+             f"; {' '.join(options.recorded)} recorded only" if options.recorded else "")
     try:
         store.check_access()
     except StorageError as exc:

@@ -51,7 +51,8 @@ class BlobMount:
     account_name: str
     container_name: str
     account_url: str
-    credential: dict = field(repr=False)   # {"accountKey": ...} or {"sasKey": ...}: never logged
+    # {"accountKey": ...}, {"sasKey": ...} (never logged) or {"identityResourceId": ...}
+    credential: dict = field(repr=False)
     options: str = ""
 
 
@@ -126,11 +127,14 @@ class BlobMounts:
 
     async def mount_node(self, node_key: str, pool_id: str, node_id: str, mounts: list[BlobMount],
                          generation: int, still_wanted: Callable[[], bool],
-                         on_lost: Callable[[str, str], None], trust: Optional[dict[str, str]] = None) -> None:
+                         on_lost: Callable[[str, str], None],
+                         environment: Optional[dict[str, str]] = None) -> None:
         """Mount each of `mounts` on the node, in order; MountError for the first that fails (the
         ones before it stay mounted, as on a node that Batch marks unusable). `on_lost(path,
-        reason)` is called when a helper dies while its mount is wanted. `trust`: the CA bundle
-        variables the node's programs get (SSL_CERT_FILE, REQUESTS_CA_BUNDLE), for https Storage."""
+        reason)` is called when a helper dies while its mount is wanted. `environment`: what the
+        node gives its programs that a helper needs too: the CA bundle (SSL_CERT_FILE,
+        REQUESTS_CA_BUNDLE) for https Storage, the managed identity endpoint (IDENTITY_ENDPOINT,
+        IDENTITY_HEADER) for a mount through the node's identity."""
         async with self._lock(node_key):
             for mount in mounts:
                 if not still_wanted():
@@ -141,7 +145,7 @@ class BlobMounts:
                 async with self._starting:  # a pool of many nodes does not start all its helpers at once
                     if not still_wanted():
                         return
-                    helper = await self._start(mount, paths, generation, trust or {})
+                    helper = await self._start(mount, paths, generation, environment or {})
                 self._helpers.setdefault(node_key, []).append(helper)
                 helper.watcher = asyncio.get_running_loop().create_task(self._watch(helper, on_lost))
 
@@ -161,14 +165,15 @@ class BlobMounts:
         await asyncio.gather(*(self.unmount_node(key) for key in list(self._helpers)), return_exceptions=True)
 
     # ---- one helper ---------------------------------------------------------------------------------------
-    async def _start(self, mount: BlobMount, paths: MountPaths, generation: int, trust: dict[str, str]) -> _Helper:
+    async def _start(self, mount: BlobMount, paths: MountPaths, generation: int,
+                     environment: dict[str, str]) -> _Helper:
         loop = asyncio.get_running_loop()
         settings = await loop.run_in_executor(None, _prepare, mount, paths)
         with open(paths.log, "ab") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "localbatch.node.blobmount.helper", settings,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
-                env={**{name: os.environ[name] for name in _INHERITED if name in os.environ}, **trust},
+                env={**{name: os.environ[name] for name in _INHERITED if name in os.environ}, **environment},
                 start_new_session=True, preexec_fn=_die_with_parent)
         helper = _Helper(mount, paths, process, generation)
         try:

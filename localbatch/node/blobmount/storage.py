@@ -68,9 +68,12 @@ class BlobStore:
 
     @classmethod
     def connect(cls, account_url: str, container_name: str, account_name: str,
-                account_key: Optional[str] = None, sas: Optional[str] = None) -> "BlobStore":
-        if account_key is not None:
-            credential: object = {"account_name": account_name, "account_key": account_key}
+                account_key: Optional[str] = None, sas: Optional[str] = None,
+                token_credential: Optional[object] = None) -> "BlobStore":
+        if token_credential is not None:
+            credential: object = token_credential
+        elif account_key is not None:
+            credential = {"account_name": account_name, "account_key": account_key}
         else:
             credential = (sas or "").lstrip("?")
         return cls(ContainerClient(account_url, container_name, credential=credential,
