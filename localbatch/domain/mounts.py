@@ -13,7 +13,7 @@ import re
 from typing import Optional
 
 from ..errors import invalid_property, missing_property
-from ..node.blobmount.manager import BlobMount, account_url, fuse_unavailable_reason
+from ..node.blobmount.manager import BlobMount, MountError, account_url, fuse_unavailable_reason
 from ..node.resourcefiles import check_relative_path
 from .entities import Pool
 
@@ -137,18 +137,30 @@ def has_identity_mounts(pool: Pool) -> bool:
 
 
 def pool_mounts(pool: Pool, blob_endpoint: str) -> list[BlobMount]:
-    """The blob mounts a node of `pool` makes, credentials included."""
+    """The blob mounts a node of `pool` makes, credentials included; MountError for a mount
+    through an identity the pool does not have."""
     mounts = []
     for index, entry in enumerate(pool.data.get("mountConfiguration") or []):
         blob = (entry or {}).get(BLOB)
         if blob:
             credential = dict((pool.mount_secrets or {}).get(str(index)) or {})
             if blob.get("identityReference"):
-                credential = {"identityResourceId": blob["identityReference"]["resourceId"]}
+                credential = _identity_credential(pool, index, blob["identityReference"]["resourceId"])
             mounts.append(BlobMount(index, blob["relativeMountPath"].strip("/"), blob["accountName"],
                                     blob["containerName"], account_url(blob_endpoint, blob["accountName"]),
                                     credential, blob.get("blobfuseOptions") or ""))
     return mounts
+
+
+def _identity_credential(pool: Pool, index: int, resource_id: str) -> dict:
+    """How the helper asks the node's endpoint for Storage tokens of that identity (by its client
+    id); MountError when the identity is not one of the pool's, as Batch cannot mount with it."""
+    for identity in ((pool.data.get("identity") or {}).get("userAssignedIdentities") or []):
+        if identity.get("resourceId", "").lower() == resource_id.lower():
+            return {"identityResourceId": identity["resourceId"], "identityClientId": identity.get("clientId")}
+    relative = pool.data["mountConfiguration"][index][BLOB]["relativeMountPath"].strip("/")
+    raise MountError(relative, f"Identity not found: {resource_id} is not a user-assigned identity of pool "
+                               f"{pool.id}, so the node cannot get Storage tokens for it.")
 
 
 def mount_error(relative_mount_path: str, message: str) -> dict:

@@ -248,8 +248,9 @@ class Nodes:
     async def mount_file_systems(self, pool: Pool, node: Node, generation: int) -> Optional[dict]:
         """Mount the pool's blob containers on the node; the node error when one cannot be mounted."""
         try:
+            mounts = pool_mounts(pool, self.context.storage_endpoint)
             await self.context.mounts.mount_node(
-                node.key, pool.id, node.id, pool_mounts(pool, self.context.storage_endpoint), generation,
+                node.key, pool.id, node.id, mounts, generation,
                 still_wanted=lambda: generation == node.boot_generation and node.attached,
                 on_lost=lambda path, reason: self._mount_lost(node, generation, path, reason),
                 environment={name: value for name, value in self.context.node_environment(pool.id, node.id).items()

@@ -43,15 +43,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServicesSt
         azurite = start_azurite(location / "azurite", certificate=(certificates.server_certificate,
                                                                    certificates.server_key))
     try:
-        server = LocalBatchServer(str(location / "state"), timings=fast_timings(), services_port=0,
-                                  services_cert=str(certificates.server_certificate),
-                                  services_key=str(certificates.server_key),
-                                  node_ca_bundle=str(certificates.trust_bundle), node_subnet=random_node_subnet(),
-                                  auto_storage_connection_string=azurite_connection_string(azurite.blob_endpoint))
-        with server:
+        with _server(location / "state", certificates, azurite.blob_endpoint, random_node_subnet()) as server:
             yield ServicesStack(server, certificates), azurite.blob_endpoint
     finally:
         azurite.stop()
+
+
+def _server(location: Path, certificates, blob_endpoint: str, subnet: str) -> LocalBatchServer:
+    return LocalBatchServer(str(location), timings=fast_timings(), services_port=0,
+                            services_cert=str(certificates.server_certificate), services_key=str(certificates.server_key),
+                            node_ca_bundle=str(certificates.trust_bundle), node_subnet=subnet,
+                            auto_storage_connection_string=azurite_connection_string(blob_endpoint))
 
 
 @pytest.fixture
@@ -132,3 +134,22 @@ def test_a_data_plane_pool_has_no_identity_so_its_identity_mount_fails(stack, co
         node = wait_for_nodes(client, pool_id, 1, states=("unusable",), timeout=MOUNT_WAIT)[0]
         assert node.errors[0].code == "MountConfigurationError"
         delete_pool_and_wait(client, pool_id)
+
+
+def test_after_a_restart_a_node_mounting_through_its_identity_boots_again_and_mounts(stack, container, tmp_path):
+    services, blob_endpoint = stack
+    location, subnet, pool_id = tmp_path / "state", random_node_subnet(), unique_id("identity-mounts")
+    with _server(location, services.certificates, blob_endpoint, subnet) as first:
+        _create_arm_pool(ServicesStack(first, services.certificates), pool_id, [_identity_mount(container.container_name)])
+        with batch_client(first.url) as client:
+            node = wait_for_nodes(client, pool_id, 1, timeout=MOUNT_WAIT)[0]
+    point = location / "nodes" / pool_id.lower() / node.id / "fsmounts" / "data"
+    assert fuse_mounts_below(location) == []
+    with _server(location, services.certificates, blob_endpoint, subnet) as second, batch_client(second.url) as client:
+        node = wait_for_nodes(client, pool_id, 1, timeout=MOUNT_WAIT)[0]
+        assert node.last_boot_time is not None and not node.errors
+        assert fuse_mounts_below(location) == [(str(point), "fuse.blobfuse2")]
+        job_id = create_job(client, pool_id)
+        task = run_task(client, job_id, shell('cat "$AZ_BATCH_NODE_MOUNTS_DIR/data/inputs/data.txt"'))
+        assert read_task_file(client, job_id, task.id) == "read through the pool's identity\n"
+    assert fuse_mounts_below(location) == []

@@ -78,7 +78,9 @@ def main(argv: list[str]) -> int:
     token_credential = None
     if credential.get("identityResourceId"):  # the node's managed identity endpoint, as blobfuse2's msi mode
         from azure.identity import ManagedIdentityCredential
-        token_credential = ManagedIdentityCredential(identity_config={"mi_res_id": credential["identityResourceId"]})
+        token_credential = ManagedIdentityCredential(client_id=credential["identityClientId"]) \
+            if credential.get("identityClientId") else \
+            ManagedIdentityCredential(identity_config={"mi_res_id": credential["identityResourceId"]})
     store = BlobStore.connect(settings["accountUrl"], settings["containerName"], settings["accountName"],
                               account_key=credential.get("accountKey"), sas=credential.get("sasKey"),
                               token_credential=token_credential)

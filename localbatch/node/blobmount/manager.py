@@ -51,7 +51,7 @@ class BlobMount:
     account_name: str
     container_name: str
     account_url: str
-    # {"accountKey": ...}, {"sasKey": ...} (never logged) or {"identityResourceId": ...}
+    # {"accountKey": ...}, {"sasKey": ...} (never logged) or {"identityResourceId": ..., "identityClientId": ...}
     credential: dict = field(repr=False)
     options: str = ""
 
