@@ -10,7 +10,7 @@ Lists inside `data` are replaced, never changed in place (they are what the clie
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Protocol
+from typing import Any, Callable, ClassVar, Optional, Protocol
 
 from .. import wire
 from . import states
@@ -18,6 +18,10 @@ from . import states
 
 class Tracker(Protocol):
     def mark(self, entity: "Entity") -> None: ...
+
+
+# Told of every state transition of an attached entity: (entity, previous state, new state).
+TransitionObserver = Callable[["Entity", str, str], None]
 
 
 class TrackedDict(dict):
@@ -95,10 +99,13 @@ class Entity:
         if tracker is not None:
             tracker.mark(self)
 
-    def attach(self, tracker: Optional[Tracker], changed: bool = True) -> None:
+    def attach(self, tracker: Optional[Tracker], changed: bool = True,
+               observer: Optional[TransitionObserver] = None) -> None:
         """Start (a tracker) or stop (None) writing this entity's changes; `changed=False` for an
-        entity just read from the store, which has nothing new to write."""
+        entity just read from the store, which has nothing new to write. `observer` is told of
+        every state transition from then on (until detached)."""
         object.__setattr__(self, "_tracker", tracker)
+        object.__setattr__(self, "_observer", observer if tracker is not None else None)
         if changed:
             self.changed()
 
@@ -126,8 +133,12 @@ class Entity:
         self._record_transition(state)
 
     def _record_transition(self, state: str) -> None:
+        previous = self.data["state"]
         self.data["state"] = state
         self.data["stateTransitionTime"] = wire.now_iso()
+        observer = self.__dict__.get("_observer")
+        if observer is not None:
+            observer(self, previous, state)
 
     def touch(self) -> None:
         """A change the client can see: new ETag and lastModified."""

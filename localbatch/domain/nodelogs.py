@@ -7,6 +7,7 @@ import uuid
 from typing import Optional
 
 from ..errors import BatchServiceError, invalid_property
+from ..node.agentlog import AGENT_LOG_NAME
 from ..node.logs import LogUploadError, node_log_files, upload
 from ..node.storage_identity import StorageIdentityError
 from .context import DomainContext
@@ -35,12 +36,14 @@ async def upload_node_logs(context: DomainContext, pool_id: str, node_id: str, b
     root = context.agent.layout.root(node.pool_id, node.id)
     loop = asyncio.get_running_loop()
     files = await loop.run_in_executor(None, node_log_files, root, start, end)
+    agent_log = await loop.run_in_executor(None, context.agent.log.lines_between, node.pool_id, node.id, start, end)
+    contents = {AGENT_LOG_NAME: agent_log} if agent_log else {}
     directory = f"{node.pool_id}/{node.id}/{uuid.uuid4()}"
     try:
-        await upload(body["containerUrl"], directory, root, files, headers, trust)
+        await upload(body["containerUrl"], directory, root, files, headers, trust, contents)
     except LogUploadError as exc:
         raise invalid_property("containerUrl", parts, f"The logs could not be uploaded: {exc}.") from None
-    return {"virtualDirectoryName": directory, "numberOfFilesUploaded": len(files)}
+    return {"virtualDirectoryName": directory, "numberOfFilesUploaded": len(files) + len(contents)}
 
 
 def _moment(name: str, text: Optional[str]) -> Optional[dt.datetime]:

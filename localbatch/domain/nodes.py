@@ -139,7 +139,7 @@ class Nodes:
             await self.stop_engine(node)
             await self.unmount_file_systems(node)
         if restart == "reimage":
-            await loop.run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id)
+            await loop.run_in_executor(None, self.agent.layout.remove_node, pool.id, node.id, True)
         if node.state == "creating":
             await transitions.step("node_creating")
             if generation != node.boot_generation or not node.attached:
@@ -202,6 +202,9 @@ class Nodes:
                               rules.get(endpoint["name"].rsplit(".", 1)[0], ()))
                      for endpoint in node.data["endpointConfiguration"]["inboundEndpoints"]]
         await self.context.services.start(node.key, self.ssh_settings(node), frontends)
+        self._log(node, f"SSH server listening on {node.data['ipAddress']}:22"
+                        + "".join(f"; NAT frontend {frontend.port} -> {frontend.backend_port}"
+                                  for frontend in frontends))
 
     def ssh_settings(self, node: Node) -> NodeSshSettings:
         layout = self.agent.layout
@@ -214,6 +217,11 @@ class Nodes:
 
     async def stop_services(self, node: Node) -> None:
         await self.context.services.stop(node.key)
+        self._log(node, "SSH server and NAT frontends stopped")
+
+    def _log(self, node: Node, message: str, level: str = "INFO") -> None:
+        """A line in the node's agent log (see node/agentlog.py)."""
+        self.agent.log.write(node.pool_id, node.id, message, level)
 
     async def _start_engine(self, pool: Pool, node: Node) -> Optional[dict]:
         """Start the node's Docker engine and load the pool's containerImageNames into it, before
@@ -227,6 +235,7 @@ class Nodes:
         except EngineError as exc:
             logger.error("the Docker engine of node %s did not start: %s", node.id, exc)
             return _engine_unavailable(str(exc))
+        self._log(node, "Docker engine started")
         for image in container_configuration(pool).get("containerImageNames") or []:
             try:
                 await engines.provide_image(paths, image)
@@ -242,7 +251,11 @@ class Nodes:
     async def stop_engine(self, node: Node) -> None:
         """Stop the node's engine, if it has one; its data stays with the node."""
         if self.agent.engines is not None:
-            await self.agent.engines.stop(self.agent.layout.engine(node.pool_id, node.id))
+            paths = self.agent.layout.engine(node.pool_id, node.id)
+            running = self.agent.engines.running(paths)
+            await self.agent.engines.stop(paths)
+            if running:
+                self._log(node, "Docker engine stopped")
 
     # ---- mounted blob containers (see node/blobmount/) -------------------------------------------------
     async def mount_file_systems(self, pool: Pool, node: Node, generation: int) -> Optional[dict]:
@@ -405,6 +418,7 @@ class Nodes:
         run left behind; no task runs on a node yet."""
         for pool in self.repo.pools.values():
             for node in pool.nodes.values():
+                self._log(node, "the node agent starts again: localbatch restarted")
                 self.context.network.claim(node.data.get("ipAddress"), frontend_ports(node))
                 if node.start_task_pid:  # the emulator stopped without ending it (a crash)
                     processes.kill_leftover_process_group(

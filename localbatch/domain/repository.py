@@ -10,12 +10,13 @@ from typing import Optional
 
 from ..errors import BatchServiceError
 from ..store import Store
-from .entities import Job, JobSchedule, Node, Pool, Task
+from .entities import Job, JobSchedule, Node, Pool, Task, TransitionObserver
 
 
 class Repository:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, observer: Optional[TransitionObserver] = None):
         self.store = store
+        self.observer = observer  # told of every state transition (the nodes' agent log)
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.job_schedules: dict[str, JobSchedule] = {}
@@ -27,28 +28,28 @@ class Repository:
         for record in self.store.load("pool"):
             pool = Pool.from_record(record)
             self.pools[pool.key] = pool
-            pool.attach(self.store, changed=False)
+            pool.attach(self.store, changed=False, observer=self.observer)
         for record in self.store.load("node"):
             node = Node.from_record(record)
             pool = self.pools.get(node.pool_id.lower())
             if pool is not None:
                 pool.nodes[node.id] = node
-                node.attach(self.store, changed=False)
+                node.attach(self.store, changed=False, observer=self.observer)
         for record in self.store.load("job"):
             job = Job.from_record(record)
             self.jobs[job.key] = job
             self._index(job)
-            job.attach(self.store, changed=False)
+            job.attach(self.store, changed=False, observer=self.observer)
         for record in self.store.load("jobschedule"):
             schedule = JobSchedule.from_record(record)
             self.job_schedules[schedule.key] = schedule
-            schedule.attach(self.store, changed=False)
+            schedule.attach(self.store, changed=False, observer=self.observer)
         for record in self.store.load("task"):
             task = Task.from_record(record)
             job = self.jobs.get(task.job_id.lower())
             if job is not None:
                 job.tasks[task.id.lower()] = task
-                task.attach(self.store, changed=False)
+                task.attach(self.store, changed=False, observer=self.observer)
 
     # ---- lookups that answer the service's NotFound errors ---------------------------------
     def get_pool(self, pool_id: str) -> Pool:
@@ -111,7 +112,7 @@ class Repository:
     # ---- membership ----------------------------------------------------------------------------
     def add_pool(self, pool: Pool) -> None:
         self.pools[pool.key] = pool
-        pool.attach(self.store)
+        pool.attach(self.store, observer=self.observer)
 
     def remove_pool(self, pool: Pool) -> None:
         for node in list(pool.nodes.values()):
@@ -123,7 +124,7 @@ class Repository:
 
     def add_node(self, pool: Pool, node: Node) -> None:
         pool.nodes[node.id] = node
-        node.attach(self.store)
+        node.attach(self.store, observer=self.observer)
 
     def remove_node(self, pool: Pool, node: Node) -> None:
         if pool.nodes.get(node.id) is node:
@@ -134,7 +135,7 @@ class Repository:
     def add_job(self, job: Job) -> None:
         self.jobs[job.key] = job
         self._index(job)
-        job.attach(self.store)
+        job.attach(self.store, observer=self.observer)
 
     def move_job(self, job: Job, pool_id: str) -> None:
         """The job now runs on another pool."""
@@ -154,7 +155,7 @@ class Repository:
 
     def add_job_schedule(self, schedule: JobSchedule) -> None:
         self.job_schedules[schedule.key] = schedule
-        schedule.attach(self.store)
+        schedule.attach(self.store, observer=self.observer)
 
     def remove_job_schedule(self, schedule: JobSchedule) -> None:
         if self.job_schedules.get(schedule.key) is schedule:
@@ -164,7 +165,7 @@ class Repository:
 
     def add_task(self, job: Job, task: Task) -> None:
         job.tasks[task.id.lower()] = task
-        task.attach(self.store)
+        task.attach(self.store, observer=self.observer)
 
     def remove_task(self, job: Job, task: Task) -> None:
         if job.tasks.get(task.id.lower()) is task:

@@ -19,6 +19,7 @@ from ..node.network import NodeNetwork
 from ..node.services import NodeServices
 from ..node.resourcefiles import AutoStorage, ResourceFileDownloader
 from ..store import Store
+from .agentevents import AgentEvents
 from .autoscale.scaler import AutoScale
 from .context import DomainContext
 from .entities import Job, JobSchedule, Pool
@@ -55,6 +56,7 @@ class BatchService:
         agent = NodeAgent(NodeLayout(os.path.join(self.location, NODES_DIRECTORY)),
                           ResourceFileDownloader(auto_storage or AutoStorage()),
                           engines=DockerEngines(ImageCache(os.path.join(self.location, IMAGES_DIRECTORY))))
+        self.repo.observer = AgentEvents(agent.log, self.repo)  # state changes go to the nodes' agent logs
         self.context = DomainContext(self.repo, self.store, agent, self.transitions, self.background, account_name,
                                      quotas=quotas or Quotas(), network=network or NodeNetwork())
         self.context.services = NodeServices(self.context.network)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, MutableMapping, Optional
 
 from .. import wire
-from . import processes
+from . import agentlog, processes
+from .agentlog import AgentLog
 from .containerimages import ImageUnavailable
 from .engines import DockerEngines, EngineError, docker_cli
 from .layout import EnginePaths, NodeLayout, TaskPaths
@@ -139,6 +140,7 @@ class NodeAgent:
         # still running, so none outlives the emulator even if its runner was cancelled.
         self._launcher = launcher or processes.ProcessLauncher()
         self._uploader = OutputFileUploader()
+        self.log = AgentLog(layout.agent_log)  # each node's agent-debug.log
 
     # ---- environment --------------------------------------------------------------------
     def node_environment(self, node: NodeIdentity) -> dict[str, str]:
@@ -200,16 +202,30 @@ class NodeAgent:
         an agent fault so the task never holds its slot for ever.
         """
         self._starting.add(key)
+        what = program_name(key)
+        bound = agentlog.bind(self.log, env["AZ_BATCH_POOL_ID"], env["AZ_BATCH_NODE_ID"])
+        if resource_files:
+            agentlog.note(f"{what}: preparing ({len(resource_files)} resource file(s) to download)")
+
+        def started(pid: int) -> None:
+            agentlog.note(f"{what}: started, process {pid}" + (f" in container {container.image}" if container else ""))
+            if on_start is not None:
+                on_start(pid)
+        outcome = ProgramOutcome.agent_fault("The node agent failed while running the program; see the emulator's log.")
         try:
-            return await self._run_program(key, command_line, resource_files, paths, env, timeout, on_start,
-                                           container, storage)
+            outcome = await self._run_program(key, command_line, resource_files, paths, env, timeout, started,
+                                              container, storage)
+            return outcome
         except processes.LauncherGone as exc:
             logger.warning("the launcher of %s died (%s); the program runs again", key, exc)
-            return ProgramOutcome(stop_reason="agent_restart")
+            outcome = ProgramOutcome(stop_reason="agent_restart")
+            return outcome
         except Exception:
             logger.exception("running %s failed inside the emulator", key)
-            return ProgramOutcome.agent_fault("The node agent failed while running the program; see the emulator's log.")
+            return outcome
         finally:
+            agentlog.note(*describe_outcome(what, outcome))
+            agentlog.unbind(bound)
             self._starting.discard(key)
             self._stop_reasons.pop(key, None)
             if container is not None and self.engines is not None:
@@ -402,6 +418,33 @@ def _outcome(exit_code: int, reason: Optional[str]) -> ProgramOutcome:
     else:
         failure = None
     return ProgramOutcome(exit_code, failure, reason)
+
+
+def program_name(key: str) -> str:
+    """What a program key names, as the agent log says it."""
+    kind, _, rest = key.partition(":")
+    if kind == "start":
+        return "start task"
+    if kind in ("jobpreparation", "jobrelease") and rest:
+        job = rest.split(":", 1)[0]
+        return f"job {'preparation' if kind == 'jobpreparation' else 'release'} task of job {job}"
+    return f"task {key}"
+
+
+def describe_outcome(what: str, outcome: ProgramOutcome) -> tuple[str, str]:
+    """The agent log's line (and its level) for how a program run ended."""
+    parts = []
+    if outcome.exit_code is not None:
+        parts.append(f"exit code {outcome.exit_code}")
+    if outcome.stop_reason:
+        parts.append({"terminate": "terminated", "requeue": "stopped to be requeued",
+                      "timeout": "stopped at its maximum wall clock time", "shutdown": "stopped (node or localbatch stops)",
+                      "agent_restart": "its launcher died: it runs again"}.get(outcome.stop_reason, outcome.stop_reason))
+    if outcome.failure is not None:
+        failure = outcome.failure
+        parts.append(f"failure {failure.category} {failure.code}: {failure.message}")
+    level = "INFO" if outcome.failure is None else "ERROR" if outcome.failure.category == "servererror" else "WARNING"
+    return f"{what}: ended, {', '.join(parts) or 'success'}", level
 
 
 def container_name(key: str) -> str:

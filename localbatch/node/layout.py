@@ -27,6 +27,11 @@ The mount helper's file cache and its credentials file live beside the node, out
 node files API shows:
 
     <nodes dir>/<pool>/.mounts/<node id>/<n>/{cache/, credentials.json (0600, while it starts)}
+
+The node agent's own log is beside the node root too, as /mnt/batch/sys/logs/agent-debug.log is
+beside /mnt/batch/tasks on a real node (see agentlog.py); it is kept across a reimage:
+
+    <nodes dir>/<pool>/<node id>.sys/logs/agent-debug.log{,.1}
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Optional
 
+from .agentlog import AGENT_LOG_NAME
 from .blobmount.mountpoints import detach_below
 
 NODE_SUBDIRECTORIES = ("shared", "startup", "workitems", "applications", "fsmounts", "volatile")
@@ -153,6 +159,13 @@ class NodeLayout:
         root, not inside it, so it is not among the node's files."""
         return os.path.join(self.pool_dir(pool_id), f"{node_id}.home", user_name)
 
+    def system_dir(self, pool_id: str, node_id: str) -> str:
+        """The node's system directory (/mnt/batch/sys): beside its Batch root, not among its files."""
+        return os.path.join(self.pool_dir(pool_id), f"{node_id}.sys")
+
+    def agent_log(self, pool_id: str, node_id: str) -> str:
+        return os.path.join(self.system_dir(pool_id, node_id), "logs", AGENT_LOG_NAME)
+
     def startup(self, pool_id: str, node_id: str) -> TaskPaths:
         return TaskPaths(os.path.join(self.root(pool_id, node_id), "startup"))
 
@@ -212,8 +225,11 @@ class NodeLayout:
         os.makedirs(home, mode=0o700, exist_ok=True)
         return home
 
-    def remove_node(self, pool_id: str, node_id: str) -> None:
+    def remove_node(self, pool_id: str, node_id: str, keep_agent_log: bool = False) -> None:
+        """Everything of the node; a reimage (`keep_agent_log`) keeps the agent's log."""
         detach_below(self.root(pool_id, node_id))  # never walk into a mounted container: it would empty it
+        if not keep_agent_log:
+            shutil.rmtree(self.system_dir(pool_id, node_id), ignore_errors=True)
         shutil.rmtree(self.root(pool_id, node_id), ignore_errors=True)
         shutil.rmtree(os.path.dirname(self.home_dir(pool_id, node_id, "_")), ignore_errors=True)
         shutil.rmtree(self.engine(pool_id, node_id).directory, ignore_errors=True)

@@ -1,9 +1,9 @@
 """A node's logs, gathered and uploaded to a blob container (upload_node_logs).
 
-localbatch's nodes have no Batch agent log of their own: the logs a node has are its programs'
-output, the start task's `startup/stdout.txt` and `stderr.txt` and every task's, under
-`workitems/`. Those written within the requested time range are uploaded, each under the
-upload's virtual directory with its path relative to the node root.
+A node's logs are its agent's log (agentlog.py), uploaded as `agent-debug.log` with the lines
+of the requested time range, and its programs' output: the start task's `startup/stdout.txt`
+and `stderr.txt` and every task's, under `workitems/`, those written within the time range,
+each with its path relative to the node root. All go under the upload's virtual directory.
 """
 from __future__ import annotations
 
@@ -44,14 +44,17 @@ def node_log_files(root: str, start: dt.datetime, end: Optional[dt.datetime]) ->
 
 
 async def upload(container_url: str, virtual_directory: str, root: str, files: list[str],
-                 headers: Optional[dict[str, str]] = None, trust: SslOption = True) -> None:
-    """PUT each file as a block blob `<virtual_directory>/<file>` through the container's SAS, or
-    with `headers` (a node identity's bearer token), trusting `trust` for https."""
+                 headers: Optional[dict[str, str]] = None, trust: SslOption = True,
+                 contents: Optional[dict[str, bytes]] = None) -> None:
+    """PUT each file as a block blob `<virtual_directory>/<file>`, and each of `contents` (blob
+    name -> bytes) likewise, through the container's SAS, or with `headers` (a node identity's
+    bearer token), trusting `trust` for https."""
     timeout = aiohttp.ClientTimeout(total=UPLOAD_TIMEOUT_SECONDS, sock_connect=30)
+    blobs = [(name, lambda name=name: contents[name]) for name in (contents or {})]
+    blobs += [(relative, lambda relative=relative: _read(os.path.join(root, relative))) for relative in files]
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        for relative in files:
-            with open(os.path.join(root, relative), "rb") as handle:
-                data = handle.read()
+        for relative, read in blobs:
+            data = read()
             url = _blob_url(container_url, f"{virtual_directory}/{relative}")
             try:
                 async with session.put(url, data=data, ssl=trust, headers={
@@ -61,6 +64,11 @@ async def upload(container_url: str, virtual_directory: str, root: str, files: l
                                              f"to the upload of {relative}")
             except aiohttp.ClientError as exc:
                 raise LogUploadError(f"the container could not be reached: {type(exc).__name__}") from None
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _blob_url(container_url: str, blob_name: str) -> str:

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 
 from ..accounts import azurite_connection_string
+from . import agentlog
 from .storage_identity import NodeStorageCredential, SslOption, StorageIdentityError
 
 DEFAULT_FILE_MODE = 0o770
@@ -90,6 +91,9 @@ class ResourceFileDownloader:
                              or resource_file.get("autoStorageContainerName") or "")
             try:
                 await self.download(resource_file, working_dir, storage)
+                agentlog.note(f"downloaded resource file {source} to "
+                              f"{resource_file.get('filePath') or '.'}" + (" through the node identity"
+                                                                          if resource_file.get("identityReference") else ""))
             except ResourceFileError:
                 raise
             except StorageIdentityError as exc:

@@ -142,5 +142,7 @@ def test_the_aio_client_lists_extensions_and_uploads_logs(server, client, contai
             return names, result
     names, result = asyncio.run(scenario())
     assert names == ["KVForLinux"]
-    # The node ran no start task and no task: it has no logs yet.
-    assert result.virtual_directory_name.startswith(f"{pool_id}/{node_id}/") and result.number_of_files_uploaded == 0
+    # The node ran no start task and no task: its only log is its agent's.
+    assert result.virtual_directory_name.startswith(f"{pool_id}/{node_id}/") and result.number_of_files_uploaded == 1
+    assert [blob.name for blob in container.list_blobs(name_starts_with=result.virtual_directory_name)] == [
+        f"{result.virtual_directory_name}/agent-debug.log"]
