@@ -246,6 +246,38 @@ def test_autoscale_survives_a_restart(tmp_path):
                  until=lambda pool: pool.auto_scale_run.timestamp > first)
 
 
+def test_the_sample_history_survives_a_restart(tmp_path):
+    from localbatch import LocalBatchServer
+    from .conftest import fast_timings
+    from .support import batch_client
+    location = str(tmp_path / "localbatch")
+    # Twenty samples of three waiting tasks, then a restart: the formula still reads all of them.
+    reads_history = ("$TargetDedicatedNodes = 0; waiting = min($ActiveTasks.GetSample(20)); "
+                     "taken = $ActiveTasks.Count(); began = $ActiveTasks.HistoryBeginTime();")
+    with LocalBatchServer(location, timings=fast_timings()) as server, batch_client(server.url) as client:
+        pool_id = _autoscale_pool(client, "$TargetDedicatedNodes = 0;")
+        job_id = create_job(client, pool_id)
+        client.create_tasks(job_id, [models.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/true")
+                                     for i in range(3)])  # no node: they wait
+        server.advance_clock(10 * 60)
+        before = wait_for(lambda: _evaluate(client, pool_id, reads_history), "twenty samples before the restart",
+                          until=lambda run: run.error is None)
+        history = dict(item.split("=", 1) for item in before.results.split(";"))
+        assert history["waiting"] == "3" and int(history["taken"]) >= 20
+    with LocalBatchServer(location, timings=fast_timings()) as server, batch_client(server.url) as client:
+        after = _evaluate(client, pool_id, reads_history)
+        assert after.error is None, _run_error(after)
+        restored = dict(item.split("=", 1) for item in after.results.split(";"))
+        assert (restored["waiting"], restored["taken"], restored["began"]) == (
+            "3", history["taken"], history["began"])
+        client.disable_pool_auto_scale(pool_id)  # its history goes with it
+        wait_for(lambda: client.get_pool(pool_id), "the pool to be steady",
+                 until=lambda pool: pool.allocation_state == "steady")
+        client.enable_pool_auto_scale(pool_id, models.BatchPoolEnableAutoScaleOptions(
+            auto_scale_formula="$TargetDedicatedNodes = 0;", auto_scale_evaluation_interval=FIVE_MINUTES))
+        assert _run_error(_evaluate(client, pool_id, reads_history))[0] == "InsufficientSampleData"
+
+
 def test_the_aio_client_enables_evaluates_and_disables(server, client):
     pool_id = unique_id("pool")
     client.create_pool(pool_options(pool_id, nodes=0))

@@ -4,17 +4,18 @@ Every SAMPLE_PERIOD_SECONDS of the domain's clock, each pool with autoscale enab
 task counts of the jobs that run on it: $ActiveTasks (waiting to run), $RunningTasks, $PendingTasks
 (both), $SucceededTasks and $FailedTasks (tasks that ended since the previous sample). Resource
 metrics ($CPUPercent, $MemoryBytes, ...) are not measured per node here, so a formula that reads
-them gets an error naming them. Samples are kept in memory for HISTORY_SECONDS; after a restart
-the history starts again, as if the pool had just enabled autoscale.
+them gets an error naming them. Samples are kept for HISTORY_SECONDS (at most 360 per pool), in
+the account's store like its entities: a pool's history is one row, written with the next commit
+after each sample, so a restart carries on with it.
 """
 from __future__ import annotations
 
 import collections
 import datetime as dt
-from typing import Deque
+from typing import Deque, Optional
 
 from ... import wire
-from ..entities import Job, Pool
+from ..entities import Job, Pool, Tracker
 from .formula import Sampled
 
 SAMPLE_PERIOD_SECONDS = 30.0
@@ -27,12 +28,38 @@ NOT_PROVIDED = frozenset({
 
 
 class PoolSamples:
-    """The sample history of one pool."""
+    """The sample history of one pool; once attached to a tracker (the store), it is written after
+    every sample it takes."""
+    kind = "autoscalesamples"
 
-    def __init__(self) -> None:
-        self.history: Deque[tuple[dt.datetime, dict[str, float]]] = collections.deque()
+    def __init__(self, pool_key: str, history: Optional[list[tuple[dt.datetime, dict[str, float]]]] = None):
+        self.pool_key = pool_key
+        self.history: Deque[tuple[dt.datetime, dict[str, float]]] = collections.deque(history or ())
+        self._tracker: Optional[Tracker] = None
 
-    def record(self, now: dt.datetime, jobs: list[Job]) -> None:
+    @property
+    def key(self) -> str:
+        return self.pool_key
+
+    @property
+    def attached(self) -> bool:
+        return self._tracker is not None
+
+    def attach(self, tracker: Optional[Tracker]) -> None:
+        """Start (a tracker) or stop (None) writing this history."""
+        self._tracker = tracker
+
+    def record(self) -> dict:
+        """What the store keeps: each sample as [time, [the TASK_METRICS values in order]]."""
+        return {"poolKey": self.pool_key,
+                "history": [[wire.iso(moment), [values[name] for name in TASK_METRICS]] for moment, values in self.history]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "PoolSamples":
+        return cls(record["poolKey"], [(wire.parse_iso(moment), dict(zip(TASK_METRICS, values)))
+                                       for moment, values in record["history"]])
+
+    def take(self, now: dt.datetime, jobs: list[Job]) -> None:
         """Take the samples due up to `now` (none when less than a period passed since the last). When the clock jumped (a test moved it) the steps it
         skipped are filled with the counts of now: nothing ran in time that did not pass."""
         previous = self.history[-1][0] if self.history else None
@@ -45,6 +72,8 @@ class PoolSamples:
         self.history.extend((moment, values) for moment in moments)
         while self.history and (now - self.history[0][0]).total_seconds() > HISTORY_SECONDS:
             self.history.popleft()
+        if self._tracker is not None:
+            self._tracker.mark(self)
 
     def sampled(self, now: dt.datetime) -> dict[str, Sampled]:
         return {name: Sampled(name, [(moment, values[name]) for moment, values in self.history], now,

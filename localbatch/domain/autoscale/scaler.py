@@ -95,14 +95,28 @@ class AutoScale:
     # ---- the periodic evaluation -----------------------------------------------------------------------
     def _start(self, pool: Pool) -> None:
         """Evaluate now, then every interval; sample the pool's metrics meanwhile."""
-        self.samples.setdefault(pool.key, PoolSamples())
+        self._samples_of(pool)
         self._sample(pool)
         self._evaluate(pool)
 
     def _stop(self, pool: Pool) -> None:
         self.clock.cancel(f"autoscale:{pool.key}")
         self.clock.cancel(f"autoscale-sample:{pool.key}")
-        self.samples.pop(pool.key, None)
+        self._forget_samples(pool.key)
+
+    def _samples_of(self, pool: Pool) -> PoolSamples:
+        """The pool's sample history, kept in the store from its first sample on."""
+        samples = self.samples.get(pool.key)
+        if samples is None:
+            samples = self.samples[pool.key] = PoolSamples(pool.key)
+            samples.attach(self.context.store)
+        return samples
+
+    def _forget_samples(self, pool_key: str) -> None:
+        samples = self.samples.pop(pool_key, None)
+        if samples is not None:
+            samples.attach(None)
+            self.context.store.forget(PoolSamples.kind, pool_key)
 
     def _active(self, pool: Pool) -> bool:
         return (pool.attached and pool.state == "active" and bool(pool.data.get("enableAutoScale"))
@@ -113,7 +127,7 @@ class AutoScale:
             self._stop(pool)
             return
         now = self.clock.now()
-        self.samples.setdefault(pool.key, PoolSamples()).record(now, self.repo.jobs_on_pool(pool.key))
+        self._samples_of(pool).take(now, self.repo.jobs_on_pool(pool.key))
         self.clock.alarm(f"autoscale-sample:{pool.key}", now + dt.timedelta(seconds=SAMPLE_PERIOD_SECONDS),
                          lambda: self._sample(pool))
 
@@ -133,12 +147,12 @@ class AutoScale:
                          lambda: self._evaluate(pool))
 
     def _sample_now(self, pool: Pool) -> None:
-        self.samples.setdefault(pool.key, PoolSamples()).record(self.clock.now(), self.repo.jobs_on_pool(pool.key))
+        self._samples_of(pool).take(self.clock.now(), self.repo.jobs_on_pool(pool.key))
 
     def _run(self, pool: Pool, formula: str) -> tuple[dict, Optional[tuple[int, int, str]]]:
         """The autoScaleRun of `formula` on the pool now, and the targets it sets (None on error)."""
         now = self.clock.now()
-        samples = self.samples.get(pool.key) or PoolSamples()
+        samples = self.samples.get(pool.key) or PoolSamples(pool.key)
         environment = Environment(
             now=now, plain=plain_variables(pool), sampled=samples.sampled(now), not_provided=NOT_PROVIDED,
             settable={"$TargetDedicatedNodes": float(pool.data["targetDedicatedNodes"]),
@@ -159,7 +173,16 @@ class AutoScale:
 
     # ---- start-up ------------------------------------------------------------------------------------------
     def resume(self) -> None:
-        """Once the loop runs: evaluate each autoscale pool when its next run is due."""
+        """Once the loop runs: carry on with each autoscale pool's sample history, and evaluate it
+        when its next run is due."""
+        for record in self.context.store.load(PoolSamples.kind):
+            samples = PoolSamples.from_record(record)
+            pool = self.repo.pools.get(samples.key)
+            if pool is None or not pool.data.get("enableAutoScale") or pool.state != "active":
+                self.context.store.forget(PoolSamples.kind, samples.key)  # its pool went while localbatch was down
+                continue
+            samples.attach(self.context.store)
+            self.samples[samples.key] = samples
         for pool in list(self.repo.pools.values()):
             if not pool.data.get("enableAutoScale") or pool.state != "active":
                 continue
