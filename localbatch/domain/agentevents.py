@@ -8,12 +8,15 @@ process start and end) the node agent writes itself (node/agent.py).
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from ..node.agentlog import AgentLog
 from .entities import Entity, Node, Task
 from .repository import Repository
 from .states import RUNNING_TASK_STATES
+
+logger = logging.getLogger(__name__)
 
 
 class AgentEvents:
@@ -22,10 +25,13 @@ class AgentEvents:
         self.repo = repo
 
     def __call__(self, entity: Entity, previous: str, state: str) -> None:
-        if isinstance(entity, Node):
-            self._node(entity, previous, state)
-        elif isinstance(entity, Task):
-            self._task(entity, previous, state)
+        try:
+            if isinstance(entity, Node):
+                self._node(entity, previous, state)
+            elif isinstance(entity, Task):
+                self._task(entity, previous, state)
+        except Exception:  # pylint: disable=broad-except  (a log line never fails the transition it tells of)
+            logger.exception("could not write the agent log line of a %s transition", entity.kind)
 
     def _node(self, node: Node, previous: str, state: str) -> None:
         message, level = f"node state {previous} -> {state}", "INFO"

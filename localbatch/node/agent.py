@@ -202,7 +202,7 @@ class NodeAgent:
         an agent fault so the task never holds its slot for ever.
         """
         self._starting.add(key)
-        what = program_name(key)
+        what = program_name(key, env)
         bound = agentlog.bind(self.log, env["AZ_BATCH_POOL_ID"], env["AZ_BATCH_NODE_ID"])
         if resource_files:
             agentlog.note(f"{what}: preparing ({len(resource_files)} resource file(s) to download)")
@@ -420,15 +420,15 @@ def _outcome(exit_code: int, reason: Optional[str]) -> ProgramOutcome:
     return ProgramOutcome(exit_code, failure, reason)
 
 
-def program_name(key: str) -> str:
-    """What a program key names, as the agent log says it."""
-    kind, _, rest = key.partition(":")
-    if kind == "start":
-        return "start task"
-    if kind in ("jobpreparation", "jobrelease") and rest:
-        job = rest.split(":", 1)[0]
-        return f"job {'preparation' if kind == 'jobpreparation' else 'release'} task of job {job}"
-    return f"task {key}"
+def program_name(key: str, env: Mapping[str, str]) -> str:
+    """What a program is, as the agent log names it (from its key and the ids in its environment)."""
+    kind = key.partition(":")[0]
+    job_id, task_id = env.get("AZ_BATCH_JOB_ID"), env.get("AZ_BATCH_TASK_ID")
+    if kind == "start" or not (job_id and task_id):
+        return "start task" if kind == "start" else f"program {key}"
+    if kind in ("jobpreparation", "jobrelease"):
+        return f"job {'preparation' if kind == 'jobpreparation' else 'release'} task {task_id} of job {job_id}"
+    return f"task {job_id}/{task_id}"
 
 
 def describe_outcome(what: str, outcome: ProgramOutcome) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from localbatch.node.agentlog import AgentLog, scrub
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
-from .support import (LRO_POLLING, batch_client, reboot_options, create_job, pool_options, read_task_file, run_task, unique_id, wait_for,
+from .support import (LRO_POLLING, batch_client, reboot_options, terminate_options, create_job, pool_options, read_task_file, run_task, unique_id, wait_for,
                       wait_for_nodes, wait_for_task)
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z (INFO|WARNING|ERROR) \S")
@@ -83,12 +83,12 @@ def test_the_agent_log_says_what_happened_on_the_node_and_holds_no_secret(client
         "start task: ended, exit code 0",
         "node state waitingforstarttask -> idle",
         f"task {job_id}/fails: given to this node (running)",
-        f"task {job_id.lower()}/fails: ended, exit code 3, failure usererror FailureExitCode",
+        f"task {job_id}/fails: ended, exit code 3, failure usererror FailureExitCode",
         f"task {job_id}/fails: back to active (retryCount 1, requeueCount 0) after result failure, exit code 3",
         f"task {job_id}/fails: completed, result failure, exit code 3, failure usererror FailureExitCode: ",
         f"task {job_id}/no-input: given to this node (preparing)",
-        f"task {job_id.lower()}/no-input: preparing (1 resource file(s) to download)",
-        f"task {job_id.lower()}/no-input: ended, failure usererror BlobNotFound: Could not download ",
+        f"task {job_id}/no-input: preparing (1 resource file(s) to download)",
+        f"task {job_id}/no-input: ended, failure usererror BlobNotFound: Could not download ",
         f"task {job_id}/no-input: completed, result failure, failure usererror BlobNotFound",
         f"task {job_id}/works: given to this node (running)",
         f"task {job_id}/works: completed, result success, exit code 0",
@@ -111,6 +111,32 @@ def test_the_agent_log_says_what_happened_on_the_node_and_holds_no_secret(client
     late = _upload_agent_log(client, pool_id, node_id, container, first_task_time)
     assert "/fails: given to this node" in late and "creating -> starting" not in late
     assert _upload_agent_log(client, pool_id, node_id, container, before, before + dt.timedelta(seconds=1)) is None
+
+
+def test_preparation_release_and_a_failed_start_task_are_logged(client, container):
+    pool_id = unique_id("agentlog-prep")
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    client.create_pool(pool_options(pool_id, nodes=1))
+    node_id = wait_for_nodes(client, pool_id, 1)[0].id
+    job_id = create_job(client, pool_id,
+                        job_preparation_task=models.BatchJobPreparationTask(id="prep", command_line="/bin/true"),
+                        job_release_task=models.BatchJobReleaseTask(id="release", command_line="/bin/false"))
+    run_task(client, job_id, "/bin/true", task_id="work")
+    client.begin_terminate_job(job_id, terminate_options(), polling_interval=LRO_POLLING).result()
+    wait_for(lambda: client.get_job(job_id), "the job to complete", until=lambda job: job.state == "completed")
+    log = _upload_agent_log(client, pool_id, node_id, container, start)
+    assert f"INFO job preparation task prep of job {job_id}: ended, exit code 0" in log
+    assert log.index(f"preparation task prep of job {job_id}: ended") < log.index(f"task {job_id}/work: started")
+    assert f"WARNING job release task release of job {job_id}: ended, exit code 1, failure usererror FailureExitCode" in log
+
+    failing = unique_id("agentlog-start")
+    client.create_pool(pool_options(failing, nodes=1, start_task=models.BatchStartTask(
+        command_line="/bin/bash -c 'exit 7'", wait_for_success=True)))
+    failed_node = wait_for_nodes(client, failing, 1, states=("starttaskfailed",))[0].id
+    log = _upload_agent_log(client, failing, failed_node, container, start)
+    assert "WARNING start task: ended, exit code 7, failure usererror FailureExitCode" in log
+    assert ("WARNING node state waitingforstarttask -> starttaskfailed: start task failed after 0 retries, "
+            "result failure, exit code 7, failure usererror FailureExitCode") in log
 
 
 def test_the_agent_log_is_not_among_the_node_files(client, pool_id):
