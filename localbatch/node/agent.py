@@ -211,7 +211,7 @@ class NodeAgent:
             agentlog.note(f"{what}: started, process {pid}" + (f" in container {container.image}" if container else ""))
             if on_start is not None:
                 on_start(pid)
-        outcome = ProgramOutcome.agent_fault("The node agent failed while running the program; see the emulator's log.")
+        outcome: Optional[ProgramOutcome] = None
         try:
             outcome = await self._run_program(key, command_line, resource_files, paths, env, timeout, started,
                                               container, storage)
@@ -222,9 +222,11 @@ class NodeAgent:
             return outcome
         except Exception:
             logger.exception("running %s failed inside the emulator", key)
+            outcome = ProgramOutcome.agent_fault("The node agent failed while running the program; see the emulator's log.")
             return outcome
         finally:
-            agentlog.note(*describe_outcome(what, outcome))
+            if outcome is not None:  # None: its runner was cancelled (localbatch stops)
+                agentlog.note(*describe_outcome(what, outcome))
             agentlog.unbind(bound)
             self._starting.discard(key)
             self._stop_reasons.pop(key, None)

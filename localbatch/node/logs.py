@@ -50,11 +50,12 @@ async def upload(container_url: str, virtual_directory: str, root: str, files: l
     name -> bytes) likewise, through the container's SAS, or with `headers` (a node identity's
     bearer token), trusting `trust` for https."""
     timeout = aiohttp.ClientTimeout(total=UPLOAD_TIMEOUT_SECONDS, sock_connect=30)
-    blobs = [(name, lambda name=name: contents[name]) for name in (contents or {})]
-    blobs += [(relative, lambda relative=relative: _read(os.path.join(root, relative))) for relative in files]
+    blobs: list[tuple[str, Optional[bytes]]] = [*(contents or {}).items(), *((relative, None) for relative in files)]
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        for relative, read in blobs:
-            data = read()
+        for relative, data in blobs:
+            if data is None:
+                with open(os.path.join(root, relative), "rb") as handle:
+                    data = handle.read()
             url = _blob_url(container_url, f"{virtual_directory}/{relative}")
             try:
                 async with session.put(url, data=data, ssl=trust, headers={
@@ -64,11 +65,6 @@ async def upload(container_url: str, virtual_directory: str, root: str, files: l
                                              f"to the upload of {relative}")
             except aiohttp.ClientError as exc:
                 raise LogUploadError(f"the container could not be reached: {type(exc).__name__}") from None
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
 
 
 def _blob_url(container_url: str, blob_name: str) -> str:

@@ -14,8 +14,8 @@ from localbatch.node.agentlog import AgentLog, scrub
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
-from .support import (LRO_POLLING, batch_client, reboot_options, terminate_options, create_job, pool_options, read_task_file, run_task, unique_id, wait_for,
-                      wait_for_nodes, wait_for_task)
+from .support import (LRO_POLLING, batch_client, create_job, pool_options, read_task_file, reboot_options, run_task,
+                      terminate_options, unique_id, wait_for, wait_for_nodes)
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z (INFO|WARNING|ERROR) \S")
 PASSWORD = "N0de-User-Pa55word!"
