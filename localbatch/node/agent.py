@@ -430,6 +430,8 @@ def program_name(key: str, env: Mapping[str, str]) -> str:
         return "start task" if kind == "start" else f"program {key}"
     if kind in ("jobpreparation", "jobrelease"):
         return f"job {'preparation' if kind == 'jobpreparation' else 'release'} task {task_id} of job {job_id}"
+    if kind == "coordination":  # a multi-instance task's coordination command, on one of its instances
+        return f"coordination command of task {job_id}/{task_id} (instance {key.rpartition(':')[2]})"
     return f"task {job_id}/{task_id}"
 
 

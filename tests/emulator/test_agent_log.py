@@ -139,6 +139,20 @@ def test_preparation_release_and_a_failed_start_task_are_logged(client, containe
             "result failure, exit code 7, failure usererror FailureExitCode") in log
 
 
+def test_a_multi_instance_tasks_coordination_command_is_logged_on_each_node(client, container):
+    pool_id = unique_id("agentlog-mi")
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    client.create_pool(pool_options(pool_id, nodes=2, enable_inter_node_communication=True))
+    node_ids = [node.id for node in wait_for_nodes(client, pool_id, 2)]
+    job_id = create_job(client, pool_id)
+    task = run_task(client, job_id, "/bin/true", task_id="mpi", multi_instance_settings=models.MultiInstanceSettings(
+        number_of_instances=2, coordination_command_line="/bin/true"))
+    assert task.execution_info.result == "success"
+    logs = [_upload_agent_log(client, pool_id, node_id, container, start) for node_id in node_ids]
+    assert all(f"coordination command of task {job_id}/mpi (instance " in log for log in logs)
+    assert sum(f"INFO task {job_id}/mpi: ended, exit code 0" in log for log in logs) == 1  # on the master
+
+
 def test_the_agent_log_is_not_among_the_node_files(client, pool_id):
     node_id = next(iter(client.list_nodes(pool_id))).id
     names = [file.name for file in client.list_node_files(pool_id, node_id, recursive=True)]
