@@ -270,6 +270,7 @@ class Nodes:
                              if name in HELPER_VARIABLES})
         except MountError as exc:
             return mount_error(exc.path, exc.message)
+        self._log(node, f"{len(mounts)} blob container(s) mounted under fsmounts/")
         return None
 
     async def unmount_file_systems(self, node: Node) -> None:

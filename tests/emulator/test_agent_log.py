@@ -6,14 +6,17 @@ import datetime as dt
 import os
 import re
 
+import pytest
 from azure.batch import models
 from azure.storage.blob import BlobSasPermissions, ContainerSasPermissions, generate_blob_sas, generate_container_sas
 
 from localbatch import LocalBatchServer, WELL_KNOWN_ACCOUNT_KEY
 from localbatch.node.agentlog import AgentLog, scrub
+from localbatch.node.blobmount.manager import fuse_unavailable_reason
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
+from .test_mounts import blob_mount, create_mounted_pool
 from .support import (LRO_POLLING, batch_client, create_job, pool_options, read_task_file, reboot_options, run_task,
                       terminate_options, unique_id, wait_for, wait_for_nodes)
 
@@ -151,6 +154,16 @@ def test_a_multi_instance_tasks_coordination_command_is_logged_on_each_node(clie
     logs = [_upload_agent_log(client, pool_id, node_id, container, start) for node_id in node_ids]
     assert all(f"coordination command of task {job_id}/mpi (instance " in log for log in logs)
     assert sum(f"INFO task {job_id}/mpi: ended, exit code 0" in log for log in logs) == 1  # on the master
+
+
+@pytest.mark.skipif(fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason()))
+def test_a_blob_mount_is_logged_without_its_key(storage_client, blob_storage, container):
+    pool_id = unique_id("agentlog-mount")
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    node_id = create_mounted_pool(storage_client, pool_id, [blob_mount(blob_storage, container.container_name)])[0].id
+    log = _upload_agent_log(storage_client, pool_id, node_id, container, start)
+    assert "INFO 1 blob container(s) mounted under fsmounts/" in log
+    assert blob_storage.account_key not in log and "sig=" not in log
 
 
 def test_the_agent_log_is_not_among_the_node_files(client, pool_id):
