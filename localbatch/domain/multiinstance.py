@@ -28,6 +28,7 @@ from ..errors import invalid_property
 from ..node import processes
 from ..node.agent import ContainerRun, Failure, ProgramOutcome
 from .context import DomainContext
+from .recenttasks import note_task
 from .entities import Job, Node, Pool, Task
 from .validation import check_resource_file
 
@@ -174,6 +175,7 @@ class MultiInstanceRuns:
             "_nodeKey": node.key} for index, node in enumerate(nodes)}
         run = _Run(job, task, nodes, self.agent.stop)
         self._runs[task.key] = run
+        _note_on_nodes(run)
         return lambda durable: self._run(run, durable)
 
     def stop(self, task: Task, option: str) -> bool:
@@ -224,6 +226,7 @@ class MultiInstanceRuns:
         self.tasks.release_nodes(run.nodes, task)
         self._end_instances(run)
         self.tasks.finish(job, task, self._outcome(run), run.nodes[0])
+        _note_on_nodes(run)
 
     async def _prepared_everywhere(self, run: _Run) -> bool:
         """Wait for the job's preparation task on every node that still needs it. False when it
@@ -237,9 +240,10 @@ class MultiInstanceRuns:
             return True
         self.tasks.release_nodes(run.nodes, task)
         if task.attached:
-            task.instances = {}
             task.data.pop("nodeInfo", None)
             task.set_state("active")
+            _note_on_nodes(run)
+            task.instances = {}
             job.pending[task.id.lower()] = None
             self.context.kick(job.pool_id)
         return False
@@ -341,6 +345,7 @@ class MultiInstanceRuns:
         _set_instance_state(record, "running")
         if index == PRIMARY and task.state == "preparing":
             task.set_state("running")
+        note_task(run.nodes[index], task, None if index == PRIMARY else record)
 
     @staticmethod
     def _environment(run: _Run, index: int, shared_dir: str, base: dict[str, str]) -> dict[str, str]:
@@ -405,6 +410,19 @@ class MultiInstanceRuns:
     def _node_info(self, node: Node, job: Job, task: Task) -> dict:
         return {"affinityId": node.data["affinityId"], "poolId": node.pool_id, "nodeId": node.id,
                 "taskRootDirectory": self.agent.layout.task_root_relative(job.id, task.id)}
+
+
+def _note_on_nodes(run: _Run) -> None:
+    """Each node of the run records the task (the master) or its subtask (the others) in its recentTasks."""
+    task = run.task
+    if task.assignment != run.assignment:
+        return
+    for index, node in enumerate(run.nodes):
+        record = task.instances.get(str(index))
+        if index == PRIMARY:
+            note_task(node, task)
+        elif record is not None:  # a requeued run has no subtasks any more
+            note_task(node, task, record)
 
 
 def _set_instance_state(record: dict, state: str) -> None:

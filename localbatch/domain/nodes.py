@@ -347,6 +347,8 @@ class Nodes:
             return node
         self.tasks.evict(node, option)
         self.on_node_restarted(node, action)
+        if action == "reimage":
+            node.users = {}  # they lived on the OS disk that a reimage reinstalls (their homes go with the disk)
         node.boot_generation += 1
         self.agent.stop(_start_task_key(node), "shutdown")
         node.set_state("rebooting" if action == "reboot" else "reimaging")

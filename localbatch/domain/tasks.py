@@ -17,6 +17,7 @@ from .context import DomainContext, container_configuration
 from .dependencies import Dependencies, check_depends_on
 from .entities import Job, Node, Task
 from .multiinstance import MultiInstanceRuns, check_multi_instance_settings
+from .recenttasks import note_task
 from .runtime import loop_running
 from .states import RUNNING_TASK_STATES
 from .validation import (check_container_settings, check_durations, check_id, check_output_file,
@@ -206,6 +207,7 @@ class Tasks:
             self._requeue(job, task)
         else:
             self._complete(job, task, ProgramOutcome.terminated())
+        note_task(node, task)
 
     def evict(self, node: Node, option: str, node_stops: bool = True) -> None:
         """Take running tasks off a node: requeue them, or end them (terminate). `node_stops`: the
@@ -254,6 +256,7 @@ class Tasks:
             info.pop(name, None)
         waits = task.data.get("resourceFiles") or not self.prepared(node, job)
         task.set_state("preparing" if waits else "running")
+        note_task(node, task)
         job.running_count += 1
         self._assigned.append(lambda durable: self._run(node, job, task, durable))
 
@@ -290,6 +293,7 @@ class Tasks:
                 self._release_slot(node, task)
                 task.data.pop("nodeInfo", None)
                 task.set_state("active")
+                note_task(node, task)
                 job.pending[task.id.lower()] = None
                 self.context.kick(job.pool_id)
                 return
@@ -313,6 +317,7 @@ class Tasks:
             return  # evicted or ended while it ran; bookkeeping already done
         self._release_slot(node, task)
         self.finish(job, task, outcome, node)
+        note_task(node, task)
 
     def finish(self, job: Job, task: Task, outcome: ProgramOutcome, node: Node) -> None:
         """A run of the task ended (its slots are free again): requeue it, retry it within its
@@ -345,6 +350,7 @@ class Tasks:
             return
         task.set_state("running")
         task.pid = pid
+        note_task(node, task)
 
     def _release_slot(self, node: Node, task: Task) -> None:
         self.release_nodes([node], task)

@@ -20,7 +20,11 @@ def pool_view(call: Call, pool: Pool) -> dict:
 
 
 def node_view(call: Call, node: Node) -> dict:
-    return {"id": node.id, "url": f"{pool_url(call, node.pool_id)}/nodes/{node.id}", **node.data}
+    view = {"id": node.id, "url": f"{pool_url(call, node.pool_id)}/nodes/{node.id}", **node.data}
+    if view.get("recentTasks"):
+        view["recentTasks"] = [{"taskUrl": f"{job_url(call, entry['jobId'])}/tasks/{_segment(entry['taskId'])}", **entry}
+                               for entry in view["recentTasks"]]
+    return view
 
 
 def job_url(call: Call, job_id: str) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, MutableMapping, Optional
 
 from .. import wire
@@ -58,6 +59,8 @@ class ProgramOutcome:
     exit_code: Optional[int] = None
     failure: Optional[Failure] = None
     stop_reason: Optional[str] = None
+    # containerInfo of a program run in a container: {containerId, state, error?} as Docker reports them.
+    container_info: Optional[dict] = None
 
     @classmethod
     def agent_fault(cls, message: str) -> "ProgramOutcome":
@@ -82,6 +85,9 @@ class ProgramOutcome:
         info["endTime"] = wire.now_iso()
         info.pop("exitCode", None)
         info.pop("failureInfo", None)
+        info.pop("containerInfo", None)
+        if self.container_info is not None:
+            info["containerInfo"] = dict(self.container_info)
         if self.exit_code is not None:
             info["exitCode"] = self.exit_code
         if self.failure is not None:
@@ -215,6 +221,8 @@ class NodeAgent:
         try:
             outcome = await self._run_program(key, command_line, resource_files, paths, env, timeout, started,
                                               container, storage)
+            if container is not None and self.engines is not None:
+                outcome = replace(outcome, container_info=await self._container_info(container.engine, key))
             return outcome
         except processes.LauncherGone as exc:
             logger.warning("the launcher of %s died (%s); the program runs again", key, exc)
@@ -274,6 +282,23 @@ class NodeAgent:
                 timer.cancel()
             self._processes.pop(key, None)
         return _outcome(128 - exit_code if exit_code < 0 else exit_code, self._stop_reasons.get(key))
+
+    async def _container_info(self, engine: EnginePaths, key: str) -> Optional[dict]:
+        """The program's container as `docker inspect` describes it (None when it was never created)."""
+        code, output = await self.engines.docker(engine, "container", "inspect", "--format",
+                                                 "{{json .Id}} {{json .State.Status}} {{json .State.Error}}",
+                                                 container_name(key))
+        if code != 0:
+            return None
+        try:
+            container_id, state, error = (json.loads(part) for part in output.strip().split(" ", 2))
+        except ValueError:
+            logger.warning("docker inspect of %s answered %r", container_name(key), output[-200:])
+            return None
+        info = {"containerId": container_id, "state": state}
+        if error:
+            info["error"] = error
+        return info
 
     async def download_inputs(self, resource_files: list[dict], directory: str, stderr: str,
                               storage: Optional[NodeStorageCredential] = None) -> Optional[ProgramOutcome]:

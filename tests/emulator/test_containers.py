@@ -235,6 +235,27 @@ def test_a_container_task_runs_in_the_image_with_the_batch_environment_mounts_an
     assert read_task_file(client, job_id, host.id) == "shared\n"  # and so is the node's shared directory
 
 
+def test_a_container_task_reports_its_container_as_docker_does_and_other_tasks_none(client, server, container_pool):
+    node_id = next(iter(client.list_nodes(container_pool))).id
+    engine = engine_of(server, container_pool, node_id)
+    job_id = create_job(client, container_pool)
+    # The task sees its own container's id in its mounts (the engine's containers/<id>/hostname).
+    task = container_task(client, job_id, "/bin/sh -c 'cat /proc/self/mountinfo; exit 3'")
+    container = task.execution_info.container_info
+    assert container is not None and len(container.container_id) == 64
+    assert f"/containers/{container.container_id}/" in read_task_file(client, job_id, task.id)
+    assert (container.state, container.error) == ("exited", None)
+    assert docker(engine, "ps", "--all", "--quiet").stdout.strip() == ""  # reported, then removed
+    recent = {entry.task_id: entry for entry in client.get_node(container_pool, node_id).recent_tasks}
+    assert recent[task.id].execution_info.container_info.container_id == container.container_id
+    host = run_task(client, job_id, "/bin/true")
+    assert host.execution_info.container_info is None
+    # A container that could not be created was never there to report.
+    refused = container_task(client, job_id, "/bin/true", run_options="--no-such-option")
+    assert refused.execution_info.failure_info.code == "ContainerInvalidSettings"
+    assert refused.execution_info.container_info is None
+
+
 def test_the_image_default_working_directory_and_run_options(client, container_pool):
     job_id = create_job(client, container_pool)
     node_id = next(iter(client.list_nodes(container_pool))).id
@@ -335,6 +356,8 @@ def test_a_start_task_with_container_settings_runs_in_a_container_before_the_nod
     assert node.start_task_info.exit_code == 0
     output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
     assert output.split() == ["/bin/busybox", pool_id]
+    container = node.start_task_info.container_info
+    assert len(container.container_id) == 64 and container.state == "exited"
     delete_pool_and_wait(client, pool_id)
 
 

@@ -271,6 +271,9 @@ def test_on_a_container_pool_every_instance_runs_in_a_container_of_the_tasks_ima
         assert output.startswith("true\nBusyBox")
         [subtask] = client.list_subtasks(job_id, "mpi")
         assert (subtask.exit_code, subtask.result) == (0, "success")
+        # Each reports the container it ran in: the primary its command line's, a subtask its coordination command's.
+        assert subtask.container_info.state == task.execution_info.container_info.state == "exited"
+        assert subtask.container_info.container_id != task.execution_info.container_info.container_id
         assert _node_text(client, pool_id, subtask.node_info.node_id,
                           f"{subtask.node_info.task_root_directory}/stdout.txt") == "false\n"
     finally:
