@@ -177,9 +177,13 @@ class Nodes:
         node.data["nodeAgentInfo"] = {"version": NODE_AGENT_VERSION, "lastUpdateTime": node.data["lastBootTime"]}
         start_task = pool.data.get("startTask")
         if not start_task:
+            node.data.pop("startTask", None)  # the pool's start task was removed since the last boot
+            node.data.pop("startTaskInfo", None)
             self._ready(node)
             return
-        node.data["startTask"] = start_task
+        # As the service reports it on a node: with the defaults it applied.
+        node.data["startTask"] = {**start_task, "maxTaskRetryCount": start_task.get("maxTaskRetryCount", 0),
+                                  "waitForSuccess": start_task.get("waitForSuccess", True)}
         if not start_task.get("waitForSuccess", True):
             self._ready(node)
             await self._run_start_task(node, start_task, generation)

@@ -146,3 +146,32 @@ def test_a_reboot_keeps_the_node_users(client):
     client.begin_reboot_node(pool, node.id, reboot_options(), polling_interval=LRO_POLLING).result()
     wait_for_nodes(client, pool, 1)
     client.delete_node_user(pool, node.id, "bob")  # still there: a reboot keeps the disk
+
+
+# ---- get_node field by field ---------------------------------------------------------------------------
+def test_get_node_shows_what_a_booted_node_reports_and_nothing_it_cannot(client, raw):
+    pool = unique_id("nodefields")
+    [node] = create_pool_and_wait(client, pool, nodes=1, start_task=models.BatchStartTask(command_line="/bin/true"))
+    body = raw.request("GET", f"/pools/{pool}/nodes/{node.id}").json()
+    assert set(body) == {
+        "odata.metadata", "id", "url", "state", "schedulingState", "stateTransitionTime", "allocationTime",
+        "lastBootTime", "ipAddress", "affinityId", "vmSize", "totalTasksRun", "totalTasksSucceeded",
+        "runningTasksCount", "runningTaskSlotsCount", "isDedicated", "endpointConfiguration", "virtualMachineInfo",
+        "nodeAgentInfo", "startTask", "startTaskInfo"}
+    # The start task as the service applied it, with its defaults.
+    assert body["startTask"] == {"commandLine": "/bin/true", "maxTaskRetryCount": 0, "waitForSuccess": True}
+    assert body["nodeAgentInfo"]["lastUpdateTime"] == body["lastBootTime"]
+    assert body["virtualMachineInfo"]["imageReference"]["exactVersion"]
+    assert "scaleSetVmResourceId" not in body["virtualMachineInfo"]  # no scale set behind a local node
+
+
+def test_a_node_reimaged_after_its_pool_lost_the_start_task_shows_none(client):
+    pool = unique_id("nostart")
+    [node] = create_pool_and_wait(client, pool, nodes=1, start_task=models.BatchStartTask(command_line="/bin/true"))
+    assert node.start_task.command_line == "/bin/true" and node.start_task_info.state == "completed"
+    client.replace_pool_properties(pool, models.BatchPoolReplaceOptions(metadata=[], application_package_references=[]))
+    client.begin_reimage_node(pool, node.id, models._models.BatchNodeReimageOptions(node_reimage_option="requeue"),
+                              polling_interval=LRO_POLLING).result()
+    [reimaged] = wait_for_nodes(client, pool, 1)
+    assert reimaged.last_boot_time > node.last_boot_time
+    assert reimaged.start_task is None and reimaged.start_task_info is None
