@@ -28,8 +28,8 @@ from ..errors import invalid_property
 from ..node import processes
 from ..node.agent import ContainerRun, Failure, ProgramOutcome
 from .context import DomainContext
-from .recenttasks import note_task
 from .entities import Job, Node, Pool, Task
+from .recenttasks import note_task
 from .validation import check_resource_file
 
 if TYPE_CHECKING:
