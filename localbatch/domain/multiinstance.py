@@ -163,7 +163,7 @@ class MultiInstanceRuns:
         task.data["nodeInfo"] = self._node_info(master, job, task)
         info = task.execution_info
         info["startTime"] = now
-        for name in ("endTime", "exitCode", "failureInfo", "result"):
+        for name in ("endTime", "exitCode", "failureInfo", "result", "containerInfo"):
             info.pop(name, None)
         settings = task.multi_instance
         prepared = [self.tasks.prepared(node, job) for node in nodes]

@@ -320,6 +320,7 @@ class Nodes:
             outcome = await self.agent.run_program(
                 _start_task_key(node), start_task["commandLine"], start_task.get("resourceFiles") or [], paths, env,
                 None, on_start=lambda pid: setattr(node, "start_task_pid", pid), container=container,
+                on_container=lambda info: self._start_task_container_started(node, generation, info),
                 storage=self.context.identity(node).storage)
             node.start_task_pid = None
             if generation != node.boot_generation:
@@ -333,6 +334,11 @@ class Nodes:
                 return outcome.succeeded
             info["retryCount"] += 1
             info["lastRetryTime"] = info["startTime"] = wire.now_iso()
+
+    @staticmethod
+    def _start_task_container_started(node: Node, generation: int, container_info: dict) -> None:
+        if generation == node.boot_generation and node.attached and "startTaskInfo" in node.data:
+            node.data["startTaskInfo"]["containerInfo"] = container_info
 
     # ---- reboot, reimage, scheduling --------------------------------------------------------------
     def reboot_node(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:

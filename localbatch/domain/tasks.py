@@ -252,7 +252,7 @@ class Tasks:
             "taskRootDirectory": self.agent.layout.task_root_relative(job.id, task.id)}
         info = task.execution_info
         info["startTime"] = wire.now_iso()
-        for name in ("endTime", "exitCode", "failureInfo", "result"):
+        for name in ("endTime", "exitCode", "failureInfo", "result", "containerInfo"):
             info.pop(name, None)
         waits = task.data.get("resourceFiles") or not self.prepared(node, job)
         task.set_state("preparing" if waits else "running")
@@ -309,7 +309,7 @@ class Tasks:
         outcome = await self.agent.run_program(
             task.key, task.data["commandLine"], task.data.get("resourceFiles") or [], paths, env, timeout,
             on_start=lambda pid: self._process_started(node, task, pid), container=container,
-            storage=identity.storage)
+            storage=identity.storage, on_container=lambda info: self._container_started(node, task, info))
         if task.data.get("outputFiles") and task.node_key == node.key and task.state in RUNNING_TASK_STATES:
             await self.context.transitions.step("output_files_uploading")  # still running meanwhile
             outcome = await self.agent.upload_output_files(task.data["outputFiles"], outcome, paths, identity.storage)
@@ -350,6 +350,13 @@ class Tasks:
             return
         task.set_state("running")
         task.pid = pid
+        note_task(node, task)
+
+    def _container_started(self, node: Node, task: Task, container_info: dict) -> None:
+        """Docker runs the task's container: its executionInfo shows it (containerInfo)."""
+        if task.node_key != node.key or task.state not in RUNNING_TASK_STATES or not task.attached:
+            return
+        task.execution_info["containerInfo"] = container_info
         note_task(node, task)
 
     def _release_slot(self, node: Node, task: Task) -> None:

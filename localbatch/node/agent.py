@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "SYSTEMROOT", "SSL_CERT_FILE",
                        "REQUESTS_CA_BUNDLE")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# How often a container just started is looked at until Docker says it runs (docker start is asynchronous).
+CONTAINER_START_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -200,10 +202,12 @@ class NodeAgent:
                           env: dict[str, str], timeout: Optional[float],
                           on_start: Optional[Callable[[int], None]] = None,
                           container: Optional[ContainerRun] = None,
-                          storage: Optional[NodeStorageCredential] = None) -> ProgramOutcome:
+                          storage: Optional[NodeStorageCredential] = None,
+                          on_container: Optional[Callable[[dict], None]] = None) -> ProgramOutcome:
         """Download inputs, run the command line (in a container, when given one), and say how it ended.
 
-        `on_start(pid)` is called once the program runs (after its inputs are downloaded).
+        `on_start(pid)` is called once the program runs (after its inputs are downloaded);
+        `on_container(containerInfo)` once Docker has started its container, if it has one.
         Never raises for anything the program or the node did; an emulator bug is reported as
         an agent fault so the task never holds its slot for ever.
         """
@@ -220,7 +224,7 @@ class NodeAgent:
         outcome: Optional[ProgramOutcome] = None
         try:
             outcome = await self._run_program(key, command_line, resource_files, paths, env, timeout, started,
-                                              container, storage)
+                                              container, storage, on_container)
             if container is not None and self.engines is not None:
                 outcome = replace(outcome, container_info=await self._container_info(container.engine, key))
             return outcome
@@ -245,7 +249,8 @@ class NodeAgent:
                            env: dict[str, str], timeout: Optional[float],
                            on_start: Optional[Callable[[int], None]],
                            container: Optional[ContainerRun],
-                           storage: Optional[NodeStorageCredential] = None) -> ProgramOutcome:
+                           storage: Optional[NodeStorageCredential] = None,
+                           on_container: Optional[Callable[[dict], None]] = None) -> ProgramOutcome:
         if resource_files:
             failed = await self.download_inputs(resource_files, paths.working_dir, paths.stderr, storage)
             if failed is not None:
@@ -275,13 +280,31 @@ class NodeAgent:
         timer = None
         if timeout is not None and timeout < 10 ** 8:
             timer = asyncio.get_running_loop().call_later(timeout, self.stop, key, "timeout")
+        watcher = None
+        if container is not None and on_container is not None and key not in self._stop_reasons:
+            watcher = asyncio.ensure_future(self._report_started_container(container.engine, key, on_container))
         try:
             exit_code = await process.exit_code
         finally:
             if timer:
                 timer.cancel()
+            if watcher:
+                watcher.cancel()
             self._processes.pop(key, None)
         return _outcome(128 - exit_code if exit_code < 0 else exit_code, self._stop_reasons.get(key))
+
+    async def _report_started_container(self, engine: EnginePaths, key: str,
+                                        on_container: Callable[[dict], None]) -> None:
+        """Tell `on_container` about the program's container once Docker no longer calls it
+        `created`; cancelled when the program ends first."""
+        while True:
+            info = await self._container_info(engine, key)
+            if info is None:
+                return
+            if info["state"] != "created":
+                on_container(info)
+                return
+            await asyncio.sleep(CONTAINER_START_POLL)
 
     async def _container_info(self, engine: EnginePaths, key: str) -> Optional[dict]:
         """The program's container as `docker inspect` describes it (None when it was never created)."""

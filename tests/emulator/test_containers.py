@@ -288,6 +288,29 @@ def test_invalid_run_options_fail_the_task_with_the_engine_message(client, conta
     assert "no-such-option" in details["Message"]
 
 
+def test_a_running_container_task_shows_its_running_container(client, server, container_pool):
+    node_id = next(iter(client.list_nodes(container_pool))).id
+    engine = engine_of(server, container_pool, node_id)
+    job_id = create_job(client, container_pool)
+    # In the node's shared directory, which the container sees at the same path.
+    gate = Path(NodeLayout(os.path.join(server.location, "nodes")).shared_dir(container_pool, node_id)) / job_id
+    client.create_task(job_id, models.BatchTaskCreateOptions(
+        id="gated", command_line=f"/bin/sh -c 'while [ ! -e {gate} ]; do sleep 0.02; done'",
+        container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX)))
+    try:
+        running = wait_for(lambda: client.get_task(job_id, "gated").execution_info.container_info,
+                           "the running task to show its container", ENGINE_WAIT)
+        assert running.state == "running" and running.error is None
+        listed = docker(engine, "ps", "--no-trunc", "--format", "{{.ID}} {{.State}}").stdout.split()
+        assert listed == [running.container_id, "running"]
+        [entry] = [t for t in client.get_node(container_pool, node_id).recent_tasks if t.task_id == "gated"]
+        assert (entry.task_state, entry.execution_info.container_info.state) == ("running", "running")
+    finally:
+        gate.touch()
+    done = wait_for_task(client, job_id, "gated").execution_info.container_info
+    assert (done.container_id, done.state) == (running.container_id, "exited")
+
+
 def test_a_terminated_container_task_leaves_no_container(client, server, container_pool):
     node_id = next(iter(client.list_nodes(container_pool))).id
     job_id = create_job(client, container_pool)
