@@ -16,11 +16,13 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import sqlite3
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -28,8 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import pytest
 from azure.batch import BatchClient, models
 from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME
 from tests.waiting import wait_for as _wait_for
@@ -38,6 +42,8 @@ API_VERSION = "2025-06-01"
 POLL = 0.02            # seconds between polls of the emulator
 WAIT = 30.0            # upper bound of any wait; reached only when something is broken
 LRO_POLLING = 0.05     # polling_interval for begin_* calls
+# Runs a command as nobody (for tests of what localbatch refuses without root).
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 T = TypeVar("T")
 
@@ -87,6 +93,37 @@ def wait_for_nodes(client: BatchClient, pool_id: str, count: int, states: Iterab
 def create_pool_and_wait(client: BatchClient, pool_id: str, nodes: int = 1, **extra: Any) -> list[models.BatchNode]:
     client.create_pool(pool_options(pool_id, nodes, **extra))
     return wait_for_nodes(client, pool_id, nodes)
+
+
+def delete_pool_and_wait(client: BatchClient, pool_id: str, timeout: float = WAIT) -> None:
+    """Delete the pool and wait until the service no longer knows it."""
+    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
+
+    def gone() -> bool:
+        try:
+            client.get_pool(pool_id)
+            return False
+        except ResourceNotFoundError:
+            return True
+    wait_for(gone, f"pool {pool_id} to be deleted", timeout)
+
+
+def pool_refused_when_not_root(pool: models.BatchPoolCreateOptions) -> HttpResponseError:
+    """The error create_pool answers when localbatch runs as a user other than root (nobody, when
+    the tests run as root), for pools that need root: container engines, FUSE mounts."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to run localbatch as another user than root")
+    location = Path(tempfile.mkdtemp(prefix="localbatch-unprivileged-"))
+    location.chmod(0o777)  # the unprivileged emulator keeps its state here
+    emulator = RunningEmulator(location / "state", run_as=NOBODY if os.geteuid() == 0 else ())
+    try:
+        with batch_client(emulator.url()) as client:
+            with pytest.raises(HttpResponseError) as caught:
+                client.create_pool(pool)
+    finally:
+        emulator.kill()
+        shutil.rmtree(location, ignore_errors=True)
+    return caught.value
 
 
 def create_job(client: BatchClient, pool_id: str, job_id: Optional[str] = None, **extra: Any) -> str:

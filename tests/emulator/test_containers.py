@@ -16,7 +16,7 @@ from typing import Optional
 
 import pytest
 from azure.batch import models
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 
 from localbatch import LocalBatchServer
 from localbatch.node.engines import cgroup_parent, docker_cli, docker_unavailable_reason
@@ -24,7 +24,7 @@ from localbatch.node.layout import EnginePaths, NodeLayout
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
-from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, pool_options, read_task_file,
+from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, delete_pool_and_wait, pool_options, read_task_file,
                       reboot_options, run_task, unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(docker_unavailable_reason() is not None,
@@ -53,17 +53,6 @@ def create_container_pool(client, pool_id: str, nodes: int, *images: str,
     client.create_pool(container_pool_options(pool_id, nodes, *images))
     return wait_for_nodes(client, pool_id, nodes, states=states, timeout=ENGINE_WAIT)
 
-
-def delete_pool_and_wait(client, pool_id: str) -> None:
-    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
-
-    def gone() -> bool:
-        try:
-            client.get_pool(pool_id)
-            return False
-        except ResourceNotFoundError:
-            return True
-    wait_for(gone, f"pool {pool_id} to be deleted", ENGINE_WAIT)
 
 
 def engine_of(server: LocalBatchServer, pool_id: str, node_id: str) -> EnginePaths:
@@ -141,7 +130,7 @@ def test_start_tasks_of_container_pools_see_the_engine_too(client, server):
     assert node.start_task_info.exit_code == 0
     output = b"".join(client.download_node_file(pool_id, node.id, "startup/stdout.txt")).decode()
     assert output.strip() == "linux"
-    delete_pool_and_wait(client, pool_id)
+    delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
 
 
 def test_deleting_a_pool_stops_its_engines_and_leaves_no_process_mount_or_container(client, server):
@@ -155,7 +144,7 @@ def test_deleting_a_pool_stops_its_engines_and_leaves_no_process_mount_or_contai
         container_settings=models.BatchTaskContainerSettings(image_name=BUSYBOX)))
     wait_for_task(client, job_id, "sleeper", states=("running",))
     wait_for(lambda: any(container_processes(engine) for engine in engines), "the task's container to run")
-    delete_pool_and_wait(client, pool_id)
+    delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
     for engine in engines:
         assert processes_of(engine) == []
         assert mounts_of(engine) == []
@@ -173,7 +162,7 @@ def test_an_image_that_cannot_be_provided_makes_the_node_unusable_as_a_failed_pu
     assert details["ContainerImage"] == "contoso.azurecr.io/app:1.0"
     assert "busybox:latest" in details["Message"]  # says what the local stack provides
     engine = engine_of(server, pool_id, node.id)
-    delete_pool_and_wait(client, pool_id)
+    delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
     assert processes_of(engine) == []
 
 
@@ -343,7 +332,7 @@ def test_engines_stop_with_the_emulator_and_come_back_with_their_data_after_a_re
         assert read_task_file(client, job_id, kept.id).strip() == "kept"  # the engine's data stayed with the node
         ran = container_task(client, job_id, "echo back")
         assert read_task_file(client, job_id, ran.id) == "back\n"
-        delete_pool_and_wait(client, pool_id)
+        delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
     assert processes_of(engine) == []
 
 
@@ -381,7 +370,7 @@ def test_a_start_task_with_container_settings_runs_in_a_container_before_the_nod
     assert output.split() == ["/bin/busybox", pool_id]
     container = node.start_task_info.container_info
     assert len(container.container_id) == 64 and container.state == "exited"
-    delete_pool_and_wait(client, pool_id)
+    delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
 
 
 def test_engines_die_with_a_killed_emulator_and_the_next_start_cleans_up_after_them(tmp_path):
@@ -407,7 +396,7 @@ def test_engines_die_with_a_killed_emulator_and_the_next_start_cleans_up_after_t
         with batch_client(restarted.url()) as client:
             wait_for_task(client, job_id, "long", states=("running",), timeout=ENGINE_WAIT)  # requeued, run again
             assert client.get_task(job_id, "long").execution_info.requeue_count == 1
-            delete_pool_and_wait(client, pool_id)
+            delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
         wait_for(lambda: processes_of(engine) == [], "the engine to stop with its pool", ENGINE_WAIT)
         assert mounts_of(engine) == []
         assert container_processes(engine) == []
@@ -433,7 +422,7 @@ def test_engines_listen_on_their_node_address_and_two_nodes_form_a_swarm(client,
     # each engine has its node's own host name, so the swarm tells the nodes apart
     assert sorted(listed.stdout.splitlines()) == sorted(f"tvmps-{node.id[6:18]} Ready" for node in (manager, worker))
     engine_paths = [engine_of(server, pool_id, node.id) for node in (manager, worker)]
-    delete_pool_and_wait(client, pool_id)
+    delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
     for engine in engine_paths:
         assert processes_of(engine) == [] and mounts_of(engine) == []
 
@@ -497,7 +486,7 @@ def test_over_ssh_a_node_user_sees_the_engine_and_a_tunnel_to_localhost_2375_rea
     output, answer = asyncio.run(session())
     assert output.split() == [engine_of(server, pool_id, node.id).docker_host, "found"]
     assert answer.startswith(b"HTTP/1.0 200 OK") and answer.endswith(b"OK")
-    delete_pool_and_wait(client, pool_id)
+    delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
 
 
 def test_a_pool_update_cannot_slip_in_a_container_configuration_its_image_cannot_run(client, pool_id):
@@ -529,5 +518,5 @@ def test_an_engine_that_cannot_start_makes_its_node_unusable_with_the_reason(tmp
             assert "address already in use" in error.error_details[0].value
             engine = engine_of(server, pool_id, node.id)
             assert processes_of(engine) == []
-            delete_pool_and_wait(client, pool_id)
+            delete_pool_and_wait(client, pool_id, ENGINE_WAIT)
     assert mounts_of(engine) == [] and not os.path.exists(engine.run_dir)

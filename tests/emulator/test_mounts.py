@@ -20,7 +20,7 @@ import pytest
 from azure.batch import models
 from azure.batch.aio import BatchClient as AsyncBatchClient
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from localbatch import WELL_KNOWN_ACCOUNT_KEY, WELL_KNOWN_ACCOUNT_NAME, LocalBatchServer
@@ -28,7 +28,7 @@ from localbatch.node.blobmount.manager import fuse_unavailable_reason
 from localbatch.node.network import random_node_subnet
 
 from .conftest import Azurite, fast_timings
-from .support import (LRO_POLLING, RawClient, RunningEmulator, batch_client, create_job, pool_options, read_task_file, reboot_options,
+from .support import (LRO_POLLING, RawClient, RunningEmulator, batch_client, create_job, delete_pool_and_wait, pool_options, read_task_file, reboot_options,
                       run_task, unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason()))
@@ -52,17 +52,6 @@ def create_mounted_pool(client, pool_id: str, mounts: list, nodes: int = 1, stat
     client.create_pool(pool_options(pool_id, nodes, mount_configuration=mounts, **extra))
     return wait_for_nodes(client, pool_id, nodes, states=states, timeout=MOUNT_WAIT)
 
-
-def delete_pool_and_wait(client, pool_id: str) -> None:
-    client.begin_delete_pool(pool_id, polling_interval=LRO_POLLING).result()
-
-    def gone() -> bool:
-        try:
-            client.get_pool(pool_id)
-            return False
-        except ResourceNotFoundError:
-            return True
-    wait_for(gone, f"pool {pool_id} to be deleted", MOUNT_WAIT)
 
 
 def node_root(server: LocalBatchServer, pool_id: str, node_id: str) -> Path:
@@ -138,7 +127,7 @@ def test_tasks_and_the_start_task_read_and_write_the_mounted_container(storage_c
     assert files.download_blob("results/out.txt").readall() == f"written by {task.id}\n".encode()
     marker = files.get_blob_client("results").get_blob_properties()
     assert (marker.size, marker.metadata) == (0, {"hdi_isfolder": "true"})  # blobfuse2's directory marker
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 def test_a_second_node_sees_what_the_first_uploaded_once_it_was_closed(storage_client, blob_storage, container):
@@ -153,7 +142,7 @@ def test_a_second_node_sees_what_the_first_uploaded_once_it_was_closed(storage_c
     assert (writer.node_info.node_id, reader.node_info.node_id) == (first.id, second.id)
     assert reader.execution_info.result == "success", read_task_file(storage_client, job_id, reader.id, "stderr.txt")
     assert read_task_file(storage_client, job_id, reader.id) == f"from {first.id}\n"
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 def test_files_renamed_removed_and_truncated_through_the_mount_change_the_blobs(storage_client, blob_storage, files):
@@ -172,7 +161,7 @@ def test_files_renamed_removed_and_truncated_through_the_mount_change_the_blobs(
     assert names == ["inputs/data.txt", "renamed", "renamed/b", "renamed/b/f.txt"]
     assert files.download_blob("renamed/b/f.txt").readall() == b"one\n"
     assert files.download_blob("inputs/data.txt").readall() == b"inp"
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 def test_a_sas_key_mounts_and_allow_other_presents_blobfuse2s_open_modes(storage_client, storage_server, blob_storage,
@@ -191,7 +180,7 @@ def test_a_sas_key_mounts_and_allow_other_presents_blobfuse2s_open_modes(storage
     assert task.execution_info.result == "success", read_task_file(storage_client, job_id, task.id, "stderr.txt")
     assert read_task_file(storage_client, job_id, task.id).split() == ["777", "777"]
     assert files.download_blob("by-sas.txt").readall() == b"sas\n"
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 # ---- failures: the node is unusable with the mount error --------------------------------------------------
@@ -224,7 +213,7 @@ def test_a_mount_that_fails_leaves_the_node_unusable_with_the_mount_error(storag
     assert fuse_mounts_below(root) == [] and helper_processes(root.parent) == []
     log = b"".join(storage_client.download_node_file(pool_id, node.id, "fsmounts/blobfuse-m.log")).decode()
     assert reason in log and WRONG_KEY not in log and blob_storage.account_key not in log
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 def test_a_mount_helper_that_dies_is_noticed_and_the_node_becomes_unusable(storage_client, storage_server,
@@ -244,7 +233,7 @@ def test_a_mount_helper_that_dies_is_noticed_and_the_node_becomes_unusable(stora
     assert not node.errors
     point = mount_point(storage_server, pool_id, node.id)
     assert fuse_mounts_below(point) == [(str(point), "fuse.blobfuse2")]
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 # ---- nothing leaks ----------------------------------------------------------------------------------------
@@ -258,7 +247,7 @@ def test_deleting_the_pool_unmounts_and_leaves_no_helper_or_cache(storage_client
     assert len(fuse_mounts_below(pool_dir)) == 4 and len(helper_processes(pool_dir)) == 4
     job_id = create_job(storage_client, pool_id)
     run_task(storage_client, job_id, shell('cat "$AZ_BATCH_NODE_MOUNTS_DIR/again/inputs/data.txt"'))  # fills a cache
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
     assert fuse_mounts_below(pool_dir) == [] and helper_processes(pool_dir) == []
     wait_for(lambda: not pool_dir.exists(), "the pool's directories to be removed")
     assert [blob.name for blob in files.list_blobs()] == ["inputs/data.txt"]  # removal never walked into the mount
@@ -322,7 +311,7 @@ def test_mount_secrets_are_never_echoed_nor_logged(storage_client, storage_serve
         log = b"".join(storage_client.download_node_file(pool_id, node.id, name)).decode()
         assert blob_storage.account_key not in log and "c2VjcmV0LXNhcy1zaWduYXR1cmU" not in log
     storage_client.begin_delete_job(job_id, polling_interval=LRO_POLLING).result()
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 # ---- validation -----------------------------------------------------------------------------------------
@@ -389,7 +378,7 @@ def test_the_sdk_sees_the_mount_configuration_it_sent_without_its_key(storage_cl
     assert (blob.account_name, blob.container_name, blob.relative_mount_path, blob.blobfuse_options) == (
         blob_storage.account_name, container.container_name, "data", "-o attr_timeout=240")
     assert blob.account_key is None and blob.sas_key is None
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 def test_a_pool_update_with_a_mount_kind_not_emulated_is_refused_and_changes_nothing(storage_client, blob_storage, container):
@@ -401,7 +390,7 @@ def test_a_pool_update_with_a_mount_kind_not_emulated_is_refused_and_changes_not
                 source="host:/export", relative_mount_path="n"))]))
     assert caught.value.status_code == 501
     assert storage_client.get_pool(pool_id).mount_configuration is None
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 # ---- auto-pools: a job's and a job schedule's ---------------------------------------------------------------
@@ -456,7 +445,7 @@ def test_a_node_removed_by_a_resize_or_reimaged_is_unmounted_and_a_reimage_mount
     point = mount_point(storage_server, pool_id, kept.id)
     assert fuse_mounts_below(point) == [(str(point), "fuse.blobfuse2")]
     assert len(helper_processes(point.parents[2])) == 1  # the pool directory: only the kept node's helper
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
 
 
 def test_the_aio_client_creates_a_mounted_pool_and_never_sees_its_key(storage_client, storage_server, blob_storage,
@@ -472,7 +461,7 @@ def test_the_aio_client_creates_a_mounted_pool_and_never_sees_its_key(storage_cl
             listed = [listed async for listed in client.list_pools(filter=f"id eq '{pool_id}'")]
             return pool, listed
     pool, listed = asyncio.run(scenario())
-    delete_pool_and_wait(storage_client, pool_id)
+    delete_pool_and_wait(storage_client, pool_id, MOUNT_WAIT)
     for seen in (pool, *listed):
         blob = seen.mount_configuration[0].azure_blob_file_system_configuration
         assert (blob.relative_mount_path, blob.account_key, blob.sas_key) == ("data", None, None)
