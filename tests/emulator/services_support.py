@@ -10,10 +10,11 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 from azure.core.credentials import AccessToken
+from azure.mgmt.batch import models as arm
 
 from localbatch import LocalBatchServer
 from localbatch.arm.identities import LOCAL_DEVELOPER, LOCAL_RESOURCE_GROUP, LOCAL_SUBSCRIPTION_ID
@@ -94,3 +95,20 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicesStack
 
 
 RESOURCE_GROUP = LOCAL_RESOURCE_GROUP
+
+ACCOUNT = "localbatch"  # the well-known account, as the management plane names it
+IMAGE = arm.ImageReference(publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts",
+                           version="latest")
+
+
+def arm_pool(identities: Iterable[ManagedIdentity] = (), nodes: int = 1, **properties: Any) -> arm.Pool:
+    """A management-plane pool of `nodes` Ubuntu 22.04 nodes holding `identities` (user-assigned)."""
+    assigned = {identity.resource_id: arm.UserAssignedIdentities() for identity in identities}
+    return arm.Pool(
+        identity=arm.BatchPoolIdentity(type="UserAssigned", user_assigned_identities=assigned) if assigned else None,
+        properties=arm.PoolProperties(
+            vm_size="standard_d2s_v3",
+            deployment_configuration=arm.DeploymentConfiguration(virtual_machine_configuration=arm.VirtualMachineConfiguration(
+                image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 22.04")),
+            scale_settings=arm.ScaleSettings(fixed_scale=arm.FixedScaleSettings(target_dedicated_nodes=nodes)),
+            **properties))

@@ -10,19 +10,15 @@ from typing import Iterator
 
 import pytest
 from azure.batch import models
-from azure.mgmt.batch import models as arm
 
 from localbatch import LocalBatchServer
 from localbatch.arm.identities import POOL_IDENTITY
 from localbatch.identity.certificates import ensure_development_certificates
 
 from .conftest import fast_timings
-from .services_support import RESOURCE_GROUP, ServicesStack
+from .services_support import ACCOUNT, RESOURCE_GROUP, ServicesStack, arm_pool
 from .support import batch_client, read_task_file, unique_id, wait_for, wait_for_nodes
 
-ACCOUNT = "localbatch"
-IMAGE = arm.ImageReference(publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts",
-                           version="latest")
 # What the job manager runs: nothing but the SDK, azure-identity and the node's environment.
 MANAGER = """\
 import os, sys, time
@@ -67,15 +63,9 @@ def client(stack: ServicesStack):
         yield batch
 
 
-def _pool_with_identity(stack: ServicesStack, client, identities: dict) -> str:
+def _pool_with_identity(stack: ServicesStack, client, identities: tuple) -> str:
     pool = unique_id("jm-identity")
-    stack.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool, arm.Pool(
-        identity=arm.BatchPoolIdentity(type="UserAssigned", user_assigned_identities=identities) if identities else None,
-        properties=arm.PoolProperties(
-            vm_size="standard_d2s_v3",
-            deployment_configuration=arm.DeploymentConfiguration(virtual_machine_configuration=arm.VirtualMachineConfiguration(
-                image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 22.04")),
-            scale_settings=arm.ScaleSettings(fixed_scale=arm.FixedScaleSettings(target_dedicated_nodes=2)))))
+    stack.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool, arm_pool(identities, nodes=2))
     wait_for_nodes(client, pool, 2)
     return pool
 
@@ -97,7 +87,7 @@ def _run_manager(client, pool: str, tmp_path: Path, **environment: str) -> tuple
 
 
 def test_a_job_manager_adds_its_tasks_with_its_pools_managed_identity(stack, client, tmp_path):
-    pool = _pool_with_identity(stack, client, {POOL_IDENTITY.resource_id: arm.UserAssignedIdentities()})
+    pool = _pool_with_identity(stack, client, (POOL_IDENTITY,))
     manager, output, job_id = _run_manager(client, pool, tmp_path, POOL_IDENTITY_CLIENT_ID=POOL_IDENTITY.client_id)
     assert manager.execution_info.exit_code == 0, output + read_task_file(client, job_id, "manager", "stderr.txt")
     assert output == "[('part-0', 0), ('part-1', 0), ('part-2', 0)]\n"
@@ -105,7 +95,7 @@ def test_a_job_manager_adds_its_tasks_with_its_pools_managed_identity(stack, cli
 
 
 def test_without_a_pool_identity_there_is_no_batch_token(stack, client, tmp_path):
-    pool = _pool_with_identity(stack, client, {})
+    pool = _pool_with_identity(stack, client, ())
     manager, output, job_id = _run_manager(client, pool, tmp_path)
     assert manager.execution_info.exit_code == 3 and output.startswith("NO TOKEN:"), output
     assert [task.id for task in client.list_tasks(job_id)] == ["manager"]

@@ -23,24 +23,12 @@ from azure.mgmt.batch import models as arm
 from localbatch.arm.identities import LOCAL_SUBSCRIPTION_ID, POOL_IDENTITY, UNPRIVILEGED_IDENTITY
 from localbatch.identity.tokens import ARM_AUDIENCE
 
-from .services_support import RESOURCE_GROUP, ServicesStack, services  # noqa: F401  (fixture)
+from .services_support import ACCOUNT, IMAGE, RESOURCE_GROUP, ServicesStack, arm_pool, services  # noqa: F401  (fixture)
 from .support import RawClient, batch_client, create_job, read_task_file, run_task, unique_id, wait_for_nodes
 
-ACCOUNT = "localbatch"
 PROBE = Path(__file__).with_name("managed_identity_probe.py")
-IMAGE = arm.ImageReference(publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts",
-                           version="latest")
 
 
-def _arm_pool(identities: tuple = (), **properties) -> arm.Pool:
-    identity = (arm.BatchPoolIdentity(type="UserAssigned", user_assigned_identities={
-        item.resource_id: arm.UserAssignedIdentities() for item in identities}) if identities else None)
-    return arm.Pool(identity=identity, properties=arm.PoolProperties(
-        vm_size="standard_d2s_v3",
-        deployment_configuration=arm.DeploymentConfiguration(virtual_machine_configuration=arm.VirtualMachineConfiguration(
-            image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 22.04")),
-        scale_settings=arm.ScaleSettings(fixed_scale=arm.FixedScaleSettings(target_dedicated_nodes=1)),
-        **properties))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +43,7 @@ def test_a_pool_created_through_arm_is_the_data_planes_pool_with_its_identity(se
     start_task = arm.StartTask(command_line="/bin/true", wait_for_success=True, user_identity=arm.UserIdentity(
         auto_user=arm.AutoUserSpecification(scope="Pool", elevation_level="Admin")))
 
-    created = management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool((POOL_IDENTITY,), start_task=start_task))
+    created = management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, arm_pool((POOL_IDENTITY,), start_task=start_task))
 
     assert created.name == pool_id and created.type == "Microsoft.Batch/batchAccounts/pools"
     assert created.id.endswith(f"/batchAccounts/{ACCOUNT}/pools/{pool_id}")
@@ -155,7 +143,7 @@ def test_arm_refuses_as_arm_does(services: ServicesStack, path: str, token: Opti
 def test_the_management_client_without_a_role_gets_authorization_failed(services: ServicesStack) -> None:
     with pytest.raises(HttpResponseError) as refused:
         services.management_client(UNPRIVILEGED_IDENTITY).pool.create(
-            RESOURCE_GROUP, ACCOUNT, unique_id("p"), _arm_pool())
+            RESOURCE_GROUP, ACCOUNT, unique_id("p"), arm_pool())
 
     assert refused.value.status_code == 403 and refused.value.error.code == "AuthorizationFailed"
 
@@ -174,7 +162,7 @@ def wrapped_key(services: ServicesStack) -> tuple[str, bytes, bytes]:
 def _pool_with(services: ServicesStack, client, identities: tuple) -> str:
     pool_id = unique_id("mi-pool")
     if identities:
-        services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool(identities))
+        services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, arm_pool(identities))
     else:
         client.create_pool(models.BatchPoolCreateOptions(
             id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1,
@@ -266,14 +254,14 @@ def test_put_on_an_existing_pool_honours_if_none_match_and_is_otherwise_a_confli
 
     management = services.management_client()
     pool_id = unique_id("arm-twice")
-    management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool(), match_condition=MatchConditions.IfMissing)
+    management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, arm_pool(), match_condition=MatchConditions.IfMissing)
 
     with pytest.raises(ResourceExistsError) as precondition:
-        management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool(), match_condition=MatchConditions.IfMissing)
+        management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, arm_pool(), match_condition=MatchConditions.IfMissing)
     with pytest.raises(ResourceExistsError) as conflict:
-        management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, _arm_pool())
+        management.pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, arm_pool())
     with pytest.raises(ResourceNotFoundError):
-        management.pool.create(RESOURCE_GROUP, ACCOUNT, unique_id("absent"), _arm_pool(),
+        management.pool.create(RESOURCE_GROUP, ACCOUNT, unique_id("absent"), arm_pool(),
                                match_condition=MatchConditions.IfPresent)
 
     assert precondition.value.status_code == 412
@@ -326,7 +314,7 @@ def test_a_trust_bundle_remade_from_itself_keeps_this_machines_roots(tmp_path: P
 def test_an_arm_pool_may_autoscale_and_both_planes_say_so(services: ServicesStack, client) -> None:
     management = services.management_client()
     pool_id = unique_id("arm-auto")
-    pool = _arm_pool()
+    pool = arm_pool()
     pool.properties.scale_settings = arm.ScaleSettings(auto_scale=arm.AutoScaleSettings(
         formula="$TargetDedicatedNodes = 1;", evaluation_interval="PT5M"))
 

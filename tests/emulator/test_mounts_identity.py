@@ -21,15 +21,12 @@ from localbatch.node.blobmount.manager import fuse_unavailable_reason
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
-from .services_support import RESOURCE_GROUP, ServicesStack
+from .services_support import ACCOUNT, RESOURCE_GROUP, ServicesStack, arm_pool
 from .support import batch_client, create_job, read_task_file, run_task, unique_id, wait_for_nodes
 from .test_mounts import MOUNT_WAIT, delete_pool_and_wait, error_details, fuse_mounts_below, shell
 
 pytestmark = pytest.mark.skipif(fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason()))
 
-ACCOUNT = "localbatch"
-IMAGE = arm.ImageReference(publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts",
-                           version="latest")
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +72,8 @@ def _identity_mount(container: str, identity=POOL_IDENTITY) -> arm.MountConfigur
 
 
 def _create_arm_pool(services: ServicesStack, pool_id: str, mounts: list) -> None:
-    services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool_id, arm.Pool(
-        identity=arm.BatchPoolIdentity(type="UserAssigned", user_assigned_identities={
-            POOL_IDENTITY.resource_id: arm.UserAssignedIdentities()}),
-        properties=arm.PoolProperties(
-            vm_size="standard_d2s_v3", mount_configuration=mounts,
-            deployment_configuration=arm.DeploymentConfiguration(virtual_machine_configuration=arm.VirtualMachineConfiguration(
-                image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 22.04")),
-            scale_settings=arm.ScaleSettings(fixed_scale=arm.FixedScaleSettings(target_dedicated_nodes=1)))))
+    services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool_id,
+                                             arm_pool((POOL_IDENTITY,), mount_configuration=mounts))
 
 
 def test_a_container_mounted_through_the_pools_identity_is_read_and_written(stack, container):

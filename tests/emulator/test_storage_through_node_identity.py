@@ -10,19 +10,15 @@ from typing import Iterator
 import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError
-from azure.mgmt.batch import models as arm
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from common.local import start_azurite
 from localbatch.accounts import AZURITE_ACCOUNT_KEY, AZURITE_ACCOUNT_NAME
 from localbatch.arm.identities import POOL_IDENTITY, UNPRIVILEGED_IDENTITY
 
-from .services_support import RESOURCE_GROUP, ServicesStack, services  # noqa: F401  (fixture)
+from .services_support import ACCOUNT, RESOURCE_GROUP, ServicesStack, arm_pool, services  # noqa: F401  (fixture)
 from .support import batch_client, create_job, read_task_file, run_task, unique_id, wait_for_nodes
 
-ACCOUNT = "localbatch"
-IMAGE = arm.ImageReference(publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts",
-                           version="latest")
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +47,7 @@ def blob_service(services: ServicesStack, tmp_path_factory: pytest.TempPathFacto
 def pool_id(services: ServicesStack, client) -> str:
     """A pool with the well-known user-assigned identity, created through the management plane."""
     pool = unique_id("identity-pool")
-    services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool, arm.Pool(
-        identity=arm.BatchPoolIdentity(type="UserAssigned", user_assigned_identities={
-            POOL_IDENTITY.resource_id: arm.UserAssignedIdentities()}),
-        properties=arm.PoolProperties(
-            vm_size="standard_d2s_v3",
-            deployment_configuration=arm.DeploymentConfiguration(virtual_machine_configuration=arm.VirtualMachineConfiguration(
-                image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 22.04")),
-            scale_settings=arm.ScaleSettings(fixed_scale=arm.FixedScaleSettings(target_dedicated_nodes=1)))))
+    services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool, arm_pool((POOL_IDENTITY,), nodes=1))
     wait_for_nodes(client, pool, 1)
     return pool
 
@@ -147,14 +136,7 @@ def test_node_logs_are_uploaded_with_the_pools_identity(client, pool_id, contain
 def test_a_multi_instance_tasks_common_resource_files_come_through_the_identity_on_every_node(services, client,
                                                                                              container):
     pool = unique_id("identity-mpi-pool")
-    services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool, arm.Pool(
-        identity=arm.BatchPoolIdentity(type="UserAssigned", user_assigned_identities={
-            POOL_IDENTITY.resource_id: arm.UserAssignedIdentities()}),
-        properties=arm.PoolProperties(
-            vm_size="standard_d2s_v3", inter_node_communication="Enabled",
-            deployment_configuration=arm.DeploymentConfiguration(virtual_machine_configuration=arm.VirtualMachineConfiguration(
-                image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 22.04")),
-            scale_settings=arm.ScaleSettings(fixed_scale=arm.FixedScaleSettings(target_dedicated_nodes=2)))))
+    services.management_client().pool.create(RESOURCE_GROUP, ACCOUNT, pool, arm_pool((POOL_IDENTITY,), nodes=2, inter_node_communication="Enabled"))
     wait_for_nodes(client, pool, 2)
     container.upload_blob("common.txt", b"common")
     job_id = create_job(client, pool)
