@@ -336,6 +336,19 @@ class RunningEmulator:
             reader.join(WAIT)
 
 
+def command_lines() -> dict[int, str]:
+    """Every running process's command line (arguments joined by spaces), by pid."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            found[int(name)] = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it ended meanwhile
+    return found
+
+
 def process_state(pid: int) -> Optional[str]:
     """The one-letter state in /proc/PID/stat (R, S, D, T, Z, ...), or None once the process is gone."""
     try:

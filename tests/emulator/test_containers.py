@@ -24,7 +24,7 @@ from localbatch.node.layout import EnginePaths, NodeLayout
 from localbatch.node.network import random_node_subnet
 
 from .conftest import fast_timings
-from .support import (LRO_POLLING, RunningEmulator, batch_client, create_job, delete_pool_and_wait, pool_options, read_task_file,
+from .support import (LRO_POLLING, RunningEmulator, batch_client, command_lines, create_job, delete_pool_and_wait, pool_options, read_task_file,
                       reboot_options, run_task, unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(docker_unavailable_reason() is not None,
@@ -67,17 +67,7 @@ def docker(engine: EnginePaths, *args: str) -> subprocess.CompletedProcess:
 
 def processes_of(engine: EnginePaths) -> list[str]:
     """Command lines of every process that belongs to the engine (dockerd, containerd, shims)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if engine.run_dir in command or engine.directory in command:
-            found.append(command)
-    return found
+    return [command for command in command_lines().values() if engine.run_dir in command or engine.directory in command]
 
 
 def mounts_of(engine: EnginePaths) -> list[str]:

@@ -28,7 +28,7 @@ from localbatch.node.blobmount.manager import fuse_unavailable_reason
 from localbatch.node.network import random_node_subnet
 
 from .conftest import Azurite, fast_timings
-from .support import (LRO_POLLING, RawClient, RunningEmulator, batch_client, create_job, delete_pool_and_wait, pool_options, read_task_file, reboot_options,
+from .support import (LRO_POLLING, RawClient, RunningEmulator, batch_client, command_lines, create_job, delete_pool_and_wait, pool_options, read_task_file, reboot_options,
                       run_task, unique_id, wait_for, wait_for_nodes, wait_for_task)
 
 pytestmark = pytest.mark.skipif(fuse_unavailable_reason() is not None, reason=str(fuse_unavailable_reason()))
@@ -75,17 +75,7 @@ def fuse_mounts_below(directory: Path) -> list[tuple[str, str]]:
 
 def helper_processes(directory: Path) -> list[int]:
     """Mount helpers whose settings lie below `directory` (a pool's directory)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if HELPER_MODULE in command and str(directory) in command:
-            found.append(int(name))
-    return found
+    return [pid for pid, command in command_lines().items() if HELPER_MODULE in command and str(directory) in command]
 
 
 def error_details(node: models.BatchNode) -> dict[str, str]:
