@@ -455,6 +455,7 @@ class NodeAgent:
         await self._launcher.close()
         await self._downloader.close()
         await self._uploader.close()
+        self.log.close()
 
 
 def _outcome(exit_code: int, reason: Optional[str]) -> ProgramOutcome:

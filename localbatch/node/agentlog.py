@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import os
 import re
+from collections import OrderedDict
 from typing import Iterator, Optional
 
 from .. import wire
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 AGENT_LOG_NAME = "agent-debug.log"
 MAX_BYTES = 1 << 20          # per generation; with the one older generation a node keeps at most 2 MiB
 MAX_LINE_CHARACTERS = 4000   # a longer message (a huge failure text) is cut
+OPEN_LOGS = 32               # node logs kept open at once (the least recently written are closed first)
 
 _SECRETS = (
     (re.compile(r"(https?://[^\s?'\"]*)\?[^\s'\"]*"), r"\1?<query removed>"),   # SAS tokens ride in URL queries
@@ -45,40 +47,85 @@ _SECRETS = (
 def scrub(text: str) -> str:
     """`text` without anything that looks like a SAS, a token or a key, on one line."""
     text = " ".join(text.split())
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
+    if _may_hold_a_secret(text):
+        for pattern, replacement in _SECRETS:
+            text = pattern.sub(replacement, text)
     return text[:MAX_LINE_CHARACTERS]
 
 
+def _may_hold_a_secret(text: str) -> bool:
+    """False only for text none of _SECRETS can match: each needs a '?' or a '=', a JWT's 'eyJ'
+    or the word bearer. Most lines have none, and skip the five patterns."""
+    return "?" in text or "=" in text or "eyJ" in text or "earer" in text.lower()
+
+
 class AgentLog:
-    """The agent logs of every node under one node layout (one per account)."""
+    """The agent logs of every node under one node layout (one per account).
+
+    The logs written last stay open (at most OPEN_LOGS, unbuffered: a line is in the file once
+    written), so a busy node costs one write per line rather than an open, a stat and a close.
+    """
 
     def __init__(self, path_of, max_bytes: int = MAX_BYTES):
         """`path_of(pool_id, node_id)` is where the node's log lives (layout.agent_log)."""
         self._path_of = path_of
         self.max_bytes = max_bytes
+        self._open: "OrderedDict[str, list[int]]" = OrderedDict()  # path -> [descriptor, size]
+        self._closed = False
 
     def write(self, pool_id: str, node_id: str, message: str, level: str = "INFO", create: bool = False) -> None:
         """Append one event to the node's log. Only the node's own state changes (`create`) start
-        a log; anything else about a node whose log is gone (a node removed meanwhile) is dropped.
+        a log; anything else about a node whose log directory is gone (a node removed meanwhile) is dropped.
         Never raises: a log that cannot be written is the emulator's own warning, not a failure
         of what it describes."""
         line = f"{wire.now_iso()} {level} {scrub(message)}\n".encode("utf-8", "replace")
         path = self._path_of(pool_id, node_id)
         try:
-            try:
-                size = os.path.getsize(path)
-            except FileNotFoundError:
-                if not create:
-                    return
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                size = 0
-            if size and size + len(line) > self.max_bytes:
+            entry = self._entry(path, create)
+            if entry is None:
+                return
+            if entry[1] and entry[1] + len(line) > self.max_bytes:
+                self._forget(path)
                 os.replace(path, path + ".1")
-            with open(path, "ab") as handle:
-                handle.write(line)
+                entry = self._entry(path, True)
+            os.write(entry[0], line)
+            entry[1] += len(line)
+            if self._closed:
+                self._forget(path)
         except OSError as exc:
+            self._forget(path)
             logger.warning("could not write the agent log of node %s: %s", node_id, exc.strerror or exc)
+
+    def close(self) -> None:
+        """Close the open logs; later lines (a node stopping) open and close their log each time."""
+        self._closed = True
+        for path in list(self._open):
+            self._forget(path)
+
+    def _entry(self, path: str, create: bool) -> Optional[list[int]]:
+        """[descriptor, size] of the node's open log; None when its directory is gone (a removed
+        node) and `create` is not set."""
+        entry = self._open.get(path)
+        if entry is not None:
+            self._open.move_to_end(path)
+            return entry
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            descriptor = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            descriptor = os.open(path, flags, 0o644)
+        entry = self._open[path] = [descriptor, os.fstat(descriptor).st_size]
+        while len(self._open) > OPEN_LOGS:
+            self._forget(next(iter(self._open)))
+        return entry
+
+    def _forget(self, path: str) -> None:
+        entry = self._open.pop(path, None)
+        if entry is not None:
+            os.close(entry[0])
 
     def lines_between(self, pool_id: str, node_id: str, start: dt.datetime,
                       end: Optional[dt.datetime]) -> bytes:
